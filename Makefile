@@ -1,0 +1,116 @@
+# deepeverest -- hand-written Makefile.
+#   make            the daemon, build/deepeverestd
+#   make check      every test: Check unit suites, shim test, integration tests
+#   make asan       the same suites built and run under ASan + UBSan (build-asan/)
+#   make bench      benchmarks (scripts/bench.sh)
+#   make demo       install what is missing, build, start a demo daemon
+#   make clean
+# TORCH_DIR=/path/to/libtorch builds against another LibTorch root (e.g. a CUDA
+# one from a PyTorch wheel: its include/ and lib/); default is Debian's.
+
+CC      ?= gcc
+CXX     ?= g++
+BUILD   ?= build
+OPT     ?= -O2
+SAN     ?=
+CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wshadow -Wno-unused-parameter \
+               -Iproto -Istorage -Iserver -Ishim $(SAN)
+CXXFLAGS_BASE := -std=c++17 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wno-unused-parameter -Ishim $(SAN)
+
+CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
+CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lm -lrt -lpthread)
+
+TORCH_DIR ?=
+ifeq ($(TORCH_DIR),)
+  TORCH_CXXFLAGS :=
+  TORCH_LIBS := -ltorch_cpu -lc10
+else
+  TORCH_CXXFLAGS := -I$(TORCH_DIR)/include -I$(TORCH_DIR)/include/torch/csrc/api/include \
+                    -D_GLIBCXX_USE_CXX11_ABI=$(shell test -f $(TORCH_DIR)/../torch/_C*.so && echo 1 || echo 1)
+  # --no-as-needed keeps libtorch_cuda linked, so the CUDA backend registers.
+  TORCH_LIBS := -L$(TORCH_DIR)/lib -Wl,-rpath,$(TORCH_DIR)/lib -Wl,--no-as-needed \
+                $(shell test -f $(TORCH_DIR)/lib/libtorch_cuda.so && echo -ltorch_cuda -lc10_cuda) \
+                -ltorch -ltorch_cpu -lc10 -Wl,--as-needed
+endif
+
+LIBS := -lmicrohttpd -ljansson -llmdb -lpng -lz -lpthread -lm -ldl
+
+PROTO_SRC   := proto/jspec.c proto/proto.c
+STORAGE_SRC := storage/store.c storage/dsread.c
+ENGINE_SRC  := server/npi.c server/engine.c
+SERVER_SRC  := $(filter-out server/npi.c server/engine.c,$(wildcard server/*.c))
+
+obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
+PROTO_OBJ   := $(call obj,$(PROTO_SRC))
+STORAGE_OBJ := $(call obj,$(STORAGE_SRC))
+ENGINE_OBJ  := $(call obj,$(ENGINE_SRC))
+SERVER_OBJ  := $(call obj,$(SERVER_SRC))
+SHIM_OBJ    := $(BUILD)/shim/shim.o
+
+DAEMON := $(BUILD)/deepeverestd
+UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
+SHIM_TEST  := $(BUILD)/tests/shim_test
+
+.PHONY: all check unit integration asan bench demo clean deps
+all: $(DAEMON)
+
+$(BUILD)/%.o: %.c $(wildcard */*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(CHECK_CFLAGS) -c $< -o $@
+
+$(SHIM_OBJ): shim/shim.cpp shim/shim.h
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS_BASE) $(TORCH_CXXFLAGS) -c $< -o $@
+
+$(DAEMON): $(SERVER_OBJ) $(ENGINE_OBJ) $(PROTO_OBJ) $(STORAGE_OBJ) $(SHIM_OBJ)
+	$(CXX) $(SAN) -o $@ $^ $(TORCH_LIBS) $(LIBS)
+
+# Unit suites link no torch (fast, valgrind-able); each links only the modules it tests.
+TEST_DEPS_test_proto  := $(PROTO_OBJ)
+TEST_DEPS_test_dsread := $(BUILD)/storage/dsread.o
+TEST_DEPS_test_store  := $(BUILD)/storage/store.o
+TEST_DEPS_test_npi    := $(BUILD)/server/npi.o
+TEST_DEPS_test_engine := $(ENGINE_OBJ)
+TEST_DEPS_test_cache  := $(BUILD)/server/cache.o
+TEST_DEPS_test_builder := $(BUILD)/server/builder_core.o $(BUILD)/server/npi.o
+
+.SECONDEXPANSION:
+$(BUILD)/tests/%: tests/unit/%.c $$(TEST_DEPS_$$*) $(wildcard tests/unit/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(CHECK_CFLAGS) -Itests/unit -o $@ $< $(TEST_DEPS_$*) $(CHECK_LIBS) $(LIBS)
+
+$(SHIM_TEST): tests/shim_test.c $(SHIM_OBJ)
+	@mkdir -p $(dir $@)
+	$(CXX) $(SAN) -x c -std=c11 -D_GNU_SOURCE -g -Ishim -c tests/shim_test.c -o $@.o
+	$(CXX) $(SAN) -o $@ $@.o $(SHIM_OBJ) $(TORCH_LIBS) -lpthread -lm -ldl
+
+deps:
+	bash scripts/install-deps.sh
+
+unit: $(UNIT_TESTS)
+	@bash tests/run_unit.sh $(UNIT_TESTS)
+
+integration: $(DAEMON) $(SHIM_TEST)
+	@bash tests/run_integration.sh $(BUILD)
+
+# The README's test command: sets up (packages), builds, runs every suite.
+check: deps
+	@$(MAKE) --no-print-directory all $(UNIT_TESTS) $(SHIM_TEST)
+	@bash tests/run_all.sh $(BUILD)
+
+asan: deps
+	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
+	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	    build-asan/deepeverestd $(patsubst $(BUILD)/%,build-asan/%,$(UNIT_TESTS)) build-asan/tests/shim_test
+	@ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	    bash tests/run_all.sh build-asan
+
+bench: all
+	bash scripts/bench.sh
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	bash scripts/demo.sh
+
+clean:
+	rm -rf build build-asan

@@ -1,0 +1,128 @@
+/* proto.h -- the JSON requests of the HTTP API (DESIGN.md section 4) as C
+ * structs, and the error body.
+ *
+ * Knows JSON (jansson), not HTTP, LMDB or torch. Every proto_parse_* takes the
+ * raw request body, fills its struct, and on failure fills a proto_err with
+ * the HTTP status (400 malformed JSON / wrong type / unknown field, 422 a
+ * value that is well-formed but not acceptable), a snake_case code and a
+ * message naming the field. Whether it succeeds or not, proto_free_* releases
+ * everything it allocated (one cleanup path for callers); a zeroed struct is
+ * valid to free.
+ *
+ * Limits enforced here (and documented in the README): k in [1, 1e6],
+ * neurons 1..PROTO_MAX_GROUP, weights one per neuron and >= 0 (not all 0),
+ * filter ids <= 1e7 entries, tensor targets <= 1<<24 floats.
+ */
+#ifndef DE_PROTO_H
+#define DE_PROTO_H
+
+#include "jspec.h"
+
+#define PROTO_NAME_MAX 64
+#define PROTO_LAYER_MAX 127
+#define PROTO_MAX_GROUP 65536
+#define PROTO_MAX_K 1000000
+#define PROTO_MAX_LAYERS 16
+#define PROTO_MAX_DIMS 8
+#define PROTO_MAX_CHANNELS 16
+
+/* POST /v1/models {"name","path","input_shape"?,"device"?} */
+typedef struct proto_model_req {
+    char name[PROTO_NAME_MAX + 1];
+    char *path;
+    int ndim;                          /* 0 = not given */
+    int64_t input_shape[PROTO_MAX_DIMS];
+} proto_model_req;
+
+/* POST /v1/datasets {"name","path","format"?,"labels_path"?,"scale"?,"mean"?,"std"?}
+ * mean/std: a number or one number per channel. format: "npy"|"idx"|absent
+ * (detected from the file). */
+enum { PROTO_FMT_AUTO = 0, PROTO_FMT_NPY = 1, PROTO_FMT_IDX = 2 };
+typedef struct proto_dataset_req {
+    char name[PROTO_NAME_MAX + 1];
+    char *path;
+    char *labels_path;                 /* NULL = none */
+    int format;
+    int has_scale;
+    double scale;
+    int nmean, nstd;                   /* 0 = default (0 and 1) */
+    double mean[PROTO_MAX_CHANNELS];
+    double std[PROTO_MAX_CHANNELS];
+} proto_dataset_req;
+
+/* Query-string form of the same options for PUT /v1/datasets/{name}:
+ * "scale", "mean", "std" (comma-separated numbers). value NULL = absent. */
+int proto_dataset_opts(proto_dataset_req *r, const char *scale, const char *mean,
+                       const char *std, proto_err *e);
+
+/* POST /v1/indexes {"model","dataset","layer" | "layers":[...],
+ *   "partitions"?, "mai_ratio"?, "storage_budget"?} */
+typedef struct proto_index_req {
+    char model[PROTO_NAME_MAX + 1];
+    char dataset[PROTO_NAME_MAX + 1];
+    int nlayers;
+    char layers[PROTO_MAX_LAYERS][PROTO_LAYER_MAX + 1];
+    int has_partitions, has_mai_ratio, has_budget;
+    uint32_t partitions;               /* 2..256 */
+    double mai_ratio;                  /* 0..0.5 */
+    double storage_budget;             /* (0, 1] fraction of full materialization */
+} proto_index_req;
+
+/* A neuron group as sent: flat indices, or coordinate arrays of one rank. */
+typedef struct proto_neurons {
+    size_t n;
+    int rank;                          /* 0 = flat indices in v[n]; else v[n*rank] */
+    int64_t *v;
+} proto_neurons;
+
+/* Flattens against the layer's per-input shape; 422 "neuron_out_of_range"
+ * naming the offending entry; duplicates are a 422 too. out has g->n slots. */
+int proto_neurons_flatten(const proto_neurons *g, const int64_t *shape, int ndim,
+                          uint32_t *out, proto_err *e);
+
+enum proto_agg { AGG_SUM = 0, AGG_MEAN, AGG_MAX, AGG_MIN };
+enum proto_metric { METRIC_L2 = 0, METRIC_L1, METRIC_LINF };
+enum proto_method { METHOD_AUTO = 0, METHOD_NTA, METHOD_BOUNDS, METHOD_SCAN };
+
+/* POST /v1/query/topk and /v1/query/knn. */
+typedef struct proto_query_req {
+    int knn;                           /* 0 top-k, 1 kNN */
+    char model[PROTO_NAME_MAX + 1];
+    char dataset[PROTO_NAME_MAX + 1];
+    char layer[PROTO_LAYER_MAX + 1];
+    proto_neurons neurons;
+    uint64_t k;
+    int agg;                           /* enum proto_agg (top-k) */
+    int metric;                        /* enum proto_metric (kNN) */
+    int method;                        /* enum proto_method */
+    size_t nweights;                   /* 0 = unweighted, else == neurons.n */
+    double *weights;
+    int has_filter;
+    size_t nfilter_ids;  uint64_t *filter_ids;
+    size_t nfilter_labels; int64_t *filter_labels;
+    /* kNN target: an input id, or a tensor already in the model's input space */
+    int has_target_id;
+    uint64_t target_id;
+    size_t ntensor;
+    float *tensor;
+    int include_target;
+    uint32_t batch;                    /* 0 = server default */
+    double timeout_s;                  /* 0 = server default */
+} proto_query_req;
+
+int proto_parse_model(const char *body, size_t len, proto_model_req *r, proto_err *e);
+void proto_free_model(proto_model_req *r);
+int proto_parse_dataset(const char *body, size_t len, proto_dataset_req *r, proto_err *e);
+void proto_free_dataset(proto_dataset_req *r);
+int proto_parse_index(const char *body, size_t len, proto_index_req *r, proto_err *e);
+void proto_free_index(proto_index_req *r);
+int proto_parse_query(const char *body, size_t len, int knn, proto_query_req *r, proto_err *e);
+void proto_free_query(proto_query_req *r);
+
+/* {"error":{"code","message"}} as a malloc'd NUL-terminated string. */
+char *proto_error_body(const proto_err *e);
+
+/* True for [A-Za-z0-9._-]{1,64}. */
+int proto_valid_name(const char *s);
+
+#endif

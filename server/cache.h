@@ -1,0 +1,42 @@
+/* cache.h -- the one LRU cache of recomputed activations, shared by every
+ * client and query (DESIGN.md section 2, "inter-query cache").
+ *
+ * An entry is the whole activation vector of one input at one layer, keyed
+ * by (model, dataset, layer, input). Model and dataset are the generation ids
+ * the catalog gives each registration, so a re-registered model or dataset
+ * never meets stale entries: they age out. Bounded in bytes (entries plus
+ * bookkeeping); a vector larger than the bound is not cached. Thread-safe:
+ * one mutex, held only for the hash lookup, the LRU splice and a memcpy.
+ */
+#ifndef DE_CACHE_H
+#define DE_CACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct cache cache;
+
+typedef struct cache_key {
+    uint32_t model, dataset, layer, input;
+} cache_key;
+
+typedef struct cache_stats {
+    uint64_t hits, misses, insertions, evictions;
+    uint64_t entries, bytes, max_bytes;
+} cache_stats;
+
+cache *cache_new(size_t max_bytes);
+void cache_free(cache *c);
+
+/* On a hit copies vec[neurons[j]] into out[j] for j < m (or the whole vector
+ * when neurons is NULL, m = its length), moves the entry to the front and
+ * returns 1; returns 0 on a miss. */
+int cache_get(cache *c, const cache_key *k, const uint32_t *neurons, size_t m, float *out);
+
+/* Inserts a copy of vec[len] (replacing an entry of the same key), evicting
+ * least recently used entries to stay within the bound. */
+void cache_put(cache *c, const cache_key *k, const float *vec, size_t len);
+
+void cache_get_stats(cache *c, cache_stats *out);
+
+#endif

@@ -1,0 +1,1001 @@
+/* engine.c -- exact top-k and kNN over a neuron group: full scan, the Neural
+ * Threshold Algorithm and cell bounds (see engine.h, DESIGN.md sections 1-2).
+ *
+ * Exactness rests on two rules:
+ *   1. every exact value comes from eng_score, and every bound (NTA threshold,
+ *      cell bound) is computed by the same per-neuron term and the same
+ *      combination, in group order, in double, with an index value (an exact
+ *      MAI float, or a partition bound) in place of the activation. Rounding
+ *      is monotone, so a bound >= score (top-k) / <= distance (kNN) holds in
+ *      floating point exactly as in the reals;
+ *   2. a method stops only when the k-th best is STRICTLY better than the
+ *      best bound of anything not computed: an input tying it could have the
+ *      smaller id.
+ * NaN: a score with a NaN anywhere is the worst possible (-inf / +inf), so it
+ * never needs covering by a bound; a bound that comes out NaN (a NaN or an
+ * inconsistent partition bound) is the best possible, which is always sound.
+ */
+#include "engine.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define ENG_DEFAULT_BATCH 256u
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ------------------------------------------------------------------ */
+/* Scores and bounds: one term per neuron, one combination.            */
+
+enum { CMB_SUM, CMB_MAX, CMB_MIN };
+
+static int combine_kind(const eng_query *q)
+{
+    if (q->kind == ENG_KNN)
+        return q->metric == ENG_LINF ? CMB_MAX : CMB_SUM;
+    return q->agg == ENG_MAX ? CMB_MAX : q->agg == ENG_MIN ? CMB_MIN : CMB_SUM;
+}
+
+static double combine_init(const eng_query *q)
+{
+    if (q->kind == ENG_TOPK && q->agg == ENG_MAX)
+        return -INFINITY;
+    if (q->kind == ENG_TOPK && q->agg == ENG_MIN)
+        return INFINITY;
+    return 0.0; /* sums, and linf whose terms are >= 0 */
+}
+
+/* Whether neuron j's weights are applied (top-k sum/mean, every kNN metric). */
+static int weighted(const eng_query *q)
+{
+    return q->weights && (q->kind == ENG_KNN || q->agg == ENG_SUM || q->agg == ENG_MEAN);
+}
+
+/* v: top-k, the activation (or an upper bound of it); kNN, |x - t| (or a
+ * lower bound of it). Monotone non-decreasing in v for v >= 0 / any v. */
+static inline double term_of(const eng_query *q, size_t j, double v)
+{
+    if (q->kind == ENG_KNN) {
+        double t = q->metric == ENG_L2 ? v * v : v;
+        return q->weights ? q->weights[j] * t : t;
+    }
+    if (q->agg == ENG_SUM || q->agg == ENG_MEAN)
+        return q->weights ? q->weights[j] * v : v;
+    return v;
+}
+
+/* NaN-propagating so that a NaN term taints the result in every kind. */
+static inline double combine(int ck, double s, double t)
+{
+    if (ck == CMB_SUM)
+        return s + t;
+    if (t != t)
+        return t;
+    if (ck == CMB_MAX)
+        return t > s ? t : s;
+    return t < s ? t : s;
+}
+
+static inline double finish_value(const eng_query *q, double s)
+{
+    if (q->kind == ENG_KNN)
+        return q->metric == ENG_L2 ? sqrt(s) : s;
+    if (q->agg == ENG_MEAN)
+        return s / (double)q->gsize;
+    return s;
+}
+
+static inline double worst_value(const eng_query *q)
+{
+    return q->kind == ENG_KNN ? INFINITY : -INFINITY;
+}
+
+static inline double best_value(const eng_query *q)
+{
+    return q->kind == ENG_KNN ? 0.0 : INFINITY;
+}
+
+/* a strictly better than b */
+static inline int better(const eng_query *q, double a, double b)
+{
+    return q->kind == ENG_KNN ? a < b : a > b;
+}
+
+double eng_score(const eng_query *q, const float *x)
+{
+    int ck = combine_kind(q);
+    double s = combine_init(q);
+    for (size_t j = 0; j < q->gsize; j++) {
+        double v = q->kind == ENG_KNN ? fabs((double)x[j] - (double)q->target[j]) : (double)x[j];
+        s = combine(ck, s, term_of(q, j, v));
+    }
+    s = finish_value(q, s);
+    return s != s ? worst_value(q) : s;
+}
+
+/* kNN: distance from t to [lo, hi], NaN when unknown. */
+static inline double box_distance(float lo, float hi, double t)
+{
+    double below = (double)lo - t, above = t - (double)hi;
+    if (below != below || above != above || !(lo <= hi))
+        return NAN;
+    double b = 0.0;
+    if (below > b)
+        b = below;
+    if (above > b)
+        b = above;
+    return b;
+}
+
+/* The per-neuron bound value of an exact MAI value: the value itself (top-k)
+ * or |v - t| (kNN), computed exactly as eng_score does. */
+static inline double exact_value(const eng_query *q, size_t j, float v)
+{
+    return q->kind == ENG_KNN ? fabs((double)v - (double)q->target[j]) : (double)v;
+}
+
+/* ------------------------------------------------------------------ */
+/* Bounded heap, worst at the root.                                     */
+
+struct eng_topk {
+    size_t k, n, cap;
+    int smallest_best;
+    int oom;
+    eng_result *e;
+};
+
+static inline int topk_worse(const eng_topk *h, const eng_result *a, const eng_result *b)
+{
+    if (a->value != b->value)
+        return h->smallest_best ? a->value > b->value : a->value < b->value;
+    return a->input > b->input;
+}
+
+eng_topk *eng_topk_new(size_t k, int smallest_best)
+{
+    if (k == 0)
+        return NULL;
+    eng_topk *h = calloc(1, sizeof *h);
+    if (!h)
+        return NULL;
+    h->k = k;
+    h->smallest_best = smallest_best;
+    h->cap = k < 1024 ? k : 1024; /* grows: k may be huge while few inputs arrive */
+    h->e = malloc(h->cap * sizeof *h->e);
+    if (!h->e) {
+        free(h);
+        return NULL;
+    }
+    return h;
+}
+
+static void topk_sift_down(eng_topk *h, size_t i, size_t n)
+{
+    eng_result x = h->e[i];
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n)
+            break;
+        if (c + 1 < n && topk_worse(h, &h->e[c + 1], &h->e[c]))
+            c++;
+        if (!topk_worse(h, &h->e[c], &x))
+            break;
+        h->e[i] = h->e[c];
+        i = c;
+    }
+    h->e[i] = x;
+}
+
+void eng_topk_push(eng_topk *h, uint32_t input, double value)
+{
+    eng_result x = {input, value};
+    if (value != value) /* NaN ranks worst */
+        x.value = h->smallest_best ? INFINITY : -INFINITY;
+    if (h->n < h->k) {
+        if (h->n == h->cap) {
+            size_t nc = h->cap * 2 < h->k ? h->cap * 2 : h->k;
+            eng_result *ne = realloc(h->e, nc * sizeof *ne);
+            if (!ne) {
+                h->oom = 1;
+                return;
+            }
+            h->e = ne;
+            h->cap = nc;
+        }
+        size_t i = h->n++;
+        while (i > 0) {
+            size_t p = (i - 1) / 2;
+            if (!topk_worse(h, &x, &h->e[p]))
+                break;
+            h->e[i] = h->e[p];
+            i = p;
+        }
+        h->e[i] = x;
+        return;
+    }
+    if (topk_worse(h, &h->e[0], &x)) {
+        h->e[0] = x;
+        topk_sift_down(h, 0, h->n);
+    }
+}
+
+int eng_topk_full(const eng_topk *h)
+{
+    return h->n == h->k;
+}
+
+/* The root while full; until then the worst possible value, which nothing
+ * is strictly worse than. */
+double eng_topk_worst(const eng_topk *h)
+{
+    if (h->n < h->k)
+        return h->smallest_best ? INFINITY : -INFINITY;
+    return h->e[0].value;
+}
+
+/* Heap sort (worst to the back), then copy; the heap is empty afterwards. */
+size_t eng_topk_finish(eng_topk *h, eng_result *out)
+{
+    size_t n = h->n;
+    for (size_t end = n; end > 1; end--) {
+        eng_result t = h->e[0];
+        h->e[0] = h->e[end - 1];
+        h->e[end - 1] = t;
+        topk_sift_down(h, 0, end - 1);
+    }
+    /* now e[0..n) runs from the best to the worst */
+    if (n)
+        memcpy(out, h->e, n * sizeof *out);
+    h->n = 0;
+    return n;
+}
+
+void eng_topk_free(eng_topk *h)
+{
+    if (!h)
+        return;
+    free(h->e);
+    free(h);
+}
+
+/* ------------------------------------------------------------------ */
+/* Shared query state.                                                  */
+
+typedef struct run {
+    const eng_query *q;
+    const npi_view *idx;
+    const eng_source *src;
+    eng_stats *st;
+    eng_topk *h;
+    uint32_t batch;
+    size_t ncand;
+    float *rows;       /* batch * gsize */
+    char *err;
+    size_t errlen;
+} run;
+
+static inline int is_candidate(const eng_query *q, uint32_t id)
+{
+    return (int64_t)id != q->exclude && (!q->allowed || q->allowed[id]);
+}
+
+static inline int cancelled(const eng_query *q)
+{
+    return q->cancel && *q->cancel;
+}
+
+/* Computes ids[0..cnt) (candidates, none seen before) in batches, pushing
+ * their exact scores. Returns 0, -1 or -2. */
+static int compute_inputs(run *r, const uint32_t *ids, size_t cnt)
+{
+    const eng_query *q = r->q;
+    for (size_t off = 0; off < cnt; off += r->batch) {
+        if (cancelled(q)) {
+            seterr(r->err, r->errlen, "query cancelled");
+            return -2;
+        }
+        size_t nb = cnt - off < r->batch ? cnt - off : r->batch;
+        if (r->err && r->errlen)
+            r->err[0] = '\0';
+        int rc = r->src->fetch(r->src->ctx, ids + off, nb, q->neurons, q->gsize, r->rows,
+                               &r->st->fetch, r->err, r->errlen);
+        r->st->inputs_fetched += nb;
+        if (rc != 0) {
+            if (r->err && r->errlen && !r->err[0])
+                seterr(r->err, r->errlen, "activation source failed");
+            return -1;
+        }
+        for (size_t i = 0; i < nb; i++)
+            eng_topk_push(r->h, ids[off + i], eng_score(q, r->rows + i * q->gsize));
+        if (r->h->oom) {
+            seterr(r->err, r->errlen, "out of memory (top-k heap)");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Neurons whose term can change a score or bound: with weights, those with
+ * w > 0 (a zero weight adds exactly 0 for every finite value, and a
+ * non-finite one makes the score NaN, i.e. the worst). */
+static int neuron_active(const eng_query *q, size_t j)
+{
+    return !weighted(q) || q->weights[j] > 0.0;
+}
+
+/* ------------------------------------------------------------------ */
+/* ENG_SCAN                                                             */
+
+static int run_scan(run *r)
+{
+    const eng_query *q = r->q;
+    uint32_t *ids = malloc((size_t)r->batch * sizeof *ids);
+    int rc = 0;
+    if (!ids) {
+        seterr(r->err, r->errlen, "out of memory");
+        return -1;
+    }
+    size_t cnt = 0;
+    for (uint32_t id = 0; id < q->n; id++) {
+        if (!is_candidate(q, id))
+            continue;
+        ids[cnt++] = id;
+        if (cnt == r->batch || id + 1 == q->n) {
+            r->st->rounds++;
+            if ((rc = compute_inputs(r, ids, cnt)) != 0)
+                goto done;
+            cnt = 0;
+        }
+    }
+    if (cnt) {
+        r->st->rounds++;
+        rc = compute_inputs(r, ids, cnt);
+    }
+done:
+    free(ids);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Index checks                                                         */
+
+static int check_view(const run *r, size_t j)
+{
+    const npi_view *v = &r->idx[j];
+    if (v->n != r->q->n || v->partitions < 2 || v->partitions > NPI_MAX_PARTITIONS ||
+        v->mai_count > v->n || v->bits < 1 || v->bits > 8 ||
+        (1u << v->bits) < v->partitions || !v->pids || !v->lower || !v->upper ||
+        (v->mai_count && (!v->mai_ids || !v->mai_values))) {
+        seterr(r->err, r->errlen,
+               "index of neuron %u does not match the query (n %u vs %u, %u partitions)",
+               r->q->neurons[j], v->n, r->q->n, v->partitions);
+        return -1;
+    }
+    return 0;
+}
+
+/* MAI entries must be in rank order (value descending, NaN last) with valid
+ * ids: NTA's frontier relies on it. */
+static int check_mai(const run *r, size_t j)
+{
+    const npi_view *v = &r->idx[j];
+    for (uint32_t i = 0; i < v->mai_count; i++) {
+        if (v->mai_ids[i] >= v->n)
+            goto bad;
+        if (i > 0) {
+            float a = v->mai_values[i - 1], b = v->mai_values[i];
+            if (b == b && (a != a || b > a))
+                goto bad;
+        }
+    }
+    return 0;
+bad:
+    seterr(r->err, r->errlen, "index of neuron %u is corrupt (MAI not in rank order)",
+           r->q->neurons[j]);
+    return -1;
+}
+
+/* ------------------------------------------------------------------ */
+/* ENG_NTA                                                              */
+
+typedef struct nta_part {
+    double key;     /* top-k: upper bound; kNN: distance of [lower, upper] from t */
+    uint32_t p;
+    uint32_t size;  /* members */
+} nta_part;
+
+typedef struct nta_neuron {
+    const npi_view *v;
+    size_t j;           /* position in the group */
+    double t;           /* kNN target */
+    /* MAI cursor. top-k: next rank ml. kNN: ranks [0, split) hold values
+     * >= t, so nearest first is outward from split: left ml-1 down, right mr up. */
+    uint32_t ml, mr;
+    nta_part *parts;    /* non-empty partitions, best key first */
+    uint32_t nparts, pc;
+    uint32_t pos, found; /* scan position and members found in parts[pc] */
+} nta_neuron;
+
+enum { HEAD_NONE, HEAD_LEFT, HEAD_RIGHT, HEAD_PART };
+
+static int part_cmp_desc(const void *a, const void *b)
+{
+    const nta_part *x = a, *y = b;
+    if (x->key != y->key)
+        return x->key > y->key ? -1 : 1;
+    return x->p < y->p ? -1 : x->p > y->p;
+}
+
+static int part_cmp_asc(const void *a, const void *b)
+{
+    const nta_part *x = a, *y = b;
+    if (x->key != y->key)
+        return x->key < y->key ? -1 : 1;
+    return x->p < y->p ? -1 : x->p > y->p;
+}
+
+/* Key of an exact MAI value in the sorted-access order. A NaN value makes
+ * the input's score the worst, so it needs no covering: worst key. */
+static inline double nta_mai_key(const eng_query *q, const nta_neuron *nn, uint32_t rank)
+{
+    float v = nn->v->mai_values[rank];
+    if (v != v)
+        return worst_value(q);
+    double k = q->kind == ENG_KNN ? fabs((double)v - nn->t) : (double)v;
+    return k != k ? worst_value(q) : k; /* kNN with a non-finite target */
+}
+
+/* The next item of neuron nn (best key first) and its key. */
+static int nta_head(const eng_query *q, const nta_neuron *nn, double *key)
+{
+    int which = HEAD_NONE;
+    double best = 0;
+    uint32_t m = nn->v->mai_count;
+    if (q->kind == ENG_TOPK) {
+        if (nn->ml < m) {
+            which = HEAD_LEFT;
+            best = nta_mai_key(q, nn, nn->ml);
+        }
+    } else {
+        if (nn->ml > 0) {
+            which = HEAD_LEFT;
+            best = nta_mai_key(q, nn, nn->ml - 1);
+        }
+        if (nn->mr < m) {
+            double k = nta_mai_key(q, nn, nn->mr);
+            if (which == HEAD_NONE || k < best) {
+                which = HEAD_RIGHT;
+                best = k;
+            }
+        }
+    }
+    if (nn->pc < nn->nparts) {
+        double k = nn->parts[nn->pc].key;
+        if (which == HEAD_NONE || better(q, k, best)) {
+            which = HEAD_PART;
+            best = k;
+        }
+    }
+    *key = best;
+    return which;
+}
+
+typedef struct nta_state {
+    nta_neuron *nn;
+    size_t nact;
+    nta_part *parts;
+    uint8_t *seen;
+    uint32_t *gath;
+    size_t ngath, capgath;
+    uint32_t *counts; /* NPI_MAX_PARTITIONS scratch */
+    uint8_t *pid8;
+} nta_state;
+
+static int nta_setup_neuron(run *r, nta_state *s, nta_neuron *nn, size_t j)
+{
+    const eng_query *q = r->q;
+    const npi_view *v = &r->idx[j];
+    nn->v = v;
+    nn->j = j;
+    nn->t = q->kind == ENG_KNN ? (double)q->target[j] : 0.0;
+    if (check_mai(r, j) != 0)
+        return -1;
+
+    /* Partition sizes, counted rather than derived: pids are the truth. */
+    npi_unpack(v, s->pid8);
+    memset(s->counts, 0, NPI_MAX_PARTITIONS * sizeof *s->counts);
+    for (uint32_t i = 0; i < q->n; i++)
+        s->counts[s->pid8[i]]++;
+    for (uint32_t p = v->partitions; p < NPI_MAX_PARTITIONS; p++)
+        if (s->counts[p])
+            goto corrupt;
+    if (s->counts[0] != v->mai_count)
+        goto corrupt; /* a pid-0 input outside the MAI would never be visited */
+
+    nn->nparts = 0;
+    for (uint32_t p = 1; p < v->partitions; p++) {
+        if (!s->counts[p])
+            continue;
+        double key;
+        if (q->kind == ENG_TOPK) {
+            key = (double)v->upper[p];
+            if (key != key || !(v->lower[p] <= v->upper[p]))
+                key = INFINITY; /* unknown: visit early, bound nothing */
+        } else {
+            key = box_distance(v->lower[p], v->upper[p], nn->t);
+            if (key != key)
+                key = 0.0;
+        }
+        nn->parts[nn->nparts++] = (nta_part){key, p, s->counts[p]};
+    }
+    qsort(nn->parts, nn->nparts, sizeof *nn->parts,
+          q->kind == ENG_TOPK ? part_cmp_desc : part_cmp_asc);
+    nn->pc = nn->pos = nn->found = 0;
+
+    if (q->kind == ENG_TOPK) {
+        nn->ml = 0;
+    } else {
+        /* first rank whose value is not >= t (NaN values are last) */
+        uint32_t lo = 0, hi = v->mai_count;
+        while (lo < hi) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            if ((double)v->mai_values[mid] >= nn->t)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        nn->ml = nn->mr = lo;
+    }
+    return 0;
+corrupt:
+    seterr(r->err, r->errlen, "index of neuron %u is corrupt (partition ids)", q->neurons[j]);
+    return -1;
+}
+
+/* Takes the next input from neuron nn's list into *id; returns 1, 0 when the
+ * list is exhausted, -1 on an inconsistent index. */
+static int nta_next(run *r, nta_neuron *nn, uint32_t *id)
+{
+    double key;
+    switch (nta_head(r->q, nn, &key)) {
+    case HEAD_NONE:
+        return 0;
+    case HEAD_LEFT:
+        *id = r->q->kind == ENG_TOPK ? nn->v->mai_ids[nn->ml++] : nn->v->mai_ids[--nn->ml];
+        return 1;
+    case HEAD_RIGHT:
+        *id = nn->v->mai_ids[nn->mr++];
+        return 1;
+    default:
+        break;
+    }
+    /* Members of a partition: a scan of the packed ids, resumed where it left
+     * off (memory O(1) per neuron, whatever the group size). */
+    nta_part *pt = &nn->parts[nn->pc];
+    const npi_view *v = nn->v;
+    uint32_t pos = nn->pos, n = v->n;
+    while (pos < n && npi_pid(v, pos) != pt->p)
+        pos++;
+    if (pos == n) {
+        seterr(r->err, r->errlen, "index of neuron %u is corrupt (partition %u)",
+               r->q->neurons[nn->j], pt->p);
+        return -1;
+    }
+    *id = pos;
+    nn->pos = pos + 1;
+    if (++nn->found == pt->size) {
+        nn->pc++;
+        nn->pos = nn->found = 0;
+    }
+    return 1;
+}
+
+/* Best score an input not yet seen could reach. */
+static double nta_threshold(const run *r, const nta_state *s)
+{
+    const eng_query *q = r->q;
+    int ck = combine_kind(q);
+    double acc = combine_init(q);
+    for (size_t a = 0; a < s->nact; a++) {
+        double key;
+        if (nta_head(q, &s->nn[a], &key) == HEAD_NONE)
+            return best_value(q); /* never reached: an exhausted list ends the query */
+        acc = combine(ck, acc, term_of(q, s->nn[a].j, key));
+    }
+    acc = finish_value(q, acc);
+    return acc != acc ? best_value(q) : acc;
+}
+
+static int run_nta(run *r)
+{
+    const eng_query *q = r->q;
+    nta_state s = {0};
+    int rc = -1;
+    double t0 = now_ms();
+
+    size_t nact = 0;
+    for (size_t j = 0; j < q->gsize; j++)
+        nact += neuron_active(q, j);
+    int all = nact == 0; /* every weight zero: every score ties, walk all lists */
+    if (all)
+        nact = q->gsize;
+
+    s.nn = calloc(nact, sizeof *s.nn);
+    s.parts = malloc(nact * NPI_MAX_PARTITIONS * sizeof *s.parts);
+    s.seen = calloc(q->n, 1);
+    s.counts = malloc(NPI_MAX_PARTITIONS * sizeof *s.counts);
+    s.pid8 = malloc((size_t)q->n + 1);
+    s.capgath = (size_t)r->batch + nact;
+    s.gath = malloc(s.capgath * sizeof *s.gath);
+    if (!s.nn || !s.parts || !s.seen || !s.counts || !s.pid8 || !s.gath) {
+        seterr(r->err, r->errlen, "out of memory");
+        goto done;
+    }
+    for (size_t j = 0, a = 0; j < q->gsize; j++) {
+        if (!all && !neuron_active(q, j))
+            continue;
+        s.nn[a].parts = s.parts + a * NPI_MAX_PARTITIONS;
+        if (nta_setup_neuron(r, &s, &s.nn[a], j) != 0)
+            goto done;
+        a++;
+    }
+    s.nact = nact;
+    free(s.pid8);
+    s.pid8 = NULL;
+    r->st->cell_ms += now_ms() - t0;
+
+    size_t share = (r->batch + nact - 1) / nact;
+    size_t seen = 0;
+    for (;;) {
+        if (cancelled(q)) {
+            seterr(r->err, r->errlen, "query cancelled");
+            rc = -2;
+            goto done;
+        }
+        /* Sorted access: each neuron advances until it contributed its share
+         * of new candidates (inputs seen already cost no computation). */
+        double tg = now_ms();
+        int exhausted = 0;
+        s.ngath = 0;
+        for (size_t a = 0; a < nact; a++) {
+            size_t want = share;
+            while (want > 0) {
+                uint32_t id;
+                int got = nta_next(r, &s.nn[a], &id);
+                if (got < 0)
+                    goto done;
+                if (got == 0) {
+                    exhausted = 1;
+                    break;
+                }
+                if (s.seen[id] || !is_candidate(q, id))
+                    continue;
+                s.seen[id] = 1;
+                s.gath[s.ngath++] = id;
+                want--;
+            }
+        }
+        r->st->cell_ms += now_ms() - tg;
+        r->st->rounds++;
+        seen += s.ngath;
+        if ((rc = compute_inputs(r, s.gath, s.ngath)) != 0)
+            goto done;
+        rc = -1;
+        /* An exhausted list means every input was visited through it. */
+        if (exhausted || seen == r->ncand)
+            break;
+        if (eng_topk_full(r->h) && better(q, eng_topk_worst(r->h), nta_threshold(r, &s)))
+            break;
+    }
+    rc = 0;
+done:
+    free(s.nn);
+    free(s.parts);
+    free(s.seen);
+    free(s.counts);
+    free(s.pid8);
+    free(s.gath);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* ENG_BOUNDS                                                           */
+
+static uint64_t xorshift(uint64_t *x)
+{
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+/* Moves the kk smallest keys of a[0..len) to the front (any order), by
+ * three-way quickselect: heavy ties (common with ReLU zeros) stay linear. */
+static void select_smallest(uint32_t *a, size_t len, size_t kk, const double *key, uint64_t *rng)
+{
+    while (kk > 0 && kk < len) {
+        double pv = key[a[xorshift(rng) % len]];
+        size_t lt = 0, i = 0, gt = len;
+        while (i < gt) {
+            double k = key[a[i]];
+            if (k < pv) {
+                uint32_t t = a[lt];
+                a[lt++] = a[i];
+                a[i++] = t;
+            } else if (k > pv) {
+                uint32_t t = a[--gt];
+                a[gt] = a[i];
+                a[i] = t;
+            } else {
+                i++;
+            }
+        }
+        if (kk <= lt) {
+            len = lt;
+        } else if (kk <= gt) {
+            return;
+        } else {
+            a += gt;
+            kk -= gt;
+            len -= gt;
+        }
+    }
+}
+
+static int key_cmp(const void *x, const void *y, void *arg)
+{
+    const double *key = arg;
+    uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
+    if (key[a] != key[b])
+        return key[a] < key[b] ? -1 : 1;
+    return a < b ? -1 : a > b;
+}
+
+/* Accumulates neuron j's term into bound[id] for every candidate. */
+#define BOUNDS_LOOP(PID, COMBINE)                                                    \
+    for (size_t c = 0; c < ncand; c++) {                                             \
+        uint32_t id = order[c];                                                      \
+        uint32_t p = (PID);                                                          \
+        double t = p ? tab[p] : term_of(q, j, exact_value(q, j, maival[id]));       \
+        bound[id] = COMBINE;                                                         \
+    }
+
+static int run_bounds(run *r)
+{
+    const eng_query *q = r->q;
+    const uint32_t n = q->n;
+    const size_t ncand = r->ncand;
+    int rc = -1;
+    double t0 = now_ms();
+    double *bound = malloc((size_t)n * sizeof *bound);
+    uint32_t *order = malloc(ncand * sizeof *order);
+    float *maival = malloc((size_t)n * sizeof *maival);
+    /* Unpacking every id pays off unless few inputs are candidates. */
+    int dense = ncand >= n / 16;
+    uint8_t *pid8 = dense ? malloc((size_t)n + 1) : NULL;
+    if (!bound || !order || !maival || (dense && !pid8)) {
+        seterr(r->err, r->errlen, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++)
+        maival[i] = NAN; /* NaN: no exact value (unknown, best bound) */
+    size_t c0 = 0;
+    double init = combine_init(q);
+    for (uint32_t id = 0; id < n; id++)
+        if (is_candidate(q, id)) {
+            order[c0++] = id;
+            bound[id] = init;
+        }
+
+    int ck = combine_kind(q);
+    for (size_t j = 0; j < q->gsize; j++) {
+        if (!neuron_active(q, j))
+            continue;
+        const npi_view *v = &r->idx[j];
+        double tab[NPI_MAX_PARTITIONS];
+        double tj = q->kind == ENG_KNN ? (double)q->target[j] : 0.0;
+        for (uint32_t p = 0; p < NPI_MAX_PARTITIONS; p++) {
+            double b = NAN; /* pid 0 (MAI) and ids past P: unknown */
+            if (p > 0 && p < v->partitions) {
+                if (q->kind == ENG_TOPK)
+                    b = v->lower[p] <= v->upper[p] ? (double)v->upper[p] : NAN;
+                else
+                    b = box_distance(v->lower[p], v->upper[p], tj);
+            }
+            tab[p] = term_of(q, j, b);
+        }
+        for (uint32_t i = 0; i < v->mai_count; i++) {
+            if (v->mai_ids[i] >= n) {
+                seterr(r->err, r->errlen, "index of neuron %u is corrupt (MAI id)",
+                       q->neurons[j]);
+                goto done;
+            }
+            maival[v->mai_ids[i]] = v->mai_values[i];
+        }
+        if (dense)
+            npi_unpack(v, pid8);
+        if (dense && ck == CMB_SUM) {
+            BOUNDS_LOOP(pid8[id], bound[id] + t)
+        } else if (dense) {
+            BOUNDS_LOOP(pid8[id], combine(ck, bound[id], t))
+        } else {
+            BOUNDS_LOOP(npi_pid(v, id), combine(ck, bound[id], t))
+        }
+        for (uint32_t i = 0; i < v->mai_count; i++)
+            maival[v->mai_ids[i]] = NAN;
+    }
+    /* key: smaller is better (a top-k bound is negated, exactly) */
+    for (size_t c = 0; c < ncand; c++) {
+        uint32_t id = order[c];
+        double b = finish_value(q, bound[id]);
+        if (b != b)
+            b = best_value(q);
+        bound[id] = q->kind == ENG_TOPK ? -b : b;
+    }
+    free(maival);
+    maival = NULL;
+    free(pid8);
+    pid8 = NULL;
+    r->st->cell_ms += now_ms() - t0;
+
+    /* Refine best bound first. Only a prefix is ever sorted: select the best
+     * `chunk` of the rest, sort them, double the chunk when it runs out. */
+    uint64_t rng = 0x9e3779b97f4a7c15ull;
+    size_t ready = 0, next = 0, chunk = (size_t)r->batch * 4;
+    for (;;) {
+        if (next == ready) {
+            if (ready == ncand)
+                break;
+            double ts = now_ms();
+            size_t take = ncand - ready < chunk ? ncand - ready : chunk;
+            select_smallest(order + ready, ncand - ready, take, bound, &rng);
+            qsort_r(order + ready, take, sizeof *order, key_cmp, bound);
+            ready += take;
+            chunk *= 2;
+            r->st->cell_ms += now_ms() - ts;
+        }
+        if (eng_topk_full(r->h)) {
+            double nb = q->kind == ENG_TOPK ? -bound[order[next]] : bound[order[next]];
+            if (better(q, eng_topk_worst(r->h), nb))
+                break;
+        }
+        size_t cnt = ready - next < r->batch ? ready - next : r->batch;
+        r->st->rounds++;
+        if ((rc = compute_inputs(r, order + next, cnt)) != 0)
+            goto done;
+        rc = -1;
+        next += cnt;
+    }
+    rc = 0;
+done:
+    free(bound);
+    free(order);
+    free(maival);
+    free(pid8);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+
+static int check_query(const eng_query *q, const eng_source *src, eng_result *out, size_t *nout,
+                       char *err, size_t errlen)
+{
+    if (!q || !src || !src->fetch || !out || !nout) {
+        seterr(err, errlen, "missing query, source or output");
+        return -1;
+    }
+    if (q->kind != ENG_TOPK && q->kind != ENG_KNN) {
+        seterr(err, errlen, "unknown query kind %d", q->kind);
+        return -1;
+    }
+    if (q->kind == ENG_TOPK && (q->agg < ENG_SUM || q->agg > ENG_MIN)) {
+        seterr(err, errlen, "unknown aggregation %d", q->agg);
+        return -1;
+    }
+    if (q->kind == ENG_KNN && (q->metric < ENG_L2 || q->metric > ENG_LINF)) {
+        seterr(err, errlen, "unknown metric %d", q->metric);
+        return -1;
+    }
+    if (q->method < ENG_AUTO || q->method > ENG_SCAN) {
+        seterr(err, errlen, "unknown method %d", q->method);
+        return -1;
+    }
+    if (q->k < 1) {
+        seterr(err, errlen, "k must be >= 1");
+        return -1;
+    }
+    if (q->gsize < 1 || !q->neurons) {
+        seterr(err, errlen, "the neuron group is empty");
+        return -1;
+    }
+    if (q->kind == ENG_KNN && !q->target) {
+        seterr(err, errlen, "kNN needs a target");
+        return -1;
+    }
+    if (q->weights)
+        for (size_t j = 0; j < q->gsize; j++)
+            if (!(q->weights[j] >= 0.0) || isinf(q->weights[j])) {
+                seterr(err, errlen, "weight %zu must be finite and >= 0", j);
+                return -1;
+            }
+    return 0;
+}
+
+int eng_run(const eng_query *q, const npi_view *idx, const eng_source *src,
+            eng_result *out, size_t *nout, eng_stats *st, char *err, size_t errlen)
+{
+    double t0 = now_ms();
+    eng_stats local;
+    if (!st)
+        st = &local;
+    memset(st, 0, sizeof *st);
+    if (err && errlen)
+        err[0] = '\0';
+    if (nout)
+        *nout = 0;
+    if (check_query(q, src, out, nout, err, errlen) != 0)
+        return -1;
+
+    int method = q->method;
+    if (method == ENG_AUTO)
+        method = idx ? ENG_BOUNDS : ENG_SCAN;
+    st->method = method;
+    if ((method == ENG_NTA || method == ENG_BOUNDS) && !idx) {
+        seterr(err, errlen, "method %s needs an index of the layer, and there is none",
+               method == ENG_NTA ? "nta" : "bounds");
+        return -1;
+    }
+
+    run r = {.q = q, .idx = method == ENG_SCAN ? NULL : idx, .src = src, .st = st,
+             .batch = q->batch ? q->batch : ENG_DEFAULT_BATCH, .err = err, .errlen = errlen};
+    int rc = -1;
+    if (r.idx)
+        for (size_t j = 0; j < q->gsize; j++)
+            if (check_view(&r, j) != 0)
+                return -1;
+    for (uint32_t id = 0; id < q->n; id++)
+        r.ncand += is_candidate(q, id);
+    if (r.ncand == 0) {
+        st->elapsed_ms = now_ms() - t0;
+        return 0;
+    }
+    size_t k = q->k < r.ncand ? q->k : r.ncand;
+    r.h = eng_topk_new(k, q->kind == ENG_KNN);
+    r.rows = malloc((size_t)r.batch * q->gsize * sizeof *r.rows);
+    if (!r.h || !r.rows) {
+        seterr(err, errlen, "out of memory");
+        goto done;
+    }
+    if (method == ENG_SCAN)
+        rc = run_scan(&r);
+    else if (method == ENG_NTA)
+        rc = run_nta(&r);
+    else
+        rc = run_bounds(&r);
+    if (rc == 0)
+        *nout = eng_topk_finish(r.h, out);
+done:
+    eng_topk_free(r.h);
+    free(r.rows);
+    st->elapsed_ms = now_ms() - t0;
+    return rc;
+}

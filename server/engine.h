@@ -1,0 +1,111 @@
+/* engine.h -- exact top-k and kNN over a neuron group (DESIGN.md sections 1-2).
+ *
+ * Pure C: the engine sees activations only through an activation source
+ * (compute the values of these neurons for these inputs), and the index only
+ * through decoded npi_views, so it is unit-tested with a synthetic source and
+ * wired to the model, the cache and LMDB by the server.
+ *
+ * Methods, all exact (the answer equals brute force bit for bit, ties broken
+ * by the smaller input id):
+ *   ENG_SCAN   compute every candidate (ReprocessAll).
+ *   ENG_NTA    the Neural Threshold Algorithm: per neuron, sorted access
+ *              through MAI entries then partitions (top-k: highest first;
+ *              kNN: nearest to the target first), round by round; stop when
+ *              the k-th best beats the threshold from the frontier bounds.
+ *   ENG_BOUNDS per-input cell bounds from the NPI (exact MAI values, else the
+ *              partition's [lower, upper]); compute candidates best bound
+ *              first in batches; stop when the k-th best beats the next bound.
+ *   ENG_AUTO   BOUNDS when an index is given (it never computes an input
+ *              NTA would skip, beyond batch rounding), else SCAN.
+ *
+ * Scores (double): top-k sum = sum w_i x_i (w = 1 when unweighted), mean =
+ * sum/|G|, max, min; kNN l2 = sqrt(sum w_i d_i^2), l1 = sum w_i |d_i|,
+ * linf = max w_i |d_i|, with d_i = x_i - t_i, all accumulated in group order.
+ * Bounds use the same operations in the same order, so floating-point
+ * rounding (monotone) cannot make a bound unsound.
+ */
+#ifndef DE_ENGINE_H
+#define DE_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "npi.h"
+
+enum eng_kind { ENG_TOPK = 0, ENG_KNN = 1 };
+enum eng_agg { ENG_SUM = 0, ENG_MEAN, ENG_MAX, ENG_MIN };
+enum eng_metric { ENG_L2 = 0, ENG_L1, ENG_LINF };
+enum eng_method { ENG_AUTO = 0, ENG_NTA, ENG_BOUNDS, ENG_SCAN };
+
+/* Counters that a source adds to while a query runs. */
+typedef struct eng_fetch_stats {
+    uint64_t computed;      /* inputs run through the model */
+    uint64_t cache_hits;    /* inputs served from the activation cache */
+    double inference_ms;    /* time spent in the model */
+} eng_fetch_stats;
+
+/* The activation source: fill out[i*m + j] with the activation of neuron
+ * neurons[j] for input ids[i], for n inputs. Returns 0, or -1 with err. */
+typedef struct eng_source {
+    void *ctx;
+    int (*fetch)(void *ctx, const uint32_t *ids, size_t n, const uint32_t *neurons,
+                 size_t m, float *out, eng_fetch_stats *st, char *err, size_t errlen);
+} eng_source;
+
+typedef struct eng_query {
+    int kind;                    /* enum eng_kind */
+    int agg;                     /* enum eng_agg (top-k) */
+    int metric;                  /* enum eng_metric (kNN) */
+    int method;                  /* enum eng_method */
+    uint32_t n;                  /* inputs in the dataset, ids 0..n-1 */
+    size_t k;                    /* >= 1; more than candidates returns them all */
+    size_t gsize;                /* neurons in the group, >= 1 */
+    const uint32_t *neurons;     /* [gsize] flat neuron indices in the layer */
+    const double *weights;       /* [gsize] >= 0, or NULL */
+    const float *target;         /* kNN: the target's activations [gsize] */
+    int64_t exclude;             /* input id that is not a candidate, or -1 */
+    const uint8_t *allowed;      /* [n] nonzero = candidate; NULL = all */
+    uint32_t batch;              /* inputs per fetch, 0 = 256 */
+    const volatile int *cancel;  /* polled between batches; nonzero stops with -2 */
+} eng_query;
+
+typedef struct eng_result {
+    uint32_t input;
+    double value;                /* score (top-k) or distance (kNN) */
+} eng_result;
+
+typedef struct eng_stats {
+    int method;                  /* the method that ran (never ENG_AUTO) */
+    uint64_t inputs_fetched;     /* inputs asked of the source */
+    eng_fetch_stats fetch;       /* what the source reported */
+    uint64_t rounds;             /* NTA rounds / bounds batches */
+    double cell_ms;              /* time spent computing cell bounds / partition lists */
+    double elapsed_ms;
+} eng_stats;
+
+/* Runs q. idx holds one decoded view per group neuron (idx[j] for
+ * q->neurons[j]), or is NULL when the layer has no index (then only SCAN and
+ * AUTO can run; NTA/BOUNDS fail with -1). out has room for min(k, n);
+ * *nout gets the number of results, best first.
+ * Returns 0, -1 with err (a source failure or bad arguments), or -2 when
+ * q->cancel became nonzero. */
+int eng_run(const eng_query *q, const npi_view *idx, const eng_source *src,
+            eng_result *out, size_t *nout, eng_stats *st, char *err, size_t errlen);
+
+/* The score of one input from its group activations x[gsize], as defined
+ * above (used by every method and by streaming scans outside the engine). */
+double eng_score(const eng_query *q, const float *x);
+
+/* A top-k of (value, id) kept in a bounded heap; best first on finish. Used by
+ * the engine and by the index builder's single-pass query answer. */
+typedef struct eng_topk eng_topk;
+eng_topk *eng_topk_new(size_t k, int smallest_best);
+void eng_topk_push(eng_topk *h, uint32_t input, double value);
+/* The k-th best value so far, and whether the heap is full. */
+int eng_topk_full(const eng_topk *h);
+double eng_topk_worst(const eng_topk *h);
+/* Writes results best first (ties: smaller id first); returns the count. */
+size_t eng_topk_finish(eng_topk *h, eng_result *out);
+void eng_topk_free(eng_topk *h);
+
+#endif

@@ -1,0 +1,221 @@
+/* main.c -- deepeverestd: flags, start-up, signal-driven shutdown.
+ *
+ * deepeverestd --data DIR [--listen 127.0.0.1:8080] [--device auto|cpu|cuda]
+ *   [--cache-mb 512] [--threads N] [--token-file F] [--batch 64]
+ *   [--build-memory-mb 2048] [--import-root DIR] [--max-body-mb 64]
+ *   [--max-upload-mb 4096] [--query-timeout-s 300] [--max-builds 1]
+ *   [--static DIR]
+ * deepeverestd --data DIR --stat      print the catalog and indexes, exit
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "app.h"
+#include "http.h"
+#include "jobs.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: deepeverestd --data DIR [--listen HOST:PORT] [--device auto|cpu|cuda]\n"
+            "                    [--cache-mb N] [--threads N] [--token-file F] [--batch N]\n"
+            "                    [--build-memory-mb N] [--import-root DIR] [--max-body-mb N]\n"
+            "                    [--max-upload-mb N] [--query-timeout-s S] [--max-builds N]\n"
+            "                    [--static DIR] [--map-gb N]\n"
+            "       deepeverestd --data DIR --stat\n");
+}
+
+static int parse_listen(const char *s, app_config *c)
+{
+    const char *colon = strrchr(s, ':');
+    if (!colon || colon == s || (size_t)(colon - s) >= sizeof c->listen_host) return -1;
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port < 0 || port > 65535) return -1;
+    memcpy(c->listen_host, s, (size_t)(colon - s));
+    c->listen_host[colon - s] = '\0';
+    if (strcmp(c->listen_host, "localhost") == 0) strcpy(c->listen_host, "127.0.0.1");
+    c->listen_port = (int)port;
+    return 0;
+}
+
+static int parse_size(const char *s, size_t lo, size_t hi, size_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || v < lo || v > hi) return -1;
+    *out = (size_t)v;
+    return 0;
+}
+
+static char *read_token(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return NULL;
+    char buf[512];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ')) buf[--n] = '\0';
+    return n ? strdup(buf) : NULL;
+}
+
+/* Static files sit beside the binary's source tree: <exe>/../server/static. */
+static const char *default_static_dir(void)
+{
+    static char dir[PATH_MAX];
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return "server/static";
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (slash) *slash = '\0';
+    snprintf(dir, sizeof dir, "%s/../server/static", exe);
+    return dir;
+}
+
+int stat_main(const char *data_dir); /* stat.c */
+
+int main(int argc, char **argv)
+{
+    static app A;
+    app_config *c = &A.cfg;
+    int do_stat = 0;
+    snprintf(c->listen_host, sizeof c->listen_host, "127.0.0.1");
+    c->listen_port = 8080;
+    c->device = "auto";
+    c->cache_mb = 512;
+    c->batch = 64;
+    c->build_memory_mb = 2048;
+    c->max_body_mb = 64;
+    c->max_upload_mb = 4096;
+    c->query_timeout_s = 300;
+    c->max_builds = 1;
+    c->map_gb = 64;
+
+    enum { O_DATA = 1, O_LISTEN, O_DEVICE, O_CACHE, O_THREADS, O_TOKEN, O_BATCH, O_BUILDMEM,
+           O_IMPORT, O_MAXBODY, O_MAXUP, O_QTIME, O_MAXBUILDS, O_STATIC, O_STAT, O_MAPGB, O_HELP };
+    static const struct option opts[] = {
+        {"data", required_argument, 0, O_DATA},
+        {"listen", required_argument, 0, O_LISTEN},
+        {"device", required_argument, 0, O_DEVICE},
+        {"cache-mb", required_argument, 0, O_CACHE},
+        {"threads", required_argument, 0, O_THREADS},
+        {"token-file", required_argument, 0, O_TOKEN},
+        {"batch", required_argument, 0, O_BATCH},
+        {"build-memory-mb", required_argument, 0, O_BUILDMEM},
+        {"import-root", required_argument, 0, O_IMPORT},
+        {"max-body-mb", required_argument, 0, O_MAXBODY},
+        {"max-upload-mb", required_argument, 0, O_MAXUP},
+        {"query-timeout-s", required_argument, 0, O_QTIME},
+        {"max-builds", required_argument, 0, O_MAXBUILDS},
+        {"static", required_argument, 0, O_STATIC},
+        {"map-gb", required_argument, 0, O_MAPGB},
+        {"stat", no_argument, 0, O_STAT},
+        {"help", no_argument, 0, O_HELP},
+        {0, 0, 0, 0}};
+    int o;
+    size_t v;
+    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (o) {
+        case O_DATA: c->data_dir = optarg; break;
+        case O_LISTEN:
+            if (parse_listen(optarg, c)) { fprintf(stderr, "--listen wants HOST:PORT, e.g. 127.0.0.1:8080\n"); return 2; }
+            break;
+        case O_DEVICE:
+            if (strcmp(optarg, "auto") && strcmp(optarg, "cpu") && strcmp(optarg, "cuda")) {
+                fprintf(stderr, "--device is auto, cpu or cuda\n");
+                return 2;
+            }
+            c->device = optarg;
+            break;
+        case O_CACHE: if (parse_size(optarg, 0, 1 << 20, &c->cache_mb)) goto bad; break;
+        case O_THREADS: if (parse_size(optarg, 0, 1024, &v)) goto bad; c->threads = (int)v; break;
+        case O_TOKEN: c->token_file = optarg; break;
+        case O_BATCH: if (parse_size(optarg, 1, 4096, &v)) goto bad; c->batch = (uint32_t)v; break;
+        case O_BUILDMEM: if (parse_size(optarg, 16, 1 << 22, &c->build_memory_mb)) goto bad; break;
+        case O_IMPORT: c->import_root = optarg; break;
+        case O_MAXBODY: if (parse_size(optarg, 1, 1 << 14, &c->max_body_mb)) goto bad; break;
+        case O_MAXUP: if (parse_size(optarg, 1, 1 << 20, &c->max_upload_mb)) goto bad; break;
+        case O_QTIME: if (parse_size(optarg, 0, 86400, &v)) goto bad; c->query_timeout_s = (double)v; break;
+        case O_MAXBUILDS: if (parse_size(optarg, 1, 64, &v)) goto bad; c->max_builds = (int)v; break;
+        case O_STATIC: c->static_dir = optarg; break;
+        case O_MAPGB: if (parse_size(optarg, 1, 1 << 16, &c->map_gb)) goto bad; break;
+        case O_STAT: do_stat = 1; break;
+        case O_HELP: usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+        continue;
+    bad:
+        fprintf(stderr, "bad value '%s' for --%s\n", optarg, opts[o - 1].name);
+        return 2;
+    }
+    if (!c->data_dir || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    if (do_stat) return stat_main(c->data_dir);
+    if (!c->static_dir) c->static_dir = default_static_dir();
+    if (c->token_file && !(c->token = read_token(c->token_file))) {
+        fprintf(stderr, "--token-file %s: cannot read a token from it\n", c->token_file);
+        return 2;
+    }
+
+    /* Signals are taken synchronously by this thread: block them before any
+     * thread (torch's pool, MHD's) exists, so they all inherit the mask. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    char err[512];
+    if (shim_init(c->threads, err, sizeof err) != 0) {
+        fprintf(stderr, "torch: %s\n", err);
+        return 1;
+    }
+    A.device_name = (strcmp(c->device, "cpu") != 0 && shim_cuda_available()) ? "cuda" : "cpu";
+    if (strcmp(c->device, "cuda") == 0 && !shim_cuda_available()) {
+        fprintf(stderr, "--device cuda: no CUDA device is usable by this LibTorch build\n");
+        return 1;
+    }
+    if (store_open(c->data_dir, c->map_gb << 30, &A.st, err, sizeof err) != STORE_OK) {
+        fprintf(stderr, "store: %s\n", err);
+        return 1;
+    }
+    A.cache = cache_new(c->cache_mb << 20);
+    pthread_mutex_init(&A.models_lock, NULL);
+    app_models_load_all(&A);
+    if (jobs_start(&A, err, sizeof err) != 0) {
+        fprintf(stderr, "jobs: %s\n", err);
+        return 1;
+    }
+    if (http_start(&A, err, sizeof err) != 0) {
+        fprintf(stderr, "http: %s\n", err);
+        return 1;
+    }
+    app_log("deepeverestd %s listening on http://%s:%d/ (device %s, data %s)", DE_VERSION,
+            c->listen_host, http_port(), A.device_name, c->data_dir);
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    app_log("signal %d: draining in-flight requests", sig);
+    atomic_store(&A.stopping, 1);
+    jobs_cancel_all(&A);
+    http_stop(&A, 30.0);
+    jobs_stop(&A);
+    app_models_free(&A);
+    cache_free(A.cache);
+    store_close(A.st);
+    free(c->token);
+    app_log("stopped");
+    return 0;
+}

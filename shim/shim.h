@@ -1,0 +1,87 @@
+/* shim.h -- the C face of LibTorch.
+ *
+ * The only C++ of the project lives behind this header (shim.cpp). No C++
+ * exception crosses it: every call that can fail returns 0 on success or -1
+ * and writes a NUL-terminated message into err[errlen].
+ *
+ * Layers follow the model convention (DESIGN.md section 5):
+ *   1. forward(x) returns Dict[str, Tensor]: each key is a layer, in forward
+ *      order. If the module also has a method `forward_to(x, layer: str)`
+ *      (our exporter writes one) the shim uses it to stop the forward at the
+ *      deepest layer that a call needs.
+ *   2. otherwise the module's named children, applied in order; nested
+ *      Sequentials are flattened to their leaf modules with dotted names
+ *      ("features.3.0"). The forward stops after the deepest requested layer.
+ *
+ * Lifetimes: a shim_model is valid from shim_load until shim_free. Strings and
+ * shapes returned by shim_layer() are owned by the model and valid until
+ * shim_free. Calls on one model may come from several threads, but the caller
+ * serializes shim_run on one model (the server does, with one lock per model).
+ */
+#ifndef DE_SHIM_H
+#define DE_SHIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SHIM_MAX_DIMS 8
+
+typedef struct shim_model shim_model;
+
+typedef struct shim_layer {
+    const char *name;              /* layer name, e.g. "conv2" or "features.3" */
+    int ndim;                      /* rank of one input's output (no batch dim) */
+    int64_t shape[SHIM_MAX_DIMS];  /* per-input output shape */
+    int64_t neurons;               /* product of shape */
+} shim_layer;
+
+/* Process-wide settings, once, before any other call and before threads are
+ * started: intra-op threads (0 = number of cores), glibc malloc thresholds so
+ * that large tensors are not mmapped per forward, OpenBLAS pinned to one
+ * thread (ENVIRONMENT.md: together worth 4x on 2 cores). */
+int shim_init(int threads, char *err, size_t errlen);
+
+/* 1 when a CUDA device is usable by this LibTorch build, else 0. */
+int shim_cuda_available(void);
+
+/* Loads a TorchScript file on `device` ("auto" = cuda when available, "cpu",
+ * "cuda"). The per-input input shape comes from the archive's extra file
+ * `deepeverest.json` ({"input_shape":[C,H,W]}) or, when the archive has none,
+ * from input_shape/input_ndim (pass NULL/0 for "none known": the load then
+ * fails with a message that says how to give one). The model is run once on
+ * a zero input to discover its layers and their shapes; a file that is not
+ * TorchScript, or that cannot take the shape, fails here. */
+int shim_load(const char *path, const char *device, const int64_t *input_shape,
+              int input_ndim, shim_model **out, char *err, size_t errlen);
+
+void shim_free(shim_model *m);
+
+/* "cpu" or "cuda": where the model runs. */
+const char *shim_device(const shim_model *m);
+
+/* Per-input input shape; returns its rank and fills shape[SHIM_MAX_DIMS]. */
+int shim_input_shape(const shim_model *m, int64_t *shape);
+int64_t shim_input_numel(const shim_model *m);
+
+int shim_layer_count(const shim_model *m);
+/* Layer i (0 <= i < count), in forward order; NULL when out of range. */
+const shim_layer *shim_layer_at(const shim_model *m, int i);
+/* Index of the layer named `name`, or -1. */
+int shim_layer_find(const shim_model *m, const char *name);
+
+/* Runs n inputs (n * shim_input_numel floats, C-order, already normalized)
+ * and copies the activations of the requested layers into outs[j]
+ * (n * neurons(layers[j]) floats, caller-allocated). Only requested layers are
+ * copied out, and the forward stops at the deepest requested one where the
+ * model allows it. Returns 0, or -1 with err. */
+int shim_run(shim_model *m, const float *in, int64_t n, const int *layers,
+             int nlayers, float *const *outs, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

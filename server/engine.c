@@ -17,6 +17,15 @@
  */
 #include "engine.h"
 
+/* Rule 1 needs every product rounded on its own: a fused multiply-add in one
+ * place and not in another (e.g. with -march=native) could make a bound
+ * undercut the score it must cover. (-ffast-math would break it too.) */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -25,6 +34,7 @@
 #include <time.h>
 
 #define ENG_DEFAULT_BATCH 256u
+#define ENG_DEFAULT_SCRATCH ((size_t)64 << 20)
 
 static double now_ms(void)
 {
@@ -433,6 +443,7 @@ typedef struct nta_neuron {
     nta_part *parts;    /* non-empty partitions, best key first */
     uint32_t nparts, pc;
     uint32_t pos, found; /* scan position and members found in parts[pc] */
+    uint8_t *pid8;      /* unpacked partition ids, or NULL: scan the packed ones */
 } nta_neuron;
 
 enum { HEAD_NONE, HEAD_LEFT, HEAD_RIGHT, HEAD_PART };
@@ -507,10 +518,12 @@ typedef struct nta_state {
     uint32_t *gath;
     size_t ngath, capgath;
     uint32_t *counts; /* NPI_MAX_PARTITIONS scratch */
-    uint8_t *pid8;
+    uint8_t *pid8;    /* unpack scratch for neurons past the budget */
+    uint8_t **kept;   /* unpacked ids kept, per active neuron */
 } nta_state;
 
-static int nta_setup_neuron(run *r, nta_state *s, nta_neuron *nn, size_t j)
+/* pid8: n bytes to unpack the ids into (kept by the neuron or scratch). */
+static int nta_setup_neuron(run *r, nta_state *s, nta_neuron *nn, size_t j, uint8_t *pid8)
 {
     const eng_query *q = r->q;
     const npi_view *v = &r->idx[j];
@@ -521,10 +534,10 @@ static int nta_setup_neuron(run *r, nta_state *s, nta_neuron *nn, size_t j)
         return -1;
 
     /* Partition sizes, counted rather than derived: pids are the truth. */
-    npi_unpack(v, s->pid8);
+    npi_unpack(v, pid8);
     memset(s->counts, 0, NPI_MAX_PARTITIONS * sizeof *s->counts);
     for (uint32_t i = 0; i < q->n; i++)
-        s->counts[s->pid8[i]]++;
+        s->counts[pid8[i]]++;
     for (uint32_t p = v->partitions; p < NPI_MAX_PARTITIONS; p++)
         if (s->counts[p])
             goto corrupt;
@@ -588,13 +601,19 @@ static int nta_next(run *r, nta_neuron *nn, uint32_t *id)
     default:
         break;
     }
-    /* Members of a partition: a scan of the packed ids, resumed where it left
-     * off (memory O(1) per neuron, whatever the group size). */
+    /* Members of a partition: a scan of the partition ids, resumed where it
+     * left off: memchr over unpacked ids, or the packed ids themselves
+     * (no memory per neuron, whatever the group size). */
     nta_part *pt = &nn->parts[nn->pc];
     const npi_view *v = nn->v;
     uint32_t pos = nn->pos, n = v->n;
-    while (pos < n && npi_pid(v, pos) != pt->p)
-        pos++;
+    if (nn->pid8) {
+        const uint8_t *hit = pos < n ? memchr(nn->pid8 + pos, (int)pt->p, n - pos) : NULL;
+        pos = hit ? (uint32_t)(hit - nn->pid8) : n;
+    } else {
+        while (pos < n && npi_pid(v, pos) != pt->p)
+            pos++;
+    }
     if (pos == n) {
         seterr(r->err, r->errlen, "index of neuron %u is corrupt (partition %u)",
                r->q->neurons[nn->j], pt->p);
@@ -644,18 +663,26 @@ static int run_nta(run *r)
     s.seen = calloc(q->n, 1);
     s.counts = malloc(NPI_MAX_PARTITIONS * sizeof *s.counts);
     s.pid8 = malloc((size_t)q->n + 1);
+    s.kept = calloc(nact, sizeof *s.kept);
     s.capgath = (size_t)r->batch + nact;
     s.gath = malloc(s.capgath * sizeof *s.gath);
-    if (!s.nn || !s.parts || !s.seen || !s.counts || !s.pid8 || !s.gath) {
+    if (!s.nn || !s.parts || !s.seen || !s.counts || !s.pid8 || !s.kept || !s.gath) {
         seterr(r->err, r->errlen, "out of memory");
         goto done;
     }
+    /* Every list is unpacked once to count its partitions; the unpacked ids
+     * are kept (fast member scans) while they fit in the scratch budget. */
+    size_t budget = q->scratch_budget ? q->scratch_budget : ENG_DEFAULT_SCRATCH;
+    size_t used = 0;
     for (size_t j = 0, a = 0; j < q->gsize; j++) {
         if (!all && !neuron_active(q, j))
             continue;
         s.nn[a].parts = s.parts + a * NPI_MAX_PARTITIONS;
-        if (nta_setup_neuron(r, &s, &s.nn[a], j) != 0)
+        if (used + q->n <= budget && (s.kept[a] = malloc((size_t)q->n + 1)) != NULL)
+            used += q->n;
+        if (nta_setup_neuron(r, &s, &s.nn[a], j, s.kept[a] ? s.kept[a] : s.pid8) != 0)
             goto done;
+        s.nn[a].pid8 = s.kept[a];
         a++;
     }
     s.nact = nact;
@@ -708,6 +735,10 @@ static int run_nta(run *r)
     }
     rc = 0;
 done:
+    if (s.kept)
+        for (size_t a = 0; a < nact; a++)
+            free(s.kept[a]);
+    free(s.kept);
     free(s.nn);
     free(s.parts);
     free(s.seen);
@@ -728,11 +759,47 @@ static uint64_t xorshift(uint64_t *x)
     return *x;
 }
 
-/* Moves the kk smallest keys of a[0..len) to the front (any order), by
- * three-way quickselect: heavy ties (common with ReLU zeros) stay linear. */
+static int double_cmp(const void *x, const void *y)
+{
+    double a = *(const double *)x, b = *(const double *)y;
+    return a < b ? -1 : a > b;
+}
+
+#define SELECT_SAMPLE 512
+
+/* Moves the kk smallest keys of a[0..len) to the front (any order). When kk
+ * is a small part of len, a pivot a little past the kk-th smallest of a
+ * random sample cuts the range down in one pass with predictable branches;
+ * otherwise, or when the sample misleads (ties), three-way quickselect: heavy
+ * ties (common with ReLU zeros) stay linear. */
 static void select_smallest(uint32_t *a, size_t len, size_t kk, const double *key, uint64_t *rng)
 {
+    double sample[SELECT_SAMPLE];
     while (kk > 0 && kk < len) {
+        if (len >= 8 * SELECT_SAMPLE && kk * 16 < len) {
+            for (size_t i = 0; i < SELECT_SAMPLE; i++)
+                sample[i] = key[a[xorshift(rng) % len]];
+            qsort(sample, SELECT_SAMPLE, sizeof *sample, double_cmp);
+            size_t r = (size_t)((double)SELECT_SAMPLE * (double)kk / (double)len * 2.0) + 4;
+            double pv = sample[r < SELECT_SAMPLE ? r : SELECT_SAMPLE - 1];
+            size_t j = 0;
+            for (size_t i = 0; i < len; i++)
+                if (key[a[i]] <= pv) {
+                    uint32_t t = a[j];
+                    a[j++] = a[i];
+                    a[i] = t;
+                }
+            if (j < len) { /* else everything ties at or below pv: three-way */
+                if (j >= kk) {
+                    len = j;
+                } else { /* all of a[0..j) are among the kk smallest */
+                    a += j;
+                    kk -= j;
+                    len -= j;
+                }
+                continue;
+            }
+        }
         double pv = key[a[xorshift(rng) % len]];
         size_t lt = 0, i = 0, gt = len;
         while (i < gt) {

@@ -67,6 +67,9 @@ typedef struct eng_query {
     const uint8_t *allowed;      /* [n] nonzero = candidate; NULL = all */
     uint32_t batch;              /* inputs per fetch, 0 = 256 */
     const volatile int *cancel;  /* polled between batches; nonzero stops with -2 */
+    size_t scratch_budget;       /* bytes of optional scratch beyond O(N) (NTA keeps
+                                  * unpacked partition ids of neurons within it and
+                                  * scans the packed ids of the rest); 0 = 64 MiB */
 } eng_query;
 
 typedef struct eng_result {
@@ -101,10 +104,13 @@ double eng_score(const eng_query *q, const float *x);
 typedef struct eng_topk eng_topk;
 eng_topk *eng_topk_new(size_t k, int smallest_best);
 void eng_topk_push(eng_topk *h, uint32_t input, double value);
-/* The k-th best value so far, and whether the heap is full. */
+/* The k-th best value so far, and whether the heap is full (until it is,
+ * eng_topk_worst gives the worst possible value: -inf, or +inf when
+ * smallest_best). A NaN value is pushed as the worst possible. */
 int eng_topk_full(const eng_topk *h);
 double eng_topk_worst(const eng_topk *h);
-/* Writes results best first (ties: smaller id first); returns the count. */
+/* Writes results best first (ties: smaller id first); returns the count and
+ * leaves the heap empty. k = 0 gives NULL. */
 size_t eng_topk_finish(eng_topk *h, eng_result *out);
 void eng_topk_free(eng_topk *h);
 

@@ -1,0 +1,908 @@
+/* test_engine.c -- every query method against an independent brute force.
+ *
+ * A synthetic activation source serves an N x D matrix (fixed-seed PRNG);
+ * indexes are built with npi_build from the same columns. For thousands of
+ * random cases (sizes, value distributions, group sizes, k, partitions, MAI
+ * ratios, aggregations, metrics, weights, filters, targets, batch sizes) the
+ * answer of SCAN, NTA, BOUNDS and AUTO must equal, id for id and value for
+ * value, the brute force below, which scores every candidate with its own
+ * loops and sorts by (value, id). The source also checks that no method asks
+ * for a non-candidate or for the same input twice.
+ */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "engine.h"
+#include "npi.h"
+
+/* ---- deterministic generator ------------------------------------------ */
+
+static uint64_t rng_state;
+static void rng_seed(uint64_t s) { rng_state = s * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull; }
+static uint32_t rng_u32(void)
+{
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return (uint32_t)((rng_state * 0x2545f4914f6cdd1dull) >> 32);
+}
+static uint32_t rng_below(uint32_t n) { return n ? rng_u32() % n : 0; }
+static double rng_unit(void) { return rng_u32() / 4294967296.0; }
+static double rng_normal(void)
+{
+    double s = 0;
+    for (int i = 0; i < 6; i++)
+        s += rng_unit();
+    return (s - 3.0) * 1.41;
+}
+
+/* ---- datasets ---------------------------------------------------------- */
+
+enum dist {
+    D_CONT,     /* continuous, both signs */
+    D_TIES,     /* values from {0, 1, 2} (and -0.0) */
+    D_ZEROCOLS, /* continuous, but some neurons all zero */
+    D_NEG,      /* negative only */
+    D_RELU,     /* about half zeros, rest positive */
+    D_LARGE,    /* magnitudes from 1e-30 to 1e30 */
+    D_NASTY,    /* continuous with NaN, +-inf and -0.0 sprinkled in */
+    D_MIXED,    /* each neuron its own distribution of the above */
+    D_COUNT
+};
+static const char *dist_name[D_COUNT] = {"cont", "ties", "zerocols", "neg",
+                                         "relu", "large", "nasty", "mixed"};
+
+typedef struct ds {
+    uint32_t n, d, P, m;
+    float *mat;        /* n x d, row-major: mat[i*d + j] */
+    uint32_t **blobs;  /* per neuron */
+    npi_view *views;
+} ds;
+
+static float gen_value(int dist, int col_zero)
+{
+    switch (dist) {
+    case D_CONT:
+        return (float)rng_normal();
+    case D_TIES: {
+        uint32_t r = rng_below(7);
+        return r == 6 ? -0.0f : (float)(r % 3);
+    }
+    case D_ZEROCOLS:
+        return col_zero ? 0.0f : (float)rng_normal();
+    case D_NEG:
+        return (float)(-1.0 - 99.0 * rng_unit());
+    case D_RELU: {
+        double v = rng_normal();
+        return v > 0 ? (float)v : 0.0f;
+    }
+    case D_LARGE: {
+        double mag = pow(10.0, (double)rng_below(61) - 30.0) * (0.5 + rng_unit());
+        return (float)(rng_below(2) ? mag : -mag);
+    }
+    default: {
+        uint32_t r = rng_below(100);
+        if (r < 3)
+            return NAN;
+        if (r < 5)
+            return INFINITY;
+        if (r < 7)
+            return -INFINITY;
+        if (r < 10)
+            return -0.0f;
+        return (float)rng_normal();
+    }
+    }
+}
+
+static void ds_make(ds *s, uint32_t n, uint32_t d, int dist)
+{
+    memset(s, 0, sizeof *s);
+    s->n = n;
+    s->d = d;
+    s->mat = malloc((size_t)n * d * sizeof *s->mat);
+    ck_assert_ptr_nonnull(s->mat);
+    for (uint32_t j = 0; j < d; j++) {
+        int cd = dist == D_MIXED ? (int)rng_below(D_MIXED) : dist;
+        int zero = rng_below(3) == 0;
+        for (uint32_t i = 0; i < n; i++)
+            s->mat[(size_t)i * d + j] = gen_value(cd, zero);
+    }
+}
+
+static void ds_index(ds *s, uint32_t P, double ratio)
+{
+    s->P = P;
+    s->m = npi_mai_count(s->n, ratio);
+    s->blobs = calloc(s->d, sizeof *s->blobs);
+    s->views = calloc(s->d, sizeof *s->views);
+    float *col = malloc((s->n ? s->n : 1) * sizeof *col);
+    npi_scratch *sc = npi_scratch_new(s->n);
+    ck_assert(s->blobs && s->views && col && sc);
+    size_t len = npi_blob_size(s->n, P, s->m);
+    for (uint32_t j = 0; j < s->d; j++) {
+        for (uint32_t i = 0; i < s->n; i++)
+            col[i] = s->mat[(size_t)i * s->d + j];
+        s->blobs[j] = malloc(len);
+        ck_assert_ptr_nonnull(s->blobs[j]);
+        ck_assert_int_eq(npi_build(col, s->n, P, s->m, sc, s->blobs[j]), 0);
+        ck_assert_int_eq(npi_decode(s->blobs[j], len, &s->views[j]), 0);
+    }
+    npi_scratch_free(sc);
+    free(col);
+}
+
+static void ds_free(ds *s)
+{
+    if (s->blobs)
+        for (uint32_t j = 0; j < s->d; j++)
+            free(s->blobs[j]);
+    free(s->blobs);
+    free(s->views);
+    free(s->mat);
+}
+
+/* ---- the synthetic activation source ----------------------------------- */
+
+typedef struct synth {
+    const ds *s;
+    const eng_query *q;   /* to check that only candidates are asked for */
+    uint32_t *count;      /* per input: times fetched in this query */
+    uint64_t fetched;
+    uint64_t calls;
+    uint64_t bad;         /* non-candidates, repeats, bad ids or neurons */
+    uint64_t fail_call;   /* fail on this call (1-based), 0 = never */
+    uint64_t cancel_call; /* set *cancel on this call, 0 = never */
+    volatile int *cancel;
+} synth;
+
+static int synth_fetch(void *ctx, const uint32_t *ids, size_t n, const uint32_t *neurons,
+                       size_t m, float *out, eng_fetch_stats *st, char *err, size_t errlen)
+{
+    synth *y = ctx;
+    y->calls++;
+    if (y->fail_call && y->calls == y->fail_call) {
+        snprintf(err, errlen, "synthetic failure at call %llu", (unsigned long long)y->calls);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint32_t id = ids[i];
+        if (id >= y->s->n) {
+            y->bad++;
+            continue;
+        }
+        if (y->count && ++y->count[id] > 1)
+            y->bad++;
+        if (y->q && ((int64_t)id == y->q->exclude || (y->q->allowed && !y->q->allowed[id])))
+            y->bad++;
+        for (size_t j = 0; j < m; j++) {
+            if (neurons[j] >= y->s->d) {
+                y->bad++;
+                continue;
+            }
+            out[i * m + j] = y->s->mat[(size_t)id * y->s->d + neurons[j]];
+        }
+    }
+    y->fetched += n;
+    st->computed += n;
+    if (y->cancel_call && y->calls == y->cancel_call)
+        *y->cancel = 1;
+    return 0;
+}
+
+/* ---- brute force ----------------------------------------------------- */
+
+/* The definition of DESIGN.md section 1, written out directly: any NaN in
+ * the computation makes the input the worst possible. */
+static double bf_value(const eng_query *q, const float *row)
+{
+    size_t g = q->gsize;
+    if (q->kind == ENG_TOPK) {
+        int wsum = q->weights && (q->agg == ENG_SUM || q->agg == ENG_MEAN);
+        double acc = q->agg == ENG_MAX ? -INFINITY : q->agg == ENG_MIN ? INFINITY : 0.0;
+        for (size_t j = 0; j < g; j++) {
+            double x = row[q->neurons[j]];
+            if (isnan(x))
+                return -INFINITY;
+            if (q->agg == ENG_MAX) {
+                if (x > acc)
+                    acc = x;
+            } else if (q->agg == ENG_MIN) {
+                if (x < acc)
+                    acc = x;
+            } else {
+                acc += wsum ? q->weights[j] * x : x;
+            }
+        }
+        if (q->agg == ENG_MEAN)
+            acc /= (double)g;
+        return isnan(acc) ? -INFINITY : acc;
+    }
+    double acc = 0.0;
+    for (size_t j = 0; j < g; j++) {
+        double d = (double)row[q->neurons[j]] - (double)q->target[j];
+        double a = fabs(d);
+        double t = q->metric == ENG_L2 ? a * a : a;
+        if (q->weights)
+            t = q->weights[j] * t;
+        if (isnan(t))
+            return INFINITY;
+        if (q->metric == ENG_LINF) {
+            if (t > acc)
+                acc = t;
+        } else {
+            acc += t;
+        }
+    }
+    if (q->metric == ENG_L2)
+        acc = sqrt(acc);
+    return isnan(acc) ? INFINITY : acc;
+}
+
+static int bf_kind;
+static int bf_cmp(const void *pa, const void *pb)
+{
+    const eng_result *a = pa, *b = pb;
+    if (a->value != b->value) {
+        if (bf_kind == ENG_KNN)
+            return a->value < b->value ? -1 : 1;
+        return a->value > b->value ? -1 : 1;
+    }
+    return a->input < b->input ? -1 : a->input > b->input;
+}
+
+static size_t brute_force(const ds *s, const eng_query *q, eng_result *out)
+{
+    size_t c = 0;
+    for (uint32_t i = 0; i < s->n; i++) {
+        if ((int64_t)i == q->exclude || (q->allowed && !q->allowed[i]))
+            continue;
+        out[c].input = i;
+        out[c].value = bf_value(q, s->mat + (size_t)i * s->d);
+        c++;
+    }
+    bf_kind = q->kind;
+    qsort(out, c, sizeof *out, bf_cmp);
+    return c < q->k ? c : q->k;
+}
+
+/* ---- one query, every method -------------------------------------------- */
+
+static const char *method_name[] = {"auto", "nta", "bounds", "scan"};
+
+/* Totals over every test, in shared memory so that forked tests add to them. */
+typedef struct totals {
+    uint64_t queries, runs, fetched[4];
+} totals;
+static totals *T;
+
+/* Runs q with `method` and compares with the expectation; returns fetches. */
+static uint64_t run_and_compare(const ds *s, eng_query *q, int method, const npi_view *gv,
+                                const eng_result *want, size_t nwant, const char *label)
+{
+    size_t cap = q->k < s->n ? q->k : s->n;
+    eng_result *got = malloc((cap ? cap : 1) * sizeof *got);
+    uint32_t *count = calloc(s->n ? s->n : 1, sizeof *count);
+    ck_assert(got && count);
+    synth y = {.s = s, .q = q, .count = count};
+    eng_source src = {&y, synth_fetch};
+    eng_stats st;
+    char err[256] = "";
+    size_t nout = 12345;
+    q->method = method;
+    int rc = eng_run(q, gv, &src, got, &nout, &st, err, sizeof err);
+    ck_assert_msg(rc == 0, "%s method=%s: rc %d (%s)", label, method_name[method], rc, err);
+    ck_assert_msg(nout == nwant, "%s method=%s: %zu results, want %zu", label,
+                  method_name[method], nout, nwant);
+    /* one assertion per run: Check logs every assertion it evaluates */
+    size_t bad = 0;
+    while (bad < nwant && got[bad].input == want[bad].input && got[bad].value == want[bad].value)
+        bad++;
+    ck_assert_msg(bad == nwant, "%s method=%s: rank %zu is (%u, %.17g), want (%u, %.17g)", label,
+                  method_name[method], bad, bad < nwant ? got[bad].input : 0,
+                  bad < nwant ? got[bad].value : 0.0, bad < nwant ? want[bad].input : 0,
+                  bad < nwant ? want[bad].value : 0.0);
+    ck_assert_msg(y.bad == 0, "%s method=%s: %llu bad fetches", label, method_name[method],
+                  (unsigned long long)y.bad);
+    int expect_method = method != ENG_AUTO ? method : gv ? ENG_BOUNDS : ENG_SCAN;
+    ck_assert_msg(st.method == expect_method, "%s: method %d ran, want %d", label, st.method,
+                  expect_method);
+    ck_assert_msg(st.inputs_fetched == y.fetched && st.fetch.computed == y.fetched,
+                  "%s method=%s: stats say %llu/%llu fetched, source saw %llu", label,
+                  method_name[method], (unsigned long long)st.inputs_fetched,
+                  (unsigned long long)st.fetch.computed, (unsigned long long)y.fetched);
+    ck_assert(st.elapsed_ms >= 0.0);
+    free(got);
+    free(count);
+    T->runs++;
+    return y.fetched;
+}
+
+static const uint32_t sizes[] = {1, 2, 7, 50, 333, 2000};
+static const uint32_t parts[] = {2, 3, 16, 64};
+static const double ratios[] = {0, 0.01, 0.03, 0.5};
+static const uint32_t batches[] = {0, 1, 3, 16, 64, 256};
+
+/* One random query over s; every method must equal the brute force. */
+static void random_query(const ds *s, int dist, int qi)
+{
+    uint32_t n = s->n, d = s->d;
+    eng_query q = {0};
+    uint32_t *neurons = malloc(d * 2 * sizeof *neurons);
+    double *weights = malloc(d * 2 * sizeof *weights);
+    float *target = malloc(d * 2 * sizeof *target);
+    uint8_t *allowed = malloc(n);
+    npi_view *gv = malloc(d * 2 * sizeof *gv);
+    eng_result *want = malloc(n * sizeof *want);
+    ck_assert(neurons && weights && target && allowed && gv && want);
+
+    /* group: distinct neurons, sometimes all of them, rarely with repeats */
+    size_t g;
+    uint32_t r = rng_below(16);
+    if (r == 0) {
+        g = 1 + rng_below(2 * d);
+        for (size_t j = 0; j < g; j++)
+            neurons[j] = rng_below(d);
+    } else {
+        g = r < 3 ? d : 1 + rng_below(d);
+        uint32_t *perm = malloc(d * sizeof *perm);
+        for (uint32_t j = 0; j < d; j++)
+            perm[j] = j;
+        for (size_t j = 0; j < g; j++) {
+            uint32_t t = j + rng_below(d - (uint32_t)j), x = perm[j];
+            perm[j] = perm[t];
+            perm[t] = x;
+            neurons[j] = perm[j];
+        }
+        free(perm);
+    }
+    for (size_t j = 0; j < g; j++)
+        gv[j] = s->views[neurons[j]];
+
+    q.kind = rng_below(2) ? ENG_KNN : ENG_TOPK;
+    q.agg = (int)rng_below(4);
+    q.metric = (int)rng_below(3);
+    q.n = n;
+    q.gsize = g;
+    q.neurons = neurons;
+    q.exclude = -1;
+    if (rng_below(3) == 0) {
+        int allzero = rng_below(20) == 0;
+        for (size_t j = 0; j < g; j++)
+            weights[j] = allzero || rng_below(10) < 3 ? 0.0 : 2.0 * rng_unit();
+        q.weights = weights;
+    }
+    /* filter */
+    r = rng_below(20);
+    if (r < 5) {
+        double dens = r == 0 ? 0.02 : r < 3 ? 0.3 : 0.9;
+        for (uint32_t i = 0; i < n; i++)
+            allowed[i] = rng_unit() < dens;
+        q.allowed = allowed;
+    } else if (r < 7) {
+        memset(allowed, 0, n);
+        allowed[rng_below(n)] = 1;
+        q.allowed = allowed;
+    } else if (r == 7) {
+        memset(allowed, 0, n);
+        q.allowed = allowed;
+    }
+    if (rng_below(10) < 3)
+        q.exclude = rng_below(n);
+    /* kNN target: an input's own activations, a random vector, or values
+     * picked from other inputs and partition bounds (to make ties) */
+    r = rng_below(10);
+    uint32_t from = rng_below(n);
+    for (size_t j = 0; j < g; j++) {
+        const npi_view *v = &gv[j];
+        if (r < 6) {
+            target[j] = s->mat[(size_t)from * d + neurons[j]];
+        } else if (r < 9) {
+            target[j] = gen_value(dist == D_MIXED ? D_CONT : dist, 0);
+        } else {
+            uint32_t p = 1 + rng_below(v->partitions - 1);
+            float b = rng_below(2) ? v->lower[p] : v->upper[p];
+            target[j] = isfinite(b) && rng_below(2) ? b : s->mat[(size_t)rng_below(n) * d + neurons[j]];
+        }
+    }
+    if (r < 6 && rng_below(10) < 7)
+        q.exclude = from;
+    q.target = target;
+    uint32_t ks[] = {1, 2, 5, n / 2 ? n / 2 : 1, n, n + 3};
+    q.k = ks[rng_below(6)];
+    q.batch = batches[rng_below(6)];
+    /* NTA: unpacked ids for every neuron (default), none, or about half */
+    r = rng_below(3);
+    q.scratch_budget = r == 0 ? 0 : r == 1 ? 1 : (size_t)n * g / 2 + 1;
+
+    size_t nwant = brute_force(s, &q, want);
+    char label[256];
+    snprintf(label, sizeof label,
+             "[query %d: n=%u d=%u dist=%s P=%u m=%u g=%zu kind=%d agg=%d metric=%d w=%d "
+             "filter=%d exclude=%lld k=%zu batch=%u scratch=%zu]",
+             qi, n, d, dist_name[dist], s->P, s->m, g, q.kind, q.agg, q.metric, q.weights != NULL,
+             q.allowed != NULL, (long long)q.exclude, q.k, q.batch, q.scratch_budget);
+    T->queries++;
+    T->fetched[ENG_SCAN] += run_and_compare(s, &q, ENG_SCAN, gv, want, nwant, label);
+    T->fetched[ENG_NTA] += run_and_compare(s, &q, ENG_NTA, gv, want, nwant, label);
+    T->fetched[ENG_BOUNDS] += run_and_compare(s, &q, ENG_BOUNDS, gv, want, nwant, label);
+    run_and_compare(s, &q, ENG_AUTO, gv, want, nwant, label);
+    run_and_compare(s, &q, ENG_AUTO, NULL, want, nwant, label);
+
+    free(neurons);
+    free(weights);
+    free(target);
+    free(allowed);
+    free(gv);
+    free(want);
+}
+
+/* Each loop iteration: a few random datasets, several queries each. */
+#define PROPERTY_ITERS 80
+#define DATASETS_PER_ITER 8
+#define QUERIES_PER_DATASET 10
+
+START_TEST(test_property)
+{
+    rng_seed(1000 + (uint64_t)_i);
+    for (int c = 0; c < DATASETS_PER_ITER; c++) {
+        uint32_t n = sizes[rng_below(6)];
+        uint32_t d = 1 + rng_below(n >= 2000 ? 32 : 64);
+        int dist = (int)rng_below(D_COUNT);
+        ds s;
+        ds_make(&s, n, d, dist);
+        ds_index(&s, parts[rng_below(4)], ratios[rng_below(4)]);
+        for (int qi = 0; qi < QUERIES_PER_DATASET; qi++)
+            random_query(&s, dist, _i * 1000 + c * 100 + qi);
+        ds_free(&s);
+    }
+}
+END_TEST
+
+/* Wide groups: every neuron of a 64-neuron layer. */
+START_TEST(test_wide_group)
+{
+    rng_seed(77);
+    for (int c = 0; c < 6; c++) {
+        ds s;
+        int dist = c % 2 ? D_RELU : D_TIES;
+        ds_make(&s, 2000, 64, dist);
+        ds_index(&s, parts[c % 4], ratios[(c + 1) % 4]);
+        for (int qi = 0; qi < 4; qi++)
+            random_query(&s, dist, 9000000 + c * 10 + qi);
+        ds_free(&s);
+    }
+}
+END_TEST
+
+/* Larger N: BOUNDS selects its best-bound prefix from many candidates
+ * (sampled pivots, ties falling back to three-way partitioning). */
+START_TEST(test_larger_n)
+{
+    static const int dists[] = {D_RELU, D_TIES, D_CONT, D_LARGE};
+    rng_seed(31337 + (uint64_t)_i);
+    ds s;
+    int dist = dists[_i % 4];
+    ds_make(&s, _i < 4 ? 10000 : 30000, 6, dist);
+    ds_index(&s, _i % 2 ? 64 : 16, _i % 3 ? 0.01 : 0.0);
+    for (int qi = 0; qi < 8; qi++)
+        random_query(&s, dist, 8000000 + _i * 10 + qi);
+    ds_free(&s);
+}
+END_TEST
+
+/* ---- fetch counts on a realistic case ------------------------------------- */
+
+static uint64_t fetches(const ds *s, eng_query *q, int method, const npi_view *gv)
+{
+    eng_result *want = malloc(s->n * sizeof *want);
+    size_t nwant = brute_force(s, q, want);
+    uint64_t f = run_and_compare(s, q, method, gv, want, nwant, "[fetch counts]");
+    free(want);
+    return f;
+}
+
+START_TEST(test_fetch_counts)
+{
+    rng_seed(4242);
+    ds s;
+    ds_make(&s, 2000, 32, D_RELU);
+    ds_index(&s, 16, 0.03);
+    uint32_t neurons[3] = {3, 11, 27};
+    npi_view gv[3] = {s.views[3], s.views[11], s.views[27]};
+    float target[3];
+    for (int b = 0; b < 2; b++) {
+        eng_query q = {.kind = ENG_TOPK, .agg = ENG_SUM, .n = 2000, .k = 10, .gsize = 3,
+                       .neurons = neurons, .exclude = -1, .batch = b ? 32 : 0};
+        uint64_t scan = fetches(&s, &q, ENG_SCAN, gv);
+        uint64_t nta = fetches(&s, &q, ENG_NTA, gv);
+        uint64_t bounds = fetches(&s, &q, ENG_BOUNDS, gv);
+        printf("fetch counts, top-k sum, ReLU N=2000 |G|=3 k=10 batch=%u: scan %llu, nta %llu, "
+               "bounds %llu\n", q.batch ? q.batch : 256, (unsigned long long)scan,
+               (unsigned long long)nta, (unsigned long long)bounds);
+        ck_assert_uint_eq(scan, 2000);
+        ck_assert_uint_lt(nta, scan);
+        ck_assert_uint_lt(bounds, scan);
+
+        for (int j = 0; j < 3; j++)
+            target[j] = s.mat[(size_t)5 * 32 + neurons[j]];
+        q.kind = ENG_KNN;
+        q.metric = ENG_L2;
+        q.target = target;
+        q.exclude = 5;
+        scan = fetches(&s, &q, ENG_SCAN, gv);
+        nta = fetches(&s, &q, ENG_NTA, gv);
+        bounds = fetches(&s, &q, ENG_BOUNDS, gv);
+        printf("fetch counts, kNN l2, ReLU N=2000 |G|=3 k=10 batch=%u: scan %llu, nta %llu, "
+               "bounds %llu\n", q.batch ? q.batch : 256, (unsigned long long)scan,
+               (unsigned long long)nta, (unsigned long long)bounds);
+        ck_assert_uint_eq(scan, 1999);
+        ck_assert_uint_lt(nta, scan);
+        ck_assert_uint_lt(bounds, scan);
+    }
+    ds_free(&s);
+}
+END_TEST
+
+/* ---- methods, errors, cancellation ----------------------------------------- */
+
+static ds small;
+static npi_view small_gv[4];
+static uint32_t small_neurons[4] = {0, 2, 5, 7};
+
+static void small_setup(void)
+{
+    rng_seed(99);
+    ds_make(&small, 2000, 8, D_CONT);
+    ds_index(&small, 16, 0.03);
+    for (int j = 0; j < 4; j++)
+        small_gv[j] = small.views[small_neurons[j]];
+}
+
+static void small_teardown(void)
+{
+    ds_free(&small);
+}
+
+static eng_query small_query(void)
+{
+    eng_query q = {.kind = ENG_TOPK, .agg = ENG_SUM, .n = 2000, .k = 2000, .gsize = 4,
+                   .neurons = small_neurons, .exclude = -1, .batch = 16};
+    return q;
+}
+
+START_TEST(test_auto_picks)
+{
+    eng_query q = small_query();
+    q.k = 7;
+    eng_result out[7];
+    size_t nout;
+    eng_stats st;
+    synth y = {.s = &small};
+    eng_source src = {&y, synth_fetch};
+    char err[128];
+    ck_assert_int_eq(eng_run(&q, small_gv, &src, out, &nout, &st, err, sizeof err), 0);
+    ck_assert_int_eq(st.method, ENG_BOUNDS);
+    ck_assert_uint_lt(st.inputs_fetched, 2000);
+    ck_assert_uint_ge(st.rounds, 1);
+    ck_assert_int_eq(eng_run(&q, NULL, &src, out, &nout, &st, err, sizeof err), 0);
+    ck_assert_int_eq(st.method, ENG_SCAN);
+    ck_assert_uint_eq(st.inputs_fetched, 2000);
+    ck_assert_uint_eq(st.rounds, 2000 / 16);
+}
+END_TEST
+
+START_TEST(test_cancel)
+{
+    static const int methods[] = {ENG_SCAN, ENG_NTA, ENG_BOUNDS};
+    eng_result *out = malloc(2000 * sizeof *out);
+    for (int i = 0; i < 3; i++) {
+        volatile int cancel = 0;
+        eng_query q = small_query();
+        q.method = methods[i];
+        q.cancel = &cancel;
+        synth y = {.s = &small, .cancel = &cancel, .cancel_call = 2};
+        eng_source src = {&y, synth_fetch};
+        size_t nout = 99;
+        eng_stats st;
+        char err[128] = "";
+        ck_assert_int_eq(eng_run(&q, small_gv, &src, out, &nout, &st, err, sizeof err), -2);
+        ck_assert_uint_eq(nout, 0);
+        ck_assert_uint_eq(y.calls, 2); /* polled between batches, not after the end */
+        /* cancelled before it starts: nothing is computed */
+        y.calls = 0;
+        y.cancel_call = 0;
+        ck_assert_int_eq(eng_run(&q, small_gv, &src, out, &nout, &st, err, sizeof err), -2);
+        ck_assert_uint_eq(y.calls, 0);
+    }
+    free(out);
+}
+END_TEST
+
+START_TEST(test_source_failure)
+{
+    static const int methods[] = {ENG_SCAN, ENG_NTA, ENG_BOUNDS, ENG_AUTO};
+    eng_result *out = malloc(2000 * sizeof *out);
+    for (int i = 0; i < 4; i++) {
+        eng_query q = small_query();
+        q.method = methods[i];
+        synth y = {.s = &small, .fail_call = 3};
+        eng_source src = {&y, synth_fetch};
+        size_t nout = 99;
+        eng_stats st;
+        char err[128] = "";
+        ck_assert_int_eq(eng_run(&q, small_gv, &src, out, &nout, &st, err, sizeof err), -1);
+        ck_assert_str_eq(err, "synthetic failure at call 3");
+        ck_assert_uint_eq(nout, 0);
+    }
+    free(out);
+}
+END_TEST
+
+START_TEST(test_needs_index)
+{
+    eng_result out[4];
+    size_t nout;
+    eng_stats st;
+    synth y = {.s = &small};
+    eng_source src = {&y, synth_fetch};
+    static const int methods[] = {ENG_NTA, ENG_BOUNDS};
+    for (int i = 0; i < 2; i++) {
+        eng_query q = small_query();
+        q.k = 4;
+        q.method = methods[i];
+        char err[128] = "";
+        ck_assert_int_eq(eng_run(&q, NULL, &src, out, &nout, &st, err, sizeof err), -1);
+        ck_assert_msg(strstr(err, "index") != NULL, "err: %s", err);
+        ck_assert_uint_eq(y.calls, 0);
+    }
+}
+END_TEST
+
+START_TEST(test_bad_arguments)
+{
+    eng_result out[4];
+    size_t nout;
+    synth y = {.s = &small};
+    eng_source src = {&y, synth_fetch};
+    char err[128];
+    eng_query q = small_query();
+    q.k = 0;
+    ck_assert_int_eq(eng_run(&q, small_gv, &src, out, &nout, NULL, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "k"));
+    q = small_query();
+    q.k = 4;
+    double w[4] = {1, -0.5, 1, 1};
+    q.weights = w;
+    ck_assert_int_eq(eng_run(&q, small_gv, &src, out, &nout, NULL, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "weight"));
+    w[1] = NAN;
+    ck_assert_int_eq(eng_run(&q, small_gv, &src, out, &nout, NULL, err, sizeof err), -1);
+    q = small_query();
+    q.k = 4;
+    q.kind = ENG_KNN;
+    ck_assert_int_eq(eng_run(&q, small_gv, &src, out, &nout, NULL, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "target"));
+    q = small_query();
+    q.k = 4;
+    q.gsize = 0;
+    ck_assert_int_eq(eng_run(&q, small_gv, &src, out, &nout, NULL, err, sizeof err), -1);
+    /* an index of another dataset size */
+    q = small_query();
+    q.k = 4;
+    q.n = 1999;
+    q.method = ENG_BOUNDS;
+    ck_assert_int_eq(eng_run(&q, small_gv, &src, out, &nout, NULL, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "index"));
+    ck_assert_uint_eq(y.calls, 0);
+}
+END_TEST
+
+/* A corrupt index (MAI out of rank order) is refused, not trusted. */
+START_TEST(test_corrupt_index)
+{
+    npi_view gv[4];
+    memcpy(gv, small_gv, sizeof gv);
+    uint32_t m = gv[1].mai_count;
+    ck_assert_uint_ge(m, 2);
+    float *vals = malloc(m * sizeof *vals);
+    memcpy(vals, gv[1].mai_values, m * sizeof *vals);
+    float t = vals[0];
+    vals[0] = vals[m - 1];
+    vals[m - 1] = t;
+    gv[1].mai_values = vals;
+    eng_query q = small_query();
+    q.k = 4;
+    q.method = ENG_NTA;
+    eng_result out[4];
+    size_t nout;
+    synth y = {.s = &small};
+    eng_source src = {&y, synth_fetch};
+    char err[128] = "";
+    ck_assert_int_eq(eng_run(&q, gv, &src, out, &nout, NULL, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "corrupt"));
+    free(vals);
+}
+END_TEST
+
+/* Partition ids that disagree with the MAI (an input in partition 0 that the
+ * MAI does not list): NTA, which would never visit it, refuses the index;
+ * BOUNDS, which treats its cell as unknown, still answers exactly. */
+START_TEST(test_corrupt_partition_ids)
+{
+    size_t len = npi_blob_size(small.n, small.P, small.m);
+    uint32_t *blob = malloc(len);
+    memcpy(blob, small.blobs[small_neurons[2]], len);
+    npi_view v;
+    ck_assert_int_eq(npi_decode(blob, len, &v), 0);
+    ck_assert_uint_eq(v.bits, 4);
+    uint32_t victim = 0;
+    while (npi_pid(&v, victim) == 0)
+        victim++;
+    uint8_t *byte = (uint8_t *)v.pids + victim / 2;
+    *byte &= (uint8_t)(victim % 2 ? 0x0f : 0xf0);
+    ck_assert_uint_eq(npi_pid(&v, victim), 0);
+    npi_view gv[4];
+    memcpy(gv, small_gv, sizeof gv);
+    gv[2] = v;
+
+    eng_query q = small_query();
+    q.k = 10;
+    eng_result out[10];
+    size_t nout;
+    synth y = {.s = &small};
+    eng_source src = {&y, synth_fetch};
+    char err[128] = "";
+    q.method = ENG_NTA;
+    ck_assert_int_eq(eng_run(&q, gv, &src, out, &nout, NULL, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "corrupt"));
+    eng_result *want = malloc(small.n * sizeof *want);
+    for (int kind = 0; kind < 2; kind++) {
+        float target[4];
+        for (int j = 0; j < 4; j++)
+            target[j] = small.mat[(size_t)victim * small.d + small_neurons[j]];
+        q.kind = kind ? ENG_KNN : ENG_TOPK;
+        q.target = target;
+        size_t nwant = brute_force(&small, &q, want);
+        run_and_compare(&small, &q, ENG_BOUNDS, gv, want, nwant, "[corrupt pids]");
+    }
+    free(want);
+    free(blob);
+}
+END_TEST
+
+/* Scores by hand for a few vectors (definitions of DESIGN.md section 1). */
+START_TEST(test_score_definitions)
+{
+    uint32_t nn[3] = {0, 1, 2};
+    float x[3] = {1.0f, -2.0f, 4.0f};
+    float t[3] = {4.0f, 2.0f, 4.0f};
+    double w[3] = {2.0, 0.5, 0.0};
+    eng_query q = {.kind = ENG_TOPK, .gsize = 3, .neurons = nn, .n = 1, .k = 1};
+    q.agg = ENG_SUM;
+    ck_assert_double_eq(eng_score(&q, x), 3.0);
+    q.agg = ENG_MEAN;
+    ck_assert_double_eq(eng_score(&q, x), 1.0);
+    q.agg = ENG_MAX;
+    ck_assert_double_eq(eng_score(&q, x), 4.0);
+    q.agg = ENG_MIN;
+    ck_assert_double_eq(eng_score(&q, x), -2.0);
+    q.agg = ENG_SUM;
+    q.weights = w;
+    ck_assert_double_eq(eng_score(&q, x), 1.0);
+    q.kind = ENG_KNN;
+    q.target = t;
+    q.weights = NULL;
+    q.metric = ENG_L2;
+    ck_assert_double_eq(eng_score(&q, x), 5.0);
+    q.metric = ENG_L1;
+    ck_assert_double_eq(eng_score(&q, x), 7.0);
+    q.metric = ENG_LINF;
+    ck_assert_double_eq(eng_score(&q, x), 4.0);
+    q.weights = w; /* d = (-3, -4, 0) */
+    q.metric = ENG_L2;
+    ck_assert_double_eq(eng_score(&q, x), sqrt(26.0));
+    q.metric = ENG_L1;
+    ck_assert_double_eq(eng_score(&q, x), 8.0);
+    q.metric = ENG_LINF;
+    ck_assert_double_eq(eng_score(&q, x), 6.0);
+    x[1] = NAN;
+    ck_assert(isinf(eng_score(&q, x)) && eng_score(&q, x) > 0);
+    q.kind = ENG_TOPK;
+    q.agg = ENG_MIN;
+    ck_assert(isinf(eng_score(&q, x)) && eng_score(&q, x) < 0);
+}
+END_TEST
+
+/* The heap against a sort, with many ties and k beyond the pushes. */
+START_TEST(test_topk_heap)
+{
+    rng_seed(5);
+    for (int c = 0; c < 300; c++) {
+        size_t k = 1 + rng_below(c % 3 ? 20 : 3000);
+        size_t n = rng_below(2500);
+        int smallest = (int)rng_below(2);
+        eng_topk *h = eng_topk_new(k, smallest);
+        ck_assert_ptr_nonnull(h);
+        eng_result *all = malloc((n + 1) * sizeof *all);
+        uint32_t *perm = malloc((n + 1) * sizeof *perm);
+        for (size_t i = 0; i < n; i++)
+            perm[i] = (uint32_t)i;
+        for (size_t i = n; i > 1; i--) {
+            uint32_t j = rng_below((uint32_t)i), x = perm[i - 1];
+            perm[i - 1] = perm[j];
+            perm[j] = x;
+        }
+        int fullness_ok = 1;
+        for (size_t i = 0; i < n; i++) {
+            all[i].input = perm[i] * 3 + 1;
+            all[i].value = (double)rng_below(c % 2 ? 5 : 100000);
+            eng_topk_push(h, all[i].input, all[i].value);
+            fullness_ok &= eng_topk_full(h) == (i + 1 >= k);
+        }
+        ck_assert(fullness_ok);
+        bf_kind = smallest ? ENG_KNN : ENG_TOPK;
+        qsort(all, n, sizeof *all, bf_cmp);
+        size_t want = n < k ? n : k;
+        if (want == k && want > 0)
+            ck_assert(eng_topk_worst(h) == all[k - 1].value);
+        eng_result *out = malloc((want + 1) * sizeof *out);
+        ck_assert_uint_eq(eng_topk_finish(h, out), want);
+        size_t same = 0;
+        while (same < want && out[same].input == all[same].input &&
+               out[same].value == all[same].value)
+            same++;
+        ck_assert_uint_eq(same, want);
+        eng_topk_free(h);
+        free(all);
+        free(perm);
+        free(out);
+    }
+    ck_assert_ptr_null(eng_topk_new(0, 0));
+}
+END_TEST
+
+int main(void)
+{
+    T = mmap(NULL, sizeof *T, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (T == MAP_FAILED)
+        return 2;
+    Suite *s = suite_create("engine");
+    TCase *tc = tcase_create("property");
+    tcase_set_timeout(tc, 300);
+    tcase_add_loop_test(tc, test_property, 0, PROPERTY_ITERS);
+    tcase_add_test(tc, test_wide_group);
+    tcase_add_loop_test(tc, test_larger_n, 0, 6);
+    tcase_add_test(tc, test_fetch_counts);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("behaviour");
+    tcase_set_timeout(tc, 60);
+    tcase_add_unchecked_fixture(tc, small_setup, small_teardown);
+    tcase_add_test(tc, test_auto_picks);
+    tcase_add_test(tc, test_cancel);
+    tcase_add_test(tc, test_source_failure);
+    tcase_add_test(tc, test_needs_index);
+    tcase_add_test(tc, test_bad_arguments);
+    tcase_add_test(tc, test_corrupt_index);
+    tcase_add_test(tc, test_corrupt_partition_ids);
+    tcase_add_test(tc, test_score_definitions);
+    tcase_add_test(tc, test_topk_heap);
+    suite_add_tcase(s, tc);
+
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    printf("random queries: %llu, engine runs: %llu; inputs computed by scan %llu, nta %llu, "
+           "bounds %llu\n",
+           (unsigned long long)T->queries, (unsigned long long)T->runs,
+           (unsigned long long)T->fetched[ENG_SCAN], (unsigned long long)T->fetched[ENG_NTA],
+           (unsigned long long)T->fetched[ENG_BOUNDS]);
+    munmap(T, sizeof *T);
+    return failed ? 1 : 0;
+}

@@ -38,6 +38,10 @@ int bcore_finish(bcore *b, int threads,
                  int (*emit)(uint64_t neuron, const void *blob, size_t len, void *arg),
                  void *arg, char *err, size_t errlen);
 
+/* Full materialization (the PreprocessAll baseline): bcore_finish emits each
+ * neuron's raw column, float32[N] in input order, instead of an index blob. */
+void bcore_set_raw(bcore *b, int raw);
+
 /* Whether the layer spilled to disk, and the most activation bytes held. */
 int bcore_spilled(const bcore *b);
 size_t bcore_peak_bytes(const bcore *b);

@@ -277,6 +277,7 @@ static void rec_index(codec *c, void *rec)
     cx_i64(c, &x->created);
     cx_f64(c, &x->build_s);
     cx_str(c, x->error, sizeof x->error);
+    cx_int(c, &x->kind);
 }
 
 static void rec_job(codec *c, void *rec)

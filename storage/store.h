@@ -73,8 +73,14 @@ typedef struct store_dataset {
     int64_t created;
 } store_dataset;
 
+enum store_index_kind {
+    STORE_INDEX_NPI = 0,   /* the partition index: NPI + MAI blobs (server/npi.h) */
+    STORE_INDEX_FULL = 1   /* full materialization (PreprocessAll): float32[N] per neuron */
+};
+
 typedef struct store_index {
     uint32_t id;
+    int kind;                          /* enum store_index_kind */
     char model[STORE_NAME_MAX + 1];
     char dataset[STORE_NAME_MAX + 1];
     char layer[STORE_LAYER_MAX];

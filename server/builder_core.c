@@ -1,0 +1,606 @@
+/* builder_core.c -- one inference pass (input-major rows) to per-neuron
+ * index blobs (neuron-major), within a memory budget. See builder_core.h.
+ *
+ * Layout. Neurons are cut into chunks of `chunk` consecutive neurons.
+ *  - In memory (the whole layer fits the budget): one neuron-major matrix,
+ *    written column by column as batches arrive.
+ *  - Spilled: a temporary file (unlinked at once) with one region per chunk,
+ *    n_inputs * chunk_n * 4 bytes, input-major inside (row i of the chunk at
+ *    i * chunk_n floats), so every batch appends one contiguous slice per
+ *    chunk. bcore_finish reads one chunk back, block by block through a
+ *    staging buffer, into neuron-major columns.
+ *
+ * Memory. Activation buffers -- the matrix, or one chunk's columns plus the
+ * staging block (budget/8) -- never exceed mem_budget. bcore_peak_bytes adds
+ * the finished-blob ring of bcore_finish (2 blobs per thread). Not counted:
+ * each thread's npi scratch (about 23 bytes per input plus 0.4 MiB).
+ *
+ * Raw mode (bcore_set_raw) emits each column itself, float32[N], from the
+ * same buffers: no index is built, no thread is started.
+ *
+ * Threads. Workers claim neurons in ascending order and build each blob into
+ * a ring slot; the calling thread emits slot after slot in neuron order and
+ * frees it, so a worker never runs more than the ring ahead of emit().
+ */
+#include "builder_core.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "npi.h"
+
+#define MIN_BUDGET ((size_t)1 << 20)
+
+struct bcore {
+    uint32_t n;          /* inputs */
+    uint64_t neurons;
+    uint32_t partitions, mai_count;
+    size_t budget;
+    uint64_t chunk;      /* neurons per chunk */
+    uint64_t n_chunks;
+    int spill_fd;        /* -1: in memory */
+    float *mat;          /* in memory: neurons x n, neuron-major */
+    float *stage;        /* spilled: staging block */
+    size_t stage_bytes;
+    uint32_t added;
+    int finished;
+    int raw;             /* emit raw columns instead of index blobs */
+    size_t held, peak;   /* bytes of buffers held now / at most */
+};
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static void hold(bcore *b, size_t bytes)
+{
+    b->held += bytes;
+    if (b->held > b->peak)
+        b->peak = b->held;
+}
+
+static void release(bcore *b, size_t bytes)
+{
+    b->held -= bytes;
+}
+
+/* Neurons in chunk c. */
+static uint64_t chunk_neurons(const bcore *b, uint64_t c)
+{
+    uint64_t first = c * b->chunk;
+    return b->neurons - first < b->chunk ? b->neurons - first : b->chunk;
+}
+
+static off_t chunk_offset(const bcore *b, uint64_t c)
+{
+    return (off_t)(c * b->chunk * (uint64_t)b->n * sizeof(float));
+}
+
+int bcore_new(uint32_t n_inputs, uint64_t neurons, uint32_t partitions, uint32_t mai_count,
+              size_t mem_budget, const char *tmpdir, bcore **out, char *err, size_t errlen)
+{
+    bcore *b = NULL;
+    char *path = NULL;
+    if (!out) {
+        set_err(err, errlen, "no output handle");
+        return -1;
+    }
+    *out = NULL;
+    if (n_inputs == 0 || neurons == 0) {
+        set_err(err, errlen, "empty layer (%u inputs, %llu neurons)", n_inputs,
+                (unsigned long long)neurons);
+        return -1;
+    }
+    if (partitions < 2 || partitions > NPI_MAX_PARTITIONS) {
+        set_err(err, errlen, "partitions must be in 2..%d, got %u", NPI_MAX_PARTITIONS,
+                partitions);
+        return -1;
+    }
+    if (mai_count > n_inputs) {
+        set_err(err, errlen, "MAI size %u exceeds the %u inputs", mai_count, n_inputs);
+        return -1;
+    }
+    if (mem_budget < MIN_BUDGET) {
+        set_err(err, errlen, "memory budget %zu bytes is below the minimum of 1 MiB",
+                mem_budget);
+        return -1;
+    }
+    uint64_t column = (uint64_t)n_inputs * sizeof(float);
+    b = calloc(1, sizeof *b);
+    if (!b) {
+        set_err(err, errlen, "out of memory");
+        return -1;
+    }
+    b->n = n_inputs;
+    b->neurons = neurons;
+    b->partitions = partitions;
+    b->mai_count = mai_count;
+    b->budget = mem_budget;
+    b->spill_fd = -1;
+
+    if (neurons <= mem_budget / column) {
+        b->chunk = neurons;
+        b->n_chunks = 1;
+        size_t bytes = (size_t)(neurons * column);
+        b->mat = malloc(bytes);
+        if (!b->mat) {
+            set_err(err, errlen, "out of memory for a %zu-byte activation matrix", bytes);
+            goto fail;
+        }
+        hold(b, bytes);
+        *out = b;
+        return 0;
+    }
+
+    /* Spill: a chunk's columns plus the staging block fit the budget; a
+     * staging block holds at least one row of a chunk. */
+    b->stage_bytes = mem_budget / 8;
+    uint64_t fit = (mem_budget - b->stage_bytes) / column;
+    if (fit == 0) {
+        set_err(err, errlen,
+                "one neuron's %u activations (%llu bytes) exceed the memory budget of %zu "
+                "bytes",
+                n_inputs, (unsigned long long)column, mem_budget);
+        goto fail;
+    }
+    if (fit > b->stage_bytes / sizeof(float))
+        fit = b->stage_bytes / sizeof(float);
+    b->chunk = fit;
+    b->n_chunks = (neurons + fit - 1) / fit;
+    b->stage = malloc(b->stage_bytes);
+    if (!b->stage) {
+        set_err(err, errlen, "out of memory");
+        goto fail;
+    }
+    hold(b, b->stage_bytes);
+    const char *dir = tmpdir && *tmpdir ? tmpdir : "/tmp";
+    size_t plen = strlen(dir) + sizeof "/deepeverest-spill-XXXXXX";
+    path = malloc(plen);
+    if (!path) {
+        set_err(err, errlen, "out of memory");
+        goto fail;
+    }
+    snprintf(path, plen, "%s/deepeverest-spill-XXXXXX", dir);
+    b->spill_fd = mkstemp(path);
+    if (b->spill_fd < 0) {
+        set_err(err, errlen, "cannot create a spill file in %s: %s", dir, strerror(errno));
+        goto fail;
+    }
+    unlink(path); /* nothing is left behind, even by a crash */
+    free(path);
+    path = NULL;
+    *out = b;
+    return 0;
+fail:
+    free(path);
+    bcore_free(b);
+    return -1;
+}
+
+static int write_all(int fd, const void *buf, size_t len, off_t off)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t w = pwrite(fd, p, len, off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        p += w;
+        len -= (size_t)w;
+        off += w;
+    }
+    return 0;
+}
+
+static int read_all(int fd, void *buf, size_t len, off_t off)
+{
+    char *p = buf;
+    while (len > 0) {
+        ssize_t r = pread(fd, p, len, off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            if (r == 0)
+                errno = EIO; /* the file is shorter than what was written */
+            return -1;
+        }
+        p += r;
+        len -= (size_t)r;
+        off += r;
+    }
+    return 0;
+}
+
+/* dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols,
+ * in tiles so that both sides stay in cache. */
+static void transpose(const float *src, size_t src_stride, size_t rows, size_t cols,
+                      float *dst, size_t dst_stride)
+{
+    enum { TR = 16, TC = 16 }; /* 16 x 16 floats: 1 KiB read, 16 lines written */
+    for (size_t i0 = 0; i0 < rows; i0 += TR) {
+        size_t i1 = i0 + TR < rows ? i0 + TR : rows;
+        for (size_t j0 = 0; j0 < cols; j0 += TC) {
+            size_t j1 = j0 + TC < cols ? j0 + TC : cols;
+            for (size_t j = j0; j < j1; j++)
+                for (size_t i = i0; i < i1; i++)
+                    dst[j * dst_stride + i] = src[i * src_stride + j];
+        }
+    }
+}
+
+int bcore_add(bcore *b, const float *rows, uint32_t first, uint32_t count, char *err,
+              size_t errlen)
+{
+    if (!b) {
+        set_err(err, errlen, "no builder");
+        return -1;
+    }
+    if (b->finished) {
+        set_err(err, errlen, "inputs added after finish");
+        return -1;
+    }
+    if (first != b->added) {
+        set_err(err, errlen, "inputs must be added in order: expected input %u, got %u",
+                b->added, first);
+        return -1;
+    }
+    if (count > b->n - b->added) {
+        set_err(err, errlen, "%u inputs from %u exceed the layer's %u inputs", count, first,
+                b->n);
+        return -1;
+    }
+    if (count == 0)
+        return 0;
+    if (!rows) {
+        set_err(err, errlen, "no activations");
+        return -1;
+    }
+    if (b->spill_fd < 0) {
+        transpose(rows, (size_t)b->neurons, count, (size_t)b->neurons, b->mat + first,
+                  b->n);
+        b->added += count;
+        return 0;
+    }
+    for (uint64_t c = 0; c < b->n_chunks; c++) {
+        uint64_t cn = chunk_neurons(b, c), j0 = c * b->chunk;
+        size_t row_bytes = (size_t)cn * sizeof(float);
+        uint32_t per = (uint32_t)(b->stage_bytes / row_bytes); /* >= 1 by chunk sizing */
+        for (uint32_t r = 0; r < count; r += per) {
+            uint32_t k = count - r < per ? count - r : per;
+            for (uint32_t i = 0; i < k; i++)
+                memcpy(b->stage + (size_t)i * cn, rows + (size_t)(r + i) * b->neurons + j0,
+                       row_bytes);
+            off_t off = chunk_offset(b, c) + (off_t)(first + r) * (off_t)row_bytes;
+            if (write_all(b->spill_fd, b->stage, (size_t)k * row_bytes, off) < 0) {
+                set_err(err, errlen, "writing the spill file: %s", strerror(errno));
+                return -1;
+            }
+        }
+    }
+    b->added += count;
+    return 0;
+}
+
+/* ---- finish ----------------------------------------------------------- */
+
+typedef int (*emit_fn)(uint64_t neuron, const void *blob, size_t len, void *arg);
+
+typedef struct pool {
+    bcore *b;
+    const float *cols; /* columns of neurons [j0, j1) */
+    uint64_t j0, j1;
+    size_t blob_size, slot_stride;
+    uint32_t slots;
+    uint8_t *ring;
+    uint64_t *ready; /* per slot: neuron + 1 once built, 0 when free */
+    uint64_t next, emitted;
+    int stop, failed;
+    pthread_mutex_t mu;
+    pthread_cond_t work, done;
+} pool;
+
+typedef struct worker {
+    pool *p;
+    npi_scratch *scratch;
+    pthread_t tid;
+} worker;
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    pool *p = w->p;
+    bcore *b = p->b;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->stop && p->next < p->j1 && p->next >= p->emitted + p->slots)
+            pthread_cond_wait(&p->work, &p->mu);
+        if (p->stop || p->next >= p->j1)
+            break;
+        uint64_t j = p->next++;
+        uint32_t slot = (uint32_t)(j % p->slots);
+        pthread_mutex_unlock(&p->mu);
+        int rc = npi_build(p->cols + (size_t)(j - p->j0) * b->n, b->n, b->partitions,
+                           b->mai_count, w->scratch, p->ring + slot * p->slot_stride);
+        pthread_mutex_lock(&p->mu);
+        if (rc != 0) {
+            p->failed = p->stop = 1;
+            pthread_cond_broadcast(&p->work);
+        } else {
+            p->ready[slot] = j + 1;
+        }
+        pthread_cond_signal(&p->done);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+/* Builds and emits neurons [j0, j1) from their columns. 0, -1 on a build
+ * failure, 1 when emit() stopped it. */
+static int run_chunk(pool *p, worker *w, int nw, const float *cols, uint64_t j0, uint64_t j1,
+                     emit_fn emit, void *arg, char *err, size_t errlen)
+{
+    bcore *b = p->b;
+    if (nw == 0) {
+        for (uint64_t j = j0; j < j1; j++) {
+            if (npi_build(cols + (size_t)(j - j0) * b->n, b->n, b->partitions, b->mai_count,
+                          w[0].scratch, p->ring) != 0) {
+                set_err(err, errlen, "building the index of neuron %llu failed",
+                        (unsigned long long)j);
+                return -1;
+            }
+            if (emit(j, p->ring, p->blob_size, arg) != 0)
+                return 1;
+        }
+        return 0;
+    }
+    p->cols = cols;
+    p->j0 = p->next = p->emitted = j0;
+    p->j1 = j1;
+    p->stop = p->failed = 0;
+    memset(p->ready, 0, p->slots * sizeof *p->ready);
+    int started = 0, rc = 0;
+    for (; started < nw; started++) {
+        w[started].p = p;
+        if (pthread_create(&w[started].tid, NULL, worker_main, &w[started]) != 0)
+            break;
+    }
+    if (started == 0) {
+        set_err(err, errlen, "cannot start a worker thread");
+        return -1;
+    }
+    for (uint64_t j = j0; j < j1; j++) {
+        uint32_t slot = (uint32_t)(j % p->slots);
+        pthread_mutex_lock(&p->mu);
+        while (!p->stop && p->ready[slot] != j + 1)
+            pthread_cond_wait(&p->done, &p->mu);
+        int stop = p->stop;
+        pthread_mutex_unlock(&p->mu);
+        if (stop)
+            break;
+        /* the slot is ours until `emitted` moves past it */
+        int erc = emit(j, p->ring + slot * p->slot_stride, p->blob_size, arg);
+        pthread_mutex_lock(&p->mu);
+        if (erc != 0) {
+            p->stop = 1;
+            rc = 1;
+        } else {
+            p->ready[slot] = 0;
+            p->emitted = j + 1;
+        }
+        pthread_cond_broadcast(&p->work);
+        pthread_mutex_unlock(&p->mu);
+        if (erc != 0)
+            break;
+    }
+    for (int i = 0; i < started; i++)
+        pthread_join(w[i].tid, NULL);
+    if (rc == 0 && p->failed) {
+        set_err(err, errlen, "building a neuron's index failed");
+        rc = -1;
+    }
+    return rc;
+}
+
+/* Reads chunk c back from the spill file into neuron-major columns. */
+static int load_chunk(bcore *b, uint64_t c, float *cols, char *err, size_t errlen)
+{
+    uint64_t cn = chunk_neurons(b, c);
+    size_t row_bytes = (size_t)cn * sizeof(float);
+    uint32_t per = (uint32_t)(b->stage_bytes / row_bytes);
+    for (uint32_t r = 0; r < b->n; r += per) {
+        uint32_t k = b->n - r < per ? b->n - r : per;
+        off_t off = chunk_offset(b, c) + (off_t)r * (off_t)row_bytes;
+        if (read_all(b->spill_fd, b->stage, (size_t)k * row_bytes, off) < 0) {
+            set_err(err, errlen, "reading the spill file: %s", strerror(errno));
+            return -1;
+        }
+        transpose(b->stage, (size_t)cn, k, (size_t)cn, cols + r, b->n);
+    }
+    return 0;
+}
+
+/* Raw mode: every neuron's column, in neuron order. */
+static int finish_raw(bcore *b, emit_fn emit, void *arg, char *err, size_t errlen)
+{
+    size_t col_bytes = (size_t)b->n * sizeof(float);
+    if (b->spill_fd < 0) {
+        for (uint64_t j = 0; j < b->neurons; j++)
+            if (emit(j, b->mat + (size_t)j * b->n, col_bytes, arg) != 0) {
+                set_err(err, errlen, "stopped");
+                return -1;
+            }
+        return 0;
+    }
+    size_t cols_bytes = (size_t)b->chunk * col_bytes;
+    float *cols = malloc(cols_bytes);
+    if (!cols) {
+        set_err(err, errlen, "out of memory for a %zu-byte chunk", cols_bytes);
+        return -1;
+    }
+    hold(b, cols_bytes);
+    int rc = 0;
+    for (uint64_t c = 0; c < b->n_chunks && rc == 0; c++) {
+        if (load_chunk(b, c, cols, err, errlen) < 0) {
+            rc = -1;
+            break;
+        }
+        for (uint64_t j = c * b->chunk, k = 0; k < chunk_neurons(b, c); j++, k++)
+            if (emit(j, cols + (size_t)k * b->n, col_bytes, arg) != 0) {
+                set_err(err, errlen, "stopped");
+                rc = -1;
+                break;
+            }
+    }
+    free(cols);
+    release(b, cols_bytes);
+    return rc;
+}
+
+int bcore_finish(bcore *b, int threads,
+                 int (*emit)(uint64_t neuron, const void *blob, size_t len, void *arg),
+                 void *arg, char *err, size_t errlen)
+{
+    if (!b || !emit) {
+        set_err(err, errlen, "no builder or no emit function");
+        return -1;
+    }
+    if (b->finished) {
+        set_err(err, errlen, "already finished");
+        return -1;
+    }
+    if (b->added != b->n) {
+        set_err(err, errlen, "only %u of %u inputs were added", b->added, b->n);
+        return -1;
+    }
+    b->finished = 1;
+    if (b->raw)
+        return finish_raw(b, emit, arg, err, errlen);
+    int nw = threads > 1 ? threads : 0; /* 0: build on the calling thread */
+    int nscratch = nw ? nw : 1, made = 0, rc = -1, mu_ok = 0, ring_held = 0;
+    float *cols = NULL;
+    size_t cols_bytes = 0, ring_bytes = 0;
+    pool p;
+    memset(&p, 0, sizeof p);
+    p.b = b;
+    p.blob_size = npi_blob_size(b->n, b->partitions, b->mai_count);
+    p.slot_stride = (p.blob_size + 63) & ~(size_t)63; /* no false sharing */
+    p.slots = nw ? 2u * (uint32_t)nw : 1u;
+    worker *w = calloc((size_t)nscratch, sizeof *w);
+    p.ready = calloc(p.slots, sizeof *p.ready);
+    ring_bytes = p.slots * p.slot_stride;
+    p.ring = aligned_alloc(64, ring_bytes);
+    if (!w || !p.ready || !p.ring) {
+        set_err(err, errlen, "out of memory");
+        goto done;
+    }
+    hold(b, ring_bytes);
+    ring_held = 1;
+    for (; made < nscratch; made++) {
+        w[made].scratch = npi_scratch_new(b->n);
+        if (!w[made].scratch) {
+            set_err(err, errlen, "out of memory for index scratch");
+            goto done;
+        }
+    }
+    if (pthread_mutex_init(&p.mu, NULL) != 0) {
+        set_err(err, errlen, "cannot create a mutex");
+        goto done;
+    }
+    if (pthread_cond_init(&p.work, NULL) != 0) {
+        pthread_mutex_destroy(&p.mu);
+        set_err(err, errlen, "cannot create a condition variable");
+        goto done;
+    }
+    if (pthread_cond_init(&p.done, NULL) != 0) {
+        pthread_cond_destroy(&p.work);
+        pthread_mutex_destroy(&p.mu);
+        set_err(err, errlen, "cannot create a condition variable");
+        goto done;
+    }
+    mu_ok = 1;
+
+    if (b->spill_fd < 0) {
+        int r = run_chunk(&p, w, nw, b->mat, 0, b->neurons, emit, arg, err, errlen);
+        rc = r == 0 ? 0 : -1;
+        if (r == 1)
+            set_err(err, errlen, "stopped");
+        goto done;
+    }
+    cols_bytes = (size_t)(b->chunk * b->n * sizeof(float));
+    cols = malloc(cols_bytes);
+    if (!cols) {
+        set_err(err, errlen, "out of memory for a %zu-byte chunk", cols_bytes);
+        goto done;
+    }
+    hold(b, cols_bytes);
+    for (uint64_t c = 0; c < b->n_chunks; c++) {
+        if (load_chunk(b, c, cols, err, errlen) < 0)
+            goto done;
+        uint64_t j0 = c * b->chunk;
+        int r = run_chunk(&p, w, nw, cols, j0, j0 + chunk_neurons(b, c), emit, arg, err,
+                          errlen);
+        if (r == 1)
+            set_err(err, errlen, "stopped");
+        if (r != 0)
+            goto done;
+    }
+    rc = 0;
+done:
+    if (mu_ok) {
+        pthread_cond_destroy(&p.done);
+        pthread_cond_destroy(&p.work);
+        pthread_mutex_destroy(&p.mu);
+    }
+    if (cols) {
+        free(cols);
+        release(b, cols_bytes);
+    }
+    if (ring_held)
+        release(b, ring_bytes);
+    free(p.ring);
+    free(p.ready);
+    if (w)
+        for (int i = 0; i < made; i++)
+            npi_scratch_free(w[i].scratch);
+    free(w);
+    return rc;
+}
+
+void bcore_set_raw(bcore *b, int raw)
+{
+    if (b && !b->finished)
+        b->raw = raw != 0;
+}
+
+int bcore_spilled(const bcore *b)
+{
+    return b && b->spill_fd >= 0;
+}
+
+size_t bcore_peak_bytes(const bcore *b)
+{
+    return b ? b->peak : 0;
+}
+
+void bcore_free(bcore *b)
+{
+    if (!b)
+        return;
+    if (b->spill_fd >= 0)
+        close(b->spill_fd);
+    free(b->mat);
+    free(b->stage);
+    free(b);
+}

@@ -8,6 +8,7 @@
 # TORCH_DIR=/path/to/libtorch builds against another LibTorch root (e.g. a CUDA
 # one from a PyTorch wheel: its include/ and lib/); default is Debian's.
 
+SHELL   := /bin/bash
 CC      ?= gcc
 CXX     ?= g++
 BUILD   ?= build
@@ -51,7 +52,7 @@ DAEMON := $(BUILD)/deepeverestd
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 SHIM_TEST  := $(BUILD)/tests/shim_test
 
-.PHONY: all check unit integration asan bench demo clean deps
+.PHONY: all check unit integration asan bench demo clean deps fuzz
 all: $(DAEMON)
 
 $(BUILD)/%.o: %.c $(wildcard */*.h)
@@ -81,8 +82,8 @@ $(BUILD)/tests/%: tests/unit/%.c $$(TEST_DEPS_$$*) $(wildcard tests/unit/*.h)
 
 $(SHIM_TEST): tests/shim_test.c $(SHIM_OBJ)
 	@mkdir -p $(dir $@)
-	$(CXX) $(SAN) -x c -std=c11 -D_GNU_SOURCE -g -Ishim -c tests/shim_test.c -o $@.o
-	$(CXX) $(SAN) -o $@ $@.o $(SHIM_OBJ) $(TORCH_LIBS) -lpthread -lm -ldl
+	$(CC) $(SAN) -std=c11 -D_GNU_SOURCE -g -Ishim $(CHECK_CFLAGS) -c tests/shim_test.c -o $@.o
+	$(CXX) $(SAN) -o $@ $@.o $(SHIM_OBJ) $(TORCH_LIBS) $(CHECK_LIBS) -ljansson -lz -lpthread -lm -ldl
 
 deps:
 	bash scripts/install-deps.sh
@@ -105,6 +106,29 @@ asan: deps
 	@ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	    bash tests/run_all.sh build-asan
 
+# libFuzzer (clang) over every parser that reads outside bytes; FUZZ_SECONDS
+# each (default 60). New corpus entries go to build-fuzz/corpus, the seeds
+# in tests/fuzz/corpus stay as committed.
+FUZZ_SECONDS ?= 60
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Iproto -Istorage -Iserver
+FUZZERS := proto dsread route
+FUZZ_SRC_proto  := proto/jspec.c proto/proto.c
+FUZZ_SRC_dsread := storage/dsread.c
+FUZZ_SRC_route  := server/route.c
+fuzz:
+	bash scripts/install-deps.sh fuzz
+	@mkdir -p build-fuzz
+	@for f in $(FUZZERS); do \
+	  case $$f in proto) src="$(FUZZ_SRC_proto)"; libs=-ljansson;; dsread) src="$(FUZZ_SRC_dsread)"; libs=-lz;; \
+	              route) src="$(FUZZ_SRC_route)"; libs=;; esac; \
+	  clang $(FUZZ_CFLAGS) -o build-fuzz/fuzz_$$f tests/fuzz/fuzz_$$f.c $$src $$libs || exit 1; \
+	  mkdir -p build-fuzz/corpus/$$f; \
+	  echo "== fuzz_$$f ($(FUZZ_SECONDS) s)"; \
+	  build-fuzz/fuzz_$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	      build-fuzz/corpus/$$f tests/fuzz/corpus/$$f 2>&1 | grep -E "stat::number_of_executed_units|ERROR|SUMMARY|crash-" ; \
+	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	done
+
 bench: all
 	bash scripts/bench.sh
 
@@ -113,4 +137,4 @@ demo: deps
 	bash scripts/demo.sh
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz

@@ -35,7 +35,7 @@ enum jspec_type {
     JS_NUMBER,      /* double in [dmin, dmax], finite */
     JS_BOOL,        /* int 0/1 */
     JS_FLOATS,      /* jspec_floats: array of finite numbers, 1..max long (0 = 1<<20) */
-    JS_UINTS,       /* jspec_uints: array of integers in [min, max] */
+    JS_UINTS,       /* jspec_uints: array of integers in [min, max], 1..1e7 long */
     JS_JSON         /* json_t *: borrowed reference, any type (custom parse) */
 };
 

@@ -66,6 +66,8 @@ typedef struct proto_index_req {
     uint32_t partitions;               /* 2..256 */
     double mai_ratio;                  /* 0..0.5 */
     double storage_budget;             /* (0, 1] fraction of full materialization */
+    int kind;                          /* "kind": "npi" (default) = 0, "full" = 1
+                                          (full materialization, the PreprocessAll baseline) */
 } proto_index_req;
 
 /* A neuron group as sent: flat indices, or coordinate arrays of one rank. */
@@ -82,7 +84,9 @@ int proto_neurons_flatten(const proto_neurons *g, const int64_t *shape, int ndim
 
 enum proto_agg { AGG_SUM = 0, AGG_MEAN, AGG_MAX, AGG_MIN };
 enum proto_metric { METRIC_L2 = 0, METRIC_L1, METRIC_LINF };
-enum proto_method { METHOD_AUTO = 0, METHOD_NTA, METHOD_BOUNDS, METHOD_SCAN };
+/* METHOD_MATERIALIZED: flat scan over a full materialization of the layer
+ * (the PreprocessAll baseline; needs an index of kind "full"). */
+enum proto_method { METHOD_AUTO = 0, METHOD_NTA, METHOD_BOUNDS, METHOD_SCAN, METHOD_MATERIALIZED };
 
 /* POST /v1/query/topk and /v1/query/knn. */
 typedef struct proto_query_req {

@@ -35,6 +35,7 @@ void api_index_create(http_req *r);
 void api_index_list(http_req *r);
 void api_index_get(http_req *r);
 void api_index_delete(http_req *r);
+void api_index_neuron(http_req *r);
 void api_job_list(http_req *r);
 void api_job_get(http_req *r);
 

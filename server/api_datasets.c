@@ -15,7 +15,7 @@
 #include "api.h"
 #include "dsread.h"
 #include "pathcheck.h"
-#include "png.h"
+#include "thumb.h"
 #include "proto.h"
 #include "source.h"
 
@@ -493,7 +493,7 @@ void api_input_png(http_req *r)
     if (s) size = atoi(s) < 16 ? 16 : atoi(s) > 1024 ? 1024 : atoi(s);
     int rc = store_input_get(t, d.id, id, &data, &len);
     if (rc == STORE_OK)
-        rc = png_from_input(data, d.dtype == STORE_U8 ? 1 : 2, d.ndim, d.shape, size, &png, &plen, err, sizeof err);
+        rc = thumb_from_input(data, d.dtype == STORE_U8 ? 1 : 2, d.ndim, d.shape, size, &png, &plen, err, sizeof err);
     store_txn_abort(t);
     if (rc != 0) {
         http_reply_error(r, 500, "internal", "cannot render input %llu: %s", (unsigned long long)id, err);

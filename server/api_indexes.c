@@ -6,6 +6,7 @@
 
 #include "api.h"
 #include "jobs.h"
+#include "npi.h"
 #include "proto.h"
 
 static const char *index_state(int s)
@@ -22,6 +23,7 @@ json_t *api_index_json(const store_index *ix)
                           "bytes", (json_int_t)ix->bytes, "full_materialization_bytes", (json_int_t)ix->full_bytes,
                           "ratio", ix->full_bytes ? (double)ix->bytes / (double)ix->full_bytes : 0.0, "job",
                           (json_int_t)ix->job, "created", (json_int_t)ix->created, "build_s", ix->build_s);
+    json_object_set_new(o, "kind", json_string(ix->kind == STORE_INDEX_FULL ? "full" : "npi"));
     if (ix->state == STORE_FAILED) json_object_set_new(o, "error", json_string(ix->error));
     return o;
 }
@@ -35,6 +37,7 @@ void api_index_create(http_req *r)
     build_params_for_budget(q.has_budget ? q.storage_budget : 0.2, &p);
     if (q.has_partitions) p.partitions = q.partitions;
     if (q.has_mai_ratio) p.mai_ratio = q.mai_ratio;
+    p.kind = q.kind ? STORE_INDEX_FULL : STORE_INDEX_NPI;
     const char *names[PROTO_MAX_LAYERS];
     for (int l = 0; l < q.nlayers; l++) names[l] = q.layers[l];
     uint32_t job, ids[PROTO_MAX_LAYERS];
@@ -200,4 +203,68 @@ void api_job_get(http_req *r)
         return;
     }
     http_reply_json(r, 200, job_json(r->app, &j));
+}
+
+/* GET /v1/indexes/{id}/neurons/{neuron}: one neuron's index entry -- its
+ * partitions (bounds and sizes: a histogram of its activations) and the top
+ * of its MAI (?mai=N, default 20). */
+void api_index_neuron(http_req *r)
+{
+    store_index ix;
+    if (get_index(r, &ix) != 0) return;
+    if (ix.state != STORE_READY) {
+        http_reply_error(r, 409, "index_not_ready", "index %u is %s", ix.id, index_state(ix.state));
+        return;
+    }
+    if (ix.kind != STORE_INDEX_NPI) {
+        http_reply_error(r, 409, "not_a_partition_index", "index %u is a full materialization", ix.id);
+        return;
+    }
+    uint64_t neuron;
+    if (api_parse_id(r, r->params[1], ix.neurons, "neuron", &neuron) != 0) return;
+    long want = 20;
+    const char *ms = http_arg(r, "mai");
+    if (ms) want = atol(ms) < 0 ? 0 : atol(ms);
+    store_txn *t;
+    if (store_txn_begin(r->app->st, 1, &t) != STORE_OK) {
+        http_reply_error(r, 500, "store_error", "store: %s", store_errmsg());
+        return;
+    }
+    const void *blob;
+    size_t len;
+    void *copy = NULL;
+    uint8_t *pids = NULL;
+    npi_view v;
+    if (store_neuron_get(t, ix.id, (uint32_t)neuron, &blob, &len) != STORE_OK) goto damaged;
+    if ((uintptr_t)blob & 3) {
+        if (!(copy = malloc(len))) goto damaged;
+        memcpy(copy, blob, len);
+        blob = copy;
+    }
+    if (npi_decode(blob, len, &v) != 0 || !(pids = malloc(v.n ? v.n : 1))) goto damaged;
+    npi_unpack(&v, pids);
+    uint64_t counts[NPI_MAX_PARTITIONS] = {0};
+    for (uint32_t i = 0; i < v.n; i++) counts[pids[i]]++;
+    json_t *parts = json_array();
+    for (uint32_t p = 0; p < v.partitions; p++) {
+        json_t *o = json_pack("{s:I,s:I}", "partition", (json_int_t)p, "count", (json_int_t)counts[p]);
+        json_object_set_new(o, "lower", counts[p] ? json_real(v.lower[p]) : json_null());
+        json_object_set_new(o, "upper", counts[p] ? json_real(v.upper[p]) : json_null());
+        json_array_append_new(parts, o);
+    }
+    json_t *mai = json_array();
+    for (uint32_t i = 0; i < v.mai_count && (long)i < want; i++)
+        json_array_append_new(mai, json_pack("{s:I,s:f}", "input", (json_int_t)v.mai_ids[i], "value",
+                                             (double)v.mai_values[i]));
+    http_reply_json(r, 200, json_pack("{s:I,s:I,s:I,s:o,s:o}", "index", (json_int_t)ix.id, "neuron",
+                                      (json_int_t)neuron, "mai_count", (json_int_t)v.mai_count, "partitions", parts,
+                                      "mai", mai));
+    goto out;
+damaged:
+    http_reply_error(r, 500, "index_damaged", "index %u: entry of neuron %llu is unreadable", ix.id,
+                     (unsigned long long)neuron);
+out:
+    store_txn_abort(t);
+    free(copy);
+    free(pids);
 }

@@ -36,9 +36,30 @@ static int timed_fetch(void *ctx, const uint32_t *ids, size_t n, const uint32_t 
     return source_fetch(&ts->src, ids, n, neurons, m, out, st, err, errlen);
 }
 
+/* PreprocessAll: activations read from a full materialization's stored
+ * columns (cols[j] = float32[N] of group neuron j) instead of the model. */
+typedef struct column_source {
+    const float **cols;
+    const uint32_t *group;
+    size_t gsize;
+} column_source;
+
+static int column_fetch(void *ctx, const uint32_t *ids, size_t n, const uint32_t *neurons, size_t m, float *out,
+                        eng_fetch_stats *st, char *err, size_t errlen)
+{
+    column_source *c = ctx;
+    if (neurons != c->group || m != c->gsize) { /* the engine always asks for the group */
+        snprintf(err, errlen, "materialized source: unexpected neuron list");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < m; j++) out[i * m + j] = c->cols[j][ids[i]];
+    return 0;
+}
+
 typedef struct found_index {
-    int have_ready, have_pending;
-    store_index ready;
+    int have_ready, have_pending, have_full;
+    store_index ready, full;
     const char *model, *dataset, *layer;
 } found_index;
 
@@ -46,6 +67,13 @@ static int find_ix(const store_index *ix, void *arg)
 {
     found_index *f = arg;
     if (strcmp(ix->model, f->model) || strcmp(ix->dataset, f->dataset) || strcmp(ix->layer, f->layer)) return 0;
+    if (ix->kind == STORE_INDEX_FULL) {
+        if (ix->state == STORE_READY && (!f->have_full || ix->id > f->full.id)) {
+            f->full = *ix;
+            f->have_full = 1;
+        }
+        return 0;
+    }
     if (ix->state == STORE_READY && (!f->have_ready || ix->id > f->ready.id)) {
         f->ready = *ix;
         f->have_ready = 1;
@@ -56,7 +84,7 @@ static int find_ix(const store_index *ix, void *arg)
 
 static const char *method_name(int m)
 {
-    return m == ENG_NTA ? "nta" : m == ENG_BOUNDS ? "bounds" : m == ENG_SCAN ? "scan" : "auto";
+    return m == ENG_NTA ? "nta" : m == ENG_BOUNDS ? "bounds" : m == ENG_SCAN ? "scan" : m == -1 ? "materialized" : "auto";
 }
 
 static void run_query(http_req *r, int knn)
@@ -221,13 +249,52 @@ static void run_query(http_req *r, int knn)
     if (q.method != METHOD_SCAN) {
         if (store_txn_begin(a->st, 1, &t) != STORE_OK) goto store_err;
         store_index_each(t, find_ix, &f);
-        if (!f.have_ready) {
+        if (!f.have_ready && !f.have_full) {
             store_txn_abort(t);
             t = NULL;
         }
     }
     int rc;
-    if (q.method == METHOD_SCAN || (!f.have_ready && f.have_pending && q.method == METHOD_AUTO)) {
+    if (q.method == METHOD_MATERIALIZED) {
+        if (!f.have_full) {
+            proto_fail(&e, 409, "not_materialized",
+                       "method 'materialized' needs a full materialization of layer '%s': POST /v1/indexes with "
+                       "\"kind\":\"full\" first", q.layer);
+            goto perr;
+        }
+        const float **cols = calloc(G, sizeof *cols);
+        copies = calloc(G, sizeof *copies);
+        if (!cols || !copies) {
+            free(cols);
+            goto oom;
+        }
+        for (size_t j = 0; j < G; j++) {
+            const void *blob;
+            size_t len;
+            if (store_neuron_get(t, f.full.id, neurons[j], &blob, &len) != STORE_OK || len != (size_t)N * 4) {
+                free(cols);
+                proto_fail(&e, 500, "index_damaged", "materialization %u lacks neuron %u", f.full.id, neurons[j]);
+                goto perr;
+            }
+            if ((uintptr_t)blob & 3) {
+                if (!(copies[j] = malloc(len))) {
+                    free(cols);
+                    goto oom;
+                }
+                memcpy(copies[j], blob, len);
+                blob = copies[j];
+            }
+            cols[j] = blob;
+        }
+        column_source cs = {.cols = cols, .group = neurons, .gsize = G};
+        eng_source msrc = {.ctx = &cs, .fetch = column_fetch};
+        eq.method = ENG_SCAN;
+        rc = eng_run(&eq, NULL, &msrc, res, &nres, &st, err, sizeof err);
+        free(cols);
+        st.method = -1;
+        index_use = "used";
+        index_id = f.full.id;
+    } else if (q.method == METHOD_SCAN || (!f.have_ready && f.have_pending && q.method == METHOD_AUTO)) {
         /* Scan requested, or an index for this layer is being built by
          * someone else: answer by brute force rather than wait. */
         eq.method = ENG_SCAN;
@@ -272,6 +339,8 @@ static void run_query(http_req *r, int knn)
         index_id = f.ready.id;
     } else {
         /* No index: the pass that answers builds it (incremental indexing). */
+        store_txn_abort(t); /* a long read txn would keep LMDB from reusing pages */
+        t = NULL;
         build_params p;
         build_params_for_budget(0.2, &p);
         heap = eng_topk_new(q.k, knn);

@@ -12,40 +12,41 @@
 
 #include "api.h"
 #include "proto.h"
+#include "route.h"
 
 typedef struct route {
-    const char *method;
-    const char *pattern;         /* '/'-separated, '*' = one segment */
+    route_spec spec;             /* method, pattern ('*' = one segment) */
     http_handler fn;
     http_chunk_fn chunk;         /* streaming body, or NULL = buffered */
     void (*cleanup)(http_req *r);
 } route;
 
 static const route ROUTES[] = {
-    {"GET", "/v1/health", api_health, NULL, NULL},
-    {"GET", "/metrics", api_metrics, NULL, NULL},
-    {"POST", "/v1/models", api_model_create, NULL, NULL},
-    {"GET", "/v1/models", api_model_list, NULL, NULL},
-    {"GET", "/v1/models/*", api_model_get, NULL, NULL},
-    {"DELETE", "/v1/models/*", api_model_delete, NULL, NULL},
-    {"POST", "/v1/datasets", api_dataset_create, NULL, NULL},
-    {"GET", "/v1/datasets", api_dataset_list, NULL, NULL},
-    {"PUT", "/v1/datasets/*", api_dataset_upload, api_dataset_upload_chunk, api_dataset_upload_cleanup},
-    {"GET", "/v1/datasets/*", api_dataset_get, NULL, NULL},
-    {"DELETE", "/v1/datasets/*", api_dataset_delete, NULL, NULL},
-    {"GET", "/v1/datasets/*/inputs/*", api_input_get, NULL, NULL},
-    {"GET", "/v1/datasets/*/inputs/*/image.png", api_input_png, NULL, NULL},
-    {"GET", "/v1/datasets/*/inputs/*/activations", api_input_activations, NULL, NULL},
-    {"POST", "/v1/indexes", api_index_create, NULL, NULL},
-    {"GET", "/v1/indexes", api_index_list, NULL, NULL},
-    {"GET", "/v1/indexes/*", api_index_get, NULL, NULL},
-    {"DELETE", "/v1/indexes/*", api_index_delete, NULL, NULL},
-    {"GET", "/v1/jobs", api_job_list, NULL, NULL},
-    {"GET", "/v1/jobs/*", api_job_get, NULL, NULL},
-    {"POST", "/v1/query/topk", api_query_topk, NULL, NULL},
-    {"POST", "/v1/query/knn", api_query_knn, NULL, NULL},
-    {"GET", "/", api_static, NULL, NULL},
-    {"GET", "/static/*", api_static, NULL, NULL},
+    {{"GET", "/v1/health"}, api_health, NULL, NULL},
+    {{"GET", "/metrics"}, api_metrics, NULL, NULL},
+    {{"POST", "/v1/models"}, api_model_create, NULL, NULL},
+    {{"GET", "/v1/models"}, api_model_list, NULL, NULL},
+    {{"GET", "/v1/models/*"}, api_model_get, NULL, NULL},
+    {{"DELETE", "/v1/models/*"}, api_model_delete, NULL, NULL},
+    {{"POST", "/v1/datasets"}, api_dataset_create, NULL, NULL},
+    {{"GET", "/v1/datasets"}, api_dataset_list, NULL, NULL},
+    {{"PUT", "/v1/datasets/*"}, api_dataset_upload, api_dataset_upload_chunk, api_dataset_upload_cleanup},
+    {{"GET", "/v1/datasets/*"}, api_dataset_get, NULL, NULL},
+    {{"DELETE", "/v1/datasets/*"}, api_dataset_delete, NULL, NULL},
+    {{"GET", "/v1/datasets/*/inputs/*"}, api_input_get, NULL, NULL},
+    {{"GET", "/v1/datasets/*/inputs/*/image.png"}, api_input_png, NULL, NULL},
+    {{"GET", "/v1/datasets/*/inputs/*/activations"}, api_input_activations, NULL, NULL},
+    {{"POST", "/v1/indexes"}, api_index_create, NULL, NULL},
+    {{"GET", "/v1/indexes"}, api_index_list, NULL, NULL},
+    {{"GET", "/v1/indexes/*"}, api_index_get, NULL, NULL},
+    {{"DELETE", "/v1/indexes/*"}, api_index_delete, NULL, NULL},
+    {{"GET", "/v1/indexes/*/neurons/*"}, api_index_neuron, NULL, NULL},
+    {{"GET", "/v1/jobs"}, api_job_list, NULL, NULL},
+    {{"GET", "/v1/jobs/*"}, api_job_get, NULL, NULL},
+    {{"POST", "/v1/query/topk"}, api_query_topk, NULL, NULL},
+    {{"POST", "/v1/query/knn"}, api_query_knn, NULL, NULL},
+    {{"GET", "/"}, api_static, NULL, NULL},
+    {{"GET", "/static/*"}, api_static, NULL, NULL},
 };
 #define NROUTES (sizeof ROUTES / sizeof ROUTES[0])
 
@@ -139,48 +140,15 @@ void http_reply_proto_err(http_req *r, const proto_err *e)
 
 /* ---- routing ---- */
 
-static int split_path(char *path, char **segs, int max)
-{
-    int n = 0;
-    char *save = NULL;
-    for (char *s = strtok_r(path, "/", &save); s; s = strtok_r(NULL, "/", &save)) {
-        if (n == max) return -1;
-        segs[n++] = s;
-    }
-    return n;
-}
-
-/* Finds the route; *method_mismatch is set when the path exists for another method. */
 static const route *route_match(conn_state *s, const char *method, const char *url, int *method_mismatch)
 {
-    char *segs[16], *psegs[16];
-    char pat[128];
-    *method_mismatch = 0;
-    if (strlen(url) >= sizeof s->segs) return NULL;
-    for (size_t i = 0; i < NROUTES; i++) {
-        snprintf(s->segs, sizeof s->segs, "%s", url);
-        int n = split_path(s->segs, segs, 16);
-        snprintf(pat, sizeof pat, "%s", ROUTES[i].pattern);
-        int pn = split_path(pat, psegs, 16);
-        if (n < 0 || n != pn) continue;
-        int ok = 1, np = 0;
-        for (int j = 0; j < n && ok; j++) {
-            if (strcmp(psegs[j], "*") == 0) {
-                if (np < HTTP_MAX_PARAMS) s->req.params[np++] = segs[j];
-            } else if (strcmp(psegs[j], segs[j]) != 0) {
-                ok = 0;
-            }
-        }
-        if (!ok) continue;
-        if (strcmp(ROUTES[i].method, method) != 0 &&
-            !(strcmp(method, "HEAD") == 0 && strcmp(ROUTES[i].method, "GET") == 0)) {
-            *method_mismatch = 1;
-            continue;
-        }
-        s->req.nparams = np;
-        return &ROUTES[i]; /* params point into s->segs, split for this route */
-    }
-    return NULL;
+    route_hit hit;
+    int i = route_find(ROUTES, NROUTES, sizeof ROUTES[0], method, url, s->segs, sizeof s->segs, &hit,
+                       method_mismatch);
+    if (i < 0) return NULL;
+    s->req.nparams = hit.nparams;
+    for (int k = 0; k < hit.nparams; k++) s->req.params[k] = hit.params[k];
+    return &ROUTES[i];
 }
 
 static int is_mutating(const char *method)

@@ -42,6 +42,7 @@ void build_params_for_budget(double budget, build_params *out)
      * value per entry). Give ids about 62% of the budget (16 partitions at
      * the default 0.2, the paper's setting) and the MAI what is left, in
      * whole percent, keeping 2% of the budget for headers and bounds. */
+    out->kind = STORE_INDEX_NPI;
     int bits = (int)floor(budget * 32 * 0.625);
     if (bits < 1) bits = 1;
     if (bits > 8) bits = 8;
@@ -122,6 +123,7 @@ static int build_pass(app *a, app_model *m, const store_dataset *d, int nlayers,
         if (bcore_new(n, (uint64_t)ly->neurons, p->partitions, mai, budget, a->cfg.data_dir, &bc[l], err,
                       errlen) != 0)
             goto fail;
+        if (p->kind == STORE_INDEX_FULL) bcore_set_raw(bc[l], 1);
         outs[l] = malloc(chunk * (size_t)ly->neurons * sizeof(float));
         if (!outs[l]) goto oom;
     }
@@ -232,7 +234,7 @@ static int create_records(app *a, const char *model, const char *dataset, const 
         return proto_fail(e, 500, "store_error", "store: %s", store_errmsg());
     store_job jr = {0};
     int rc = store_next_id(t, "job", &jr.id);
-    snprintf(jr.kind, sizeof jr.kind, "index");
+    snprintf(jr.kind, sizeof jr.kind, "%s", p->kind == STORE_INDEX_FULL ? "materialize" : "index");
     jr.state = state;
     jr.total = n;
     jr.created = app_unix_now();
@@ -241,12 +243,13 @@ static int create_records(app *a, const char *model, const char *dataset, const 
     for (int l = 0; l < nlayers && rc == STORE_OK; l++) {
         store_index ix = {0};
         rc = store_next_id(t, "index", &ix.id);
+        ix.kind = p->kind;
         snprintf(ix.model, sizeof ix.model, "%s", model);
         snprintf(ix.dataset, sizeof ix.dataset, "%s", dataset);
         snprintf(ix.layer, sizeof ix.layer, "%s", layers[l]);
         ix.state = STORE_PENDING;
-        ix.partitions = p->partitions;
-        ix.mai_ratio = (float)p->mai_ratio;
+        ix.partitions = p->kind == STORE_INDEX_FULL ? 0 : p->partitions;
+        ix.mai_ratio = p->kind == STORE_INDEX_FULL ? 1.0f : (float)p->mai_ratio;
         ix.count = n;
         ix.neurons = neurons[l];
         ix.full_bytes = 4 * n * neurons[l];

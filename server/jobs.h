@@ -21,6 +21,7 @@
 #define BUILD_MAX_LAYERS 16
 
 typedef struct build_params {
+    int kind;                    /* enum store_index_kind */
     uint32_t partitions;         /* 2..256 */
     double mai_ratio;            /* 0..0.5 */
 } build_params;

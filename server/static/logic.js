@@ -1,0 +1,261 @@
+// logic.js -- the explorer's pure parts: hash routes, neuron lists, query
+// requests, histogram bins. No DOM, no fetch, no imports, so the browser test
+// can also load it straight into node.
+
+const AGGS = ['sum', 'mean', 'max', 'min'];
+const METRICS = ['l2', 'l1', 'linf'];
+export const PAGE_SIZE = 48;
+export const DEFAULT_K = 10;
+export { AGGS, METRICS };
+
+// ---- routes ----
+// #/                                            pick a model, dataset, layer
+// #/m/{model}/d/{ds}/l/{layer}?page=P            browse the dataset
+// #/m/.../l/{layer}/input/{id}?neurons=..        one input, its top neurons
+// #/m/.../l/{layer}/neuron/{n}?input=ID          one neuron: histogram + top inputs
+// #/m/.../l/{layer}/topk?neurons=..&k=&agg=&labels=
+// #/m/.../l/{layer}/knn?target=ID&neurons=..&k=&metric=&labels=
+// Names are URI-encoded segments; the query string holds only numbers and
+// enum words, so a route reloads (or is shared) to exactly the same view.
+
+export function parseRoute(hash) {
+  const h = (hash || '').replace(/^#/, '');
+  const q = h.indexOf('?');
+  const path = q < 0 ? h : h.slice(0, q);
+  const params = new URLSearchParams(q < 0 ? '' : h.slice(q + 1));
+  const segs = path.split('/').filter((s) => s !== '').map((s) => {
+    try { return decodeURIComponent(s); } catch { return s; }
+  });
+  const r = { view: 'home', model: null, dataset: null, layer: null, params };
+  let i = 0;
+  const take = (key) => {
+    if (segs[i] === key && i + 1 < segs.length) { i += 2; return segs[i - 1]; }
+    return null;
+  };
+  r.model = take('m');
+  if (!r.model) return r;
+  r.view = 'model';
+  r.dataset = take('d');
+  if (!r.dataset) return r;
+  r.layer = take('l');
+  if (!r.layer) return r;
+  r.view = 'browse';
+  const rest = segs.slice(i);
+  if (rest[0] === 'input' && rest.length === 2 && /^\d+$/.test(rest[1])) {
+    r.view = 'input';
+    r.input = Number(rest[1]);
+  } else if (rest[0] === 'neuron' && rest.length === 2 && /^\d+$/.test(rest[1])) {
+    r.view = 'neuron';
+    r.neuron = Number(rest[1]);
+  } else if ((rest[0] === 'topk' || rest[0] === 'knn') && rest.length === 1) {
+    r.view = rest[0];
+  } else if (rest.length) {
+    r.view = 'unknown';
+  }
+  return r;
+}
+
+export function layerPath(model, dataset, layer) {
+  const e = encodeURIComponent;
+  return `#/m/${e(model)}/d/${e(dataset)}/l/${e(layer)}`;
+}
+
+function withQuery(base, params) {
+  const parts = [];
+  for (const [k, v] of Object.entries(params || {})) {
+    if (v === undefined || v === null || v === '' || (Array.isArray(v) && !v.length)) continue;
+    parts.push(`${k}=${Array.isArray(v) ? v.join(',') : String(v)}`);
+  }
+  return parts.length ? `${base}?${parts.join('&')}` : base;
+}
+
+export function browseHash(ctx, page) {
+  return withQuery(layerPath(ctx.model, ctx.dataset, ctx.layer), { page: page ? page : undefined });
+}
+export function inputHash(ctx, id, neurons) {
+  return withQuery(`${layerPath(ctx.model, ctx.dataset, ctx.layer)}/input/${id}`, { neurons });
+}
+export function neuronHash(ctx, n, input) {
+  return withQuery(`${layerPath(ctx.model, ctx.dataset, ctx.layer)}/neuron/${n}`, { input });
+}
+// q: {kind:'topk'|'knn', neurons, k, agg, metric, labels, target}
+export function queryHash(ctx, q) {
+  const base = `${layerPath(ctx.model, ctx.dataset, ctx.layer)}/${q.kind}`;
+  if (q.kind === 'knn')
+    return withQuery(base, { target: q.target, neurons: q.neurons, k: q.k, metric: q.metric, labels: q.labels });
+  return withQuery(base, { neurons: q.neurons, k: q.k, agg: q.agg, labels: q.labels });
+}
+
+// ---- numbers in URLs and fields ----
+
+// "3, 17 42" -> [3, 17, 42]; null on anything that is not a list of
+// non-negative integers.
+export function parseIntList(s) {
+  const t = (s || '').trim();
+  if (!t) return [];
+  const parts = t.split(/[\s,;]+/).filter(Boolean);
+  const out = [];
+  for (const p of parts) {
+    if (!/^\d+$/.test(p)) return null;
+    out.push(Number(p));
+  }
+  return out;
+}
+
+// Labels may be negative in principle (int32).
+export function parseLabelList(s) {
+  const t = (s || '').trim();
+  if (!t) return [];
+  const out = [];
+  for (const p of t.split(/[\s,;]+/).filter(Boolean)) {
+    if (!/^-?\d+$/.test(p)) return null;
+    out.push(Number(p));
+  }
+  return out;
+}
+
+// ---- neurons: flat row-major index <-> coordinates in the layer's shape ----
+
+export function flatten(coord, shape) {
+  let f = 0;
+  for (let d = 0; d < shape.length; d++) f = f * shape[d] + coord[d];
+  return f;
+}
+
+export function unflatten(flat, shape) {
+  const c = new Array(shape.length);
+  let rem = flat;
+  for (let d = shape.length - 1; d >= 0; d--) {
+    c[d] = rem % shape[d];
+    rem = Math.floor(rem / shape[d]);
+  }
+  return c;
+}
+
+export function neuronLabel(flat, shape) {
+  return shape && shape.length > 1 ? `${flat} [${unflatten(flat, shape).join(',')}]` : String(flat);
+}
+
+// Parses what a user types: flat indices ("3, 17") and/or coordinates
+// ("[5,3,3] [12,0,6]"), checked against the layer (shape, neuron count).
+// Returns {neurons: [flat...]} (duplicates dropped, order kept) or {error}.
+export function parseNeurons(text, shape, count) {
+  const s = (text || '').trim();
+  if (!s) return { neurons: [] };
+  const out = [];
+  const seen = new Set();
+  const add = (f) => { if (!seen.has(f)) { seen.add(f); out.push(f); } };
+  const re = /\[([^\]]*)\]|(-?\d+(?:\.\d+)?)|([^\s,;])/g;
+  let m;
+  while ((m = re.exec(s)) !== null) {
+    if (m[1] !== undefined) {
+      const parts = m[1].split(/[\s,]+/).filter(Boolean);
+      if (!parts.every((p) => /^\d+$/.test(p)))
+        return { error: `[${m[1]}] is not a coordinate: use non-negative integers, e.g. [${shape.map(() => 0).join(',')}]` };
+      const c = parts.map(Number);
+      if (c.length !== shape.length)
+        return { error: `[${m[1]}] has ${c.length} coordinate${c.length === 1 ? '' : 's'}; this layer's neurons have ${shape.length} ([${shape.join(',')}])` };
+      for (let d = 0; d < c.length; d++)
+        if (c[d] >= shape[d])
+          return { error: `[${m[1]}]: coordinate ${d} is ${c[d]}, must be below ${shape[d]} (shape [${shape.join(',')}])` };
+      add(flatten(c, shape));
+    } else if (m[2] !== undefined) {
+      if (!/^\d+$/.test(m[2])) return { error: `'${m[2]}' is not a neuron index (0..${count - 1})` };
+      const f = Number(m[2]);
+      if (f >= count) return { error: `neuron ${f} is out of range: this layer has neurons 0..${count - 1}` };
+      add(f);
+    } else {
+      return { error: `unexpected '${m[3]}': type indices like "3, 17" or coordinates like "[${shape.map(() => 0).join(',')}]"` };
+    }
+  }
+  return { neurons: out };
+}
+
+// ---- query requests: built from a route, the exact body sent to the API ----
+
+function pick(v, allowed, dflt) {
+  return allowed.includes(v) ? v : dflt;
+}
+
+// Reads a query view's parameters; returns {q} or {error}. ctx = route.
+export function queryFromParams(kind, params) {
+  const neurons = parseIntList(params.get('neurons'));
+  if (neurons === null) return { error: `neurons=${params.get('neurons')} is not a list of neuron indices` };
+  const kText = params.get('k');
+  const k = kText === null ? DEFAULT_K : Number(kText);
+  if (!Number.isInteger(k) || k < 1) return { error: `k=${kText} must be an integer >= 1` };
+  const labels = parseLabelList(params.get('labels'));
+  if (labels === null) return { error: `labels=${params.get('labels')} is not a list of integer labels` };
+  const q = { kind, neurons, k, labels };
+  if (kind === 'knn') {
+    const t = params.get('target');
+    if (t === null || !/^\d+$/.test(t)) return { error: 'a kNN view needs target=<input id>' };
+    q.target = Number(t);
+    q.metric = pick(params.get('metric'), METRICS, 'l2');
+  } else {
+    q.agg = pick(params.get('agg'), AGGS, 'sum');
+  }
+  return { q };
+}
+
+export function queryBody(ctx, q) {
+  const body = { model: ctx.model, dataset: ctx.dataset, layer: ctx.layer, neurons: q.neurons.slice(), k: q.k };
+  if (q.kind === 'knn') {
+    body.target = q.target;
+    body.metric = q.metric;
+  } else {
+    body.agg = q.agg;
+  }
+  if (q.labels && q.labels.length) body.filter = { labels: q.labels.slice() };
+  return body;
+}
+
+// ---- histogram of one neuron from its index entry ----
+// partitions: [{partition, lower, upper, count}] (lower/upper null when
+// empty). Each partition's count is spread evenly over [lower, upper] (a point
+// mass when lower == upper) into `nbins` equal-width bins; the MAI
+// (partition 0) is kept apart so it can be drawn in its own colour.
+export function histogramBins(partitions, nbins) {
+  const parts = partitions.filter((p) => p.count > 0 && p.lower !== null && p.upper !== null &&
+    Number.isFinite(p.lower) && Number.isFinite(p.upper));
+  if (!parts.length) return null;
+  let lo = Math.min(...parts.map((p) => p.lower));
+  let hi = Math.max(...parts.map((p) => p.upper));
+  if (hi === lo) { lo -= 0.5; hi += 0.5; }
+  const width = (hi - lo) / nbins;
+  const bins = Array.from({ length: nbins }, (_, i) => ({ lo: lo + i * width, hi: lo + (i + 1) * width, mai: 0, rest: 0 }));
+  const binOf = (v) => Math.min(nbins - 1, Math.max(0, Math.floor((v - lo) / width)));
+  for (const p of parts) {
+    const key = p.partition === 0 ? 'mai' : 'rest';
+    const a = binOf(p.lower), b = binOf(p.upper);
+    if (a === b || p.upper === p.lower) {
+      bins[a][key] += p.count;
+      continue;
+    }
+    // Spread uniformly over the value range [lower, upper].
+    const span = p.upper - p.lower;
+    for (let i = a; i <= b; i++) {
+      const ov = Math.min(bins[i].hi, p.upper) - Math.max(bins[i].lo, p.lower);
+      if (ov > 0) bins[i][key] += (p.count * ov) / span;
+    }
+  }
+  const total = parts.reduce((s, p) => s + p.count, 0);
+  return { lo, hi, bins, total };
+}
+
+export function fmt(v, digits = 4) {
+  if (v === null || v === undefined) return '–';
+  if (typeof v !== 'number') return String(v);
+  if (Number.isInteger(v)) return String(v);
+  const a = Math.abs(v);
+  if (a !== 0 && (a < 1e-3 || a >= 1e5)) return v.toExponential(2);
+  return v.toFixed(digits).replace(/\.?0+$/, '') || '0';
+}
+
+export function fmtBytes(b) {
+  if (!Number.isFinite(b)) return '–';
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (b >= 1024 && i < u.length - 1) { b /= 1024; i++; }
+  return `${i ? b.toFixed(1) : b} ${u[i]}`;
+}

@@ -1,0 +1,138 @@
+/* thumb.c -- see thumb.h. */
+#include "thumb.h"
+
+#include <png.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct membuf {
+    unsigned char *p;
+    size_t len, cap;
+    int oom;
+} membuf;
+
+static void write_mem(png_structp png, png_bytep data, png_size_t n)
+{
+    membuf *b = png_get_io_ptr(png);
+    if (b->oom) return;
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 4096;
+        while (cap < b->len + n) cap *= 2;
+        unsigned char *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, data, n);
+    b->len += n;
+}
+
+static void flush_mem(png_structp png) { (void)png; }
+
+int thumb_encode(const uint8_t *pixels, int width, int height, int channels, int scale, unsigned char **out,
+               size_t *out_len, char *err, size_t errlen)
+{
+    if (!pixels || width <= 0 || height <= 0 || (channels != 1 && channels != 3) || scale < 1 || scale > 16 ||
+        (long)width * scale > 16384 || (long)height * scale > 16384) {
+        snprintf(err, errlen, "bad image arguments");
+        return -1;
+    }
+    int W = width * scale, H = height * scale;
+    membuf b = {0};
+    png_bytep row = malloc((size_t)W * (size_t)channels);
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_infop info = png ? png_create_info_struct(png) : NULL;
+    if (!row || !png || !info) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    if (setjmp(png_jmpbuf(png))) {
+        snprintf(err, errlen, "libpng failed to encode");
+        goto fail;
+    }
+    png_set_write_fn(png, &b, write_mem, flush_mem);
+    png_set_IHDR(png, info, (png_uint_32)W, (png_uint_32)H, 8, channels == 1 ? PNG_COLOR_TYPE_GRAY : PNG_COLOR_TYPE_RGB,
+                 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_write_info(png, info);
+    for (int y = 0; y < H; y++) {
+        const uint8_t *src = pixels + (size_t)(y / scale) * (size_t)width * (size_t)channels;
+        for (int x = 0; x < W; x++)
+            memcpy(row + (size_t)x * (size_t)channels, src + (size_t)(x / scale) * (size_t)channels, (size_t)channels);
+        png_write_row(png, row);
+    }
+    png_write_end(png, NULL);
+    if (b.oom) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    png_destroy_write_struct(&png, &info);
+    free(row);
+    *out = b.p;
+    *out_len = b.len;
+    return 0;
+fail:
+    png_destroy_write_struct(&png, info ? &info : NULL);
+    free(row);
+    free(b.p);
+    return -1;
+}
+
+int thumb_from_input(const void *data, int dtype, int ndim, const int64_t *shape, int max_side, unsigned char **out,
+                   size_t *out_len, char *err, size_t errlen)
+{
+    int64_t C = 1, H, W;
+    if (ndim == 2) {
+        H = shape[0];
+        W = shape[1];
+    } else if (ndim == 3) {
+        C = shape[0];
+        H = shape[1];
+        W = shape[2];
+    } else if (ndim == 1) {
+        H = 1;
+        W = shape[0];
+    } else {
+        snprintf(err, errlen, "inputs of rank %d have no picture", ndim);
+        return -1;
+    }
+    if (H <= 0 || W <= 0 || C <= 0 || H > 4096 || W > 4096) {
+        snprintf(err, errlen, "input of %lldx%lld is not a picture", (long long)H, (long long)W);
+        return -1;
+    }
+    int channels = C == 3 ? 3 : 1;
+    size_t plane = (size_t)(H * W);
+    uint8_t *px = malloc(plane * (size_t)channels);
+    if (!px) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    float lo = 0, hi = 0;
+    if (dtype == 2) {
+        const float *f = data;
+        lo = hi = f[0];
+        for (size_t i = 0; i < plane * (size_t)channels; i++) {
+            if (f[i] < lo) lo = f[i];
+            if (f[i] > hi) hi = f[i];
+        }
+    }
+    for (int c = 0; c < channels; c++)
+        for (size_t i = 0; i < plane; i++) {
+            size_t src = (size_t)c * plane + i;
+            uint8_t v;
+            if (dtype == 1)
+                v = ((const uint8_t *)data)[src];
+            else
+                v = hi > lo ? (uint8_t)((((const float *)data)[src] - lo) / (hi - lo) * 255.0f + 0.5f) : 128;
+            px[i * (size_t)channels + (size_t)c] = v;
+        }
+    int64_t side = H > W ? H : W;
+    int scale = side >= max_side ? 1 : (int)(max_side / side);
+    if (scale > 16) scale = 16;
+    int rc = thumb_encode(px, (int)W, (int)H, channels, scale, out, out_len, err, errlen);
+    free(px);
+    return rc;
+}

@@ -1,0 +1,326 @@
+// shim.cpp -- the C face of LibTorch (see shim.h). The only C++ file of
+// the project; every entry point catches everything, so no exception crosses
+// into C.
+#include "shim.h"
+
+#include <dlfcn.h>
+#include <malloc.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
+#include <torch/script.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+struct shim_model {
+    torch::jit::Module mod;
+    c10::Device device{c10::kCPU};
+    bool dict_form = false;
+    bool has_forward_to = false;
+    std::vector<torch::jit::Module> leaves;  // form 2: leaf modules in order
+    std::vector<std::string> names;
+    std::vector<shim_layer> layers;          // name pointers into names
+    std::vector<int64_t> input_shape;
+    int64_t input_numel = 0;
+};
+
+namespace {
+
+void set_err(char *err, size_t errlen, const std::string &msg)
+{
+    if (err && errlen) snprintf(err, errlen, "%s", msg.c_str());
+}
+
+// Torch messages carry backtraces and interpreter tracebacks; keep the line
+// that says what went wrong.
+std::string short_message(const std::string &what)
+{
+    size_t p = what.rfind("RuntimeError: ");
+    std::string s = p != std::string::npos ? what.substr(p + 14) : what;
+    size_t nl = s.find('\n');
+    if (nl != std::string::npos) s = s.substr(0, nl);
+    if (s.size() > 400) s = s.substr(0, 400) + "...";
+    return s;
+}
+
+std::string error_text(const std::exception &e)
+{
+    if (auto *ce = dynamic_cast<const c10::Error *>(&e)) return short_message(ce->what_without_backtrace());
+    return short_message(e.what());
+}
+
+// Parses "input_shape":[a,b,c] out of deepeverest.json without a JSON
+// library (the shim knows nothing of the rest of the project).
+bool parse_input_shape(const std::string &json, std::vector<int64_t> &out)
+{
+    size_t k = json.find("\"input_shape\"");
+    if (k == std::string::npos) return false;
+    size_t b = json.find('[', k), e = json.find(']', k);
+    if (b == std::string::npos || e == std::string::npos || e < b) return false;
+    std::vector<int64_t> dims;
+    const char *p = json.c_str() + b + 1, *end = json.c_str() + e;
+    while (p < end) {
+        while (p < end && (*p == ' ' || *p == ',' || *p == '\n' || *p == '\t')) p++;
+        if (p >= end) break;
+        char *q;
+        long long v = strtoll(p, &q, 10);
+        if (q == p || v <= 0) return false;
+        dims.push_back(v);
+        p = q;
+    }
+    if (dims.empty() || dims.size() > SHIM_MAX_DIMS) return false;
+    out = dims;
+    return true;
+}
+
+void flatten_children(const torch::jit::Module &m, const std::string &prefix, shim_model *sm)
+{
+    for (const auto &child : m.named_children()) {
+        std::string name = prefix.empty() ? child.name : prefix + "." + child.name;
+        if (child.value.children().size() > 0)
+            flatten_children(child.value, name, sm);
+        else {
+            sm->leaves.push_back(child.value);
+            sm->names.push_back(name);
+        }
+    }
+}
+
+void add_layer(shim_model *m, const at::Tensor &t)
+{
+    shim_layer l{};
+    l.ndim = (int)t.dim() - 1;
+    if (l.ndim < 0 || l.ndim > SHIM_MAX_DIMS) throw std::runtime_error("a layer output has an unsupported rank");
+    l.neurons = 1;
+    for (int i = 0; i < l.ndim; i++) {
+        l.shape[i] = t.size(i + 1);
+        l.neurons *= l.shape[i];
+    }
+    m->layers.push_back(l);
+}
+
+at::Tensor as_float_cpu(const at::Tensor &t)
+{
+    return t.to(c10::kCPU, c10::kFloat).contiguous();
+}
+
+}  // namespace
+
+extern "C" int shim_init(int threads, char *err, size_t errlen)
+{
+    try {
+        // ENVIRONMENT.md: glibc serves each large tensor by a fresh mmap and
+        // unmaps it after the forward unless these thresholds are raised.
+        mallopt(M_MMAP_THRESHOLD, 64 << 20);
+        mallopt(M_TRIM_THRESHOLD, 128 << 20);
+        int n = threads > 0 ? threads : (int)std::max(1u, std::thread::hardware_concurrency());
+        at::set_num_threads(n);  // 1 by default on these machines
+        try {
+            at::set_num_interop_threads(1);
+        } catch (...) {
+            // already set (a second init): harmless
+        }
+        // OpenBLAS threads fight OpenMP's on few cores: pin them to one.
+        using setter = void (*)(int);
+        if (auto fn = (setter)dlsym(RTLD_DEFAULT, "openblas_set_num_threads")) fn(1);
+        // Plain execution of the TorchScript graph: the optimizing executor
+        // rewrites the graph after a few runs, and a recomputed activation
+        // must equal the one an index was built from, bit for bit.
+        torch::jit::setGraphExecutorOptimize(false);
+        return 0;
+    } catch (const std::exception &e) {
+        set_err(err, errlen, error_text(e));
+    } catch (...) {
+        set_err(err, errlen, "unknown error initializing torch");
+    }
+    return -1;
+}
+
+extern "C" int shim_cuda_available(void)
+{
+    try {
+        return at::hasCUDA() ? 1 : 0;
+    } catch (...) {
+        return 0;
+    }
+}
+
+extern "C" int shim_load(const char *path, const char *device, const int64_t *input_shape, int input_ndim,
+                         shim_model **out, char *err, size_t errlen)
+{
+    shim_model *m = nullptr;
+    try {
+        std::string dev = device ? device : "auto";
+        c10::Device d(c10::kCPU);
+        if (dev == "cuda" || (dev == "auto" && at::hasCUDA())) {
+            if (!at::hasCUDA()) {
+                set_err(err, errlen, "device cuda asked for, but this LibTorch build sees no CUDA device");
+                return -1;
+            }
+            d = c10::Device(c10::kCUDA, 0);
+        } else if (dev != "cpu" && dev != "auto") {
+            set_err(err, errlen, "device must be auto, cpu or cuda");
+            return -1;
+        }
+        m = new shim_model();
+        m->device = d;
+        torch::jit::ExtraFilesMap extra{{"deepeverest.json", ""}};
+        try {
+            m->mod = torch::jit::load(path, d, extra);
+        } catch (const std::exception &e) {
+            set_err(err, errlen, "not a TorchScript archive: " + error_text(e));
+            delete m;
+            return -1;
+        }
+        m->mod.eval();
+        if (!parse_input_shape(extra["deepeverest.json"], m->input_shape)) {
+            if (!input_shape || input_ndim <= 0) {
+                set_err(err, errlen,
+                        "the model has no input shape: put deepeverest.json ({\"input_shape\":[C,H,W]}) in the "
+                        "archive or pass input_shape");
+                delete m;
+                return -1;
+            }
+            m->input_shape.assign(input_shape, input_shape + input_ndim);
+        }
+        m->input_numel = 1;
+        for (int64_t s : m->input_shape) m->input_numel *= s;
+        m->has_forward_to = m->mod.find_method("forward_to").has_value();
+
+        // Discover the layers by running one zero input.
+        c10::InferenceMode guard;
+        std::vector<int64_t> shape{1};
+        shape.insert(shape.end(), m->input_shape.begin(), m->input_shape.end());
+        at::Tensor x = torch::zeros(shape, torch::TensorOptions().dtype(torch::kFloat).device(d));
+        c10::IValue y;
+        try {
+            y = m->mod.forward({x});
+        } catch (const std::exception &e) {
+            set_err(err, errlen, "the model cannot run an input of this shape: " + error_text(e));
+            delete m;
+            return -1;
+        }
+        if (y.isGenericDict()) {
+            m->dict_form = true;
+            for (const auto &kv : y.toGenericDict()) {
+                if (!kv.value().isTensor()) throw std::runtime_error("forward's dict holds a non-tensor value");
+                m->names.push_back(kv.key().toStringRef());
+                add_layer(m, kv.value().toTensor());
+            }
+        } else {
+            flatten_children(m->mod, "", m);
+            if (m->leaves.empty()) {
+                set_err(err, errlen,
+                        "no layers found: forward returns no Dict[str, Tensor] and the module has no children");
+                delete m;
+                return -1;
+            }
+            at::Tensor h = x;
+            for (auto &leaf : m->leaves) {
+                h = leaf.forward({h}).toTensor();
+                add_layer(m, h);
+            }
+        }
+        for (size_t i = 0; i < m->layers.size(); i++) m->layers[i].name = m->names[i].c_str();
+        if (m->layers.empty()) throw std::runtime_error("the model has no layers");
+        *out = m;
+        return 0;
+    } catch (const std::exception &e) {
+        set_err(err, errlen, error_text(e));
+    } catch (...) {
+        set_err(err, errlen, "unknown error loading the model");
+    }
+    delete m;
+    return -1;
+}
+
+extern "C" void shim_free(shim_model *m)
+{
+    try {
+        delete m;
+    } catch (...) {
+    }
+}
+
+extern "C" const char *shim_device(const shim_model *m) { return m->device.is_cuda() ? "cuda" : "cpu"; }
+
+extern "C" int shim_input_shape(const shim_model *m, int64_t *shape)
+{
+    for (size_t i = 0; i < m->input_shape.size(); i++) shape[i] = m->input_shape[i];
+    return (int)m->input_shape.size();
+}
+
+extern "C" int64_t shim_input_numel(const shim_model *m) { return m->input_numel; }
+
+extern "C" int shim_layer_count(const shim_model *m) { return (int)m->layers.size(); }
+
+extern "C" const shim_layer *shim_layer_at(const shim_model *m, int i)
+{
+    if (i < 0 || (size_t)i >= m->layers.size()) return nullptr;
+    return &m->layers[(size_t)i];
+}
+
+extern "C" int shim_layer_find(const shim_model *m, const char *name)
+{
+    for (size_t i = 0; i < m->names.size(); i++)
+        if (m->names[i] == name) return (int)i;
+    return -1;
+}
+
+static void copy_out(const at::Tensor &t, const shim_layer &l, int64_t n, float *dst)
+{
+    at::Tensor c = as_float_cpu(t);
+    if (c.numel() != n * l.neurons) throw std::runtime_error(std::string("layer ") + l.name + " changed size");
+    memcpy(dst, c.data_ptr<float>(), (size_t)(n * l.neurons) * sizeof(float));
+}
+
+extern "C" int shim_run(shim_model *m, const float *in, int64_t n, const int *layers, int nlayers,
+                        float *const *outs, char *err, size_t errlen)
+{
+    try {
+        if (n <= 0 || nlayers <= 0) {
+            set_err(err, errlen, "nothing to run");
+            return -1;
+        }
+        int deepest = -1;
+        for (int j = 0; j < nlayers; j++) {
+            if (layers[j] < 0 || (size_t)layers[j] >= m->layers.size()) {
+                set_err(err, errlen, "layer index out of range");
+                return -1;
+            }
+            deepest = std::max(deepest, layers[j]);
+        }
+        c10::InferenceMode guard;
+        std::vector<int64_t> shape{n};
+        shape.insert(shape.end(), m->input_shape.begin(), m->input_shape.end());
+        at::Tensor x = torch::from_blob(const_cast<float *>(in), shape, torch::kFloat);
+        if (m->device.is_cuda()) x = x.to(m->device);
+        if (m->dict_form) {
+            c10::IValue y = m->has_forward_to
+                                ? m->mod.get_method("forward_to")({x, c10::IValue(m->names[(size_t)deepest])})
+                                : m->mod.forward({x});
+            auto d = y.toGenericDict();
+            for (int j = 0; j < nlayers; j++) {
+                const shim_layer &l = m->layers[(size_t)layers[j]];
+                copy_out(d.at(c10::IValue(m->names[(size_t)layers[j]])).toTensor(), l, n, outs[j]);
+            }
+        } else {
+            at::Tensor h = x;
+            for (int i = 0; i <= deepest; i++) {
+                h = m->leaves[(size_t)i].forward({h}).toTensor();
+                for (int j = 0; j < nlayers; j++)
+                    if (layers[j] == i) copy_out(h, m->layers[(size_t)i], n, outs[j]);
+            }
+        }
+        return 0;
+    } catch (const std::exception &e) {
+        set_err(err, errlen, error_text(e));
+    } catch (...) {
+        set_err(err, errlen, "unknown error running the model");
+    }
+    return -1;
+}

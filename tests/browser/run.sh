@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Browser test of the neuron explorer (server/static/): starts the real daemon
+# on a free loopback port with a fresh data dir, then drives the page in
+# headless Chromium (tests/browser/explorer.test.mjs) and checks what it shows
+# against the same requests sent straight to the API.
+#   tests/browser/run.sh [BUILD]      BUILD defaults to build (the daemon is BUILD/deepeverestd)
+# Prints "N passed, M failed" last; exits non-zero on any failure.
+# Screenshots: tests/out/browser/*.png. Needs node + npm, Debian's chromium
+# (apt-get install -y chromium) and models/fmnist_cnn.pt.
+set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+BUILD=${1:-build}
+case $BUILD in /*) ;; *) BUILD="$ROOT/$BUILD" ;; esac
+DAEMON="$BUILD/deepeverestd"
+CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
+OUT="$ROOT/tests/out/browser"
+
+fail() { echo "browser test: $*" >&2; echo "0 passed, 1 failed"; exit 1; }
+
+[ -x "$DAEMON" ] || fail "no daemon at $DAEMON (run make)"
+[ -x "$CHROMIUM" ] || fail "no Chromium at $CHROMIUM (apt-get install -y chromium)"
+[ -f "$ROOT/models/fmnist_cnn.pt" ] || fail "no demo model at models/fmnist_cnn.pt"
+command -v node >/dev/null || fail "node is not installed"
+
+if [ ! -f "$HERE/node_modules/playwright-core/package.json" ]; then
+  echo "installing playwright-core (npm)..."
+  (cd "$HERE" && if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi) \
+    >"$HERE/.npm-install.log" 2>&1 || { cat "$HERE/.npm-install.log" >&2; fail "npm install failed"; }
+fi
+
+mkdir -p "$OUT"
+DATA=$(mktemp -d /tmp/de-browser-XXXXXX)
+PID=
+cleanup() {
+  if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
+    kill -TERM "$PID" 2>/dev/null
+    for _ in $(seq 1 100); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$PID" 2>/dev/null
+  fi
+  rm -rf "$DATA"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+PORT=$(node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
+"$DAEMON" --data "$DATA" --listen "127.0.0.1:$PORT" --static "$ROOT/server/static" >"$OUT/daemon.log" 2>&1 &
+PID=$!
+up=0
+for _ in $(seq 1 300); do
+  kill -0 "$PID" 2>/dev/null || break
+  if node -e 'fetch(process.argv[1]).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))' "http://127.0.0.1:$PORT/v1/health" 2>/dev/null; then
+    up=1; break
+  fi
+  sleep 0.2
+done
+if [ $up -ne 1 ]; then
+  tail -30 "$OUT/daemon.log" >&2
+  fail "the daemon did not start"
+fi
+
+DE_URL="http://127.0.0.1:$PORT" DE_ROOT="$ROOT" DE_OUT="$OUT" CHROMIUM="$CHROMIUM" \
+  timeout 170 node "$HERE/explorer.test.mjs"
+rc=$?
+if [ $rc -eq 124 ]; then echo "browser test: timed out after 170 s" >&2; echo "0 passed, 1 failed"; fi
+if [ $rc -ne 0 ]; then echo "daemon log (last lines):" >&2; tail -15 "$OUT/daemon.log" >&2; fi
+exit $rc

@@ -1,0 +1,221 @@
+"""Exact top-k and kNN over real HTTP with the real model: every method
+against scan on many random queries, an independent brute force computed
+here from the daemon's per-input activations, incremental indexing, the
+shared cache, 8 concurrent clients, and precise errors."""
+
+import os
+import random
+import struct
+import sys
+import threading
+
+sys.path.insert(0, os.path.dirname(__file__))
+import harness as H  # noqa: E402
+
+D = None
+N = 10000
+LAYERS = {"pool2": 3136, "fc1": 64}
+RNG = random.Random(20261124)
+
+
+def f32(x):
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def q(kind, body, want=(200,)):
+    b = {"model": "cnn", "dataset": "fmnist"}
+    b.update(body)
+    return D.ok("POST", "/v1/query/" + kind, b, want=want)
+
+
+def random_query(layer):
+    kind = RNG.choice(["topk", "knn"])
+    g = RNG.choice([1, 3, 10, 30])
+    if RNG.random() < 0.5:  # the group of a random input's most active neurons
+        t = RNG.randrange(N)
+        acts = D.ok("GET", "/v1/datasets/fmnist/inputs/%d/activations?model=cnn&layer=%s&top=%d" % (t, layer, g))
+        neurons = [a["neuron"] for a in acts]
+    else:
+        neurons = RNG.sample(range(LAYERS[layer]), g)
+    body = {"layer": layer, "neurons": neurons, "k": RNG.choice([1, 10, 50])}
+    if kind == "topk":
+        body["agg"] = RNG.choice(["sum", "mean", "max", "min"])
+        if body["agg"] == "sum" and RNG.random() < 0.3:
+            body["weights"] = [RNG.choice([0, 0.5, 1, 2.5]) for _ in neurons]
+            body["weights"][0] = 1
+    else:
+        body["target"] = RNG.randrange(N)
+        body["metric"] = RNG.choice(["l2", "l1", "linf"])
+        if RNG.random() < 0.3:
+            body["weights"] = [RNG.choice([0, 0.5, 1, 2.5]) for _ in neurons]
+            body["weights"][0] = 1
+        if RNG.random() < 0.2:
+            body["include_target"] = True
+    if RNG.random() < 0.25:
+        body["filter"] = {"labels": RNG.sample(range(10), 3)}
+    return kind, body
+
+
+def test_start_and_index():
+    global D
+    D = H.Daemon().start()
+    D.setup_demo()
+    r = D.ok("POST", "/v1/indexes", {"model": "cnn", "dataset": "fmnist", "layers": list(LAYERS)}, want=(202,))
+    assert D.wait_job(r["job"])["state"] == "done"
+
+
+def test_random_queries_every_method_equals_scan():
+    fractions = {"nta": [], "bounds": []}
+    for layer in LAYERS:
+        for _ in range(20):
+            kind, body = random_query(layer)
+            ref = q(kind, dict(body, method="scan"))
+            assert ref["stats"]["method"] == "scan"
+            for method in ("nta", "bounds", "auto"):
+                got = q(kind, dict(body, method=method))
+                assert got["results"] == ref["results"], (kind, method, body, got["results"][:5], ref["results"][:5])
+                assert got["stats"]["index"] == "used"
+                if method != "auto":
+                    assert got["stats"]["method"] == method
+                    fractions[method].append(got["stats"]["inputs_fetched"] / N)
+            assert len(ref["results"]) == min(body["k"], N)
+    for m, f in fractions.items():
+        f.sort()
+        print("  %s: median fraction of inputs fetched %.4f" % (m, f[len(f) // 2]))
+
+
+def group_acts(ids, layer, neurons):
+    out = {}
+    ns = ",".join(map(str, neurons))
+    for i in ids:
+        a = D.ok("GET", "/v1/datasets/fmnist/inputs/%d/activations?model=cnn&layer=%s&neurons=%s" % (i, layer, ns))
+        out[i] = [f32(x["value"]) for x in a]
+    return out
+
+
+def test_independent_brute_force_on_a_filtered_subset():
+    ids = sorted(RNG.sample(range(N), 150))
+    for layer in LAYERS:
+        neurons = RNG.sample(range(LAYERS[layer]), 5)
+        acts = group_acts(ids, layer, neurons)
+        w = [1, 0.5, 2, 0, 1.5]
+        # top-k sum (weighted) and max
+        for agg, weights in (("sum", None), ("sum", w), ("max", None), ("mean", None)):
+            def score(x):
+                if agg == "max":
+                    return max(x)
+                s = 0.0
+                for j, v in enumerate(x):
+                    s += (weights[j] * v) if weights else v
+                return s / len(x) if agg == "mean" else s
+            want = sorted(ids, key=lambda i: (-score(acts[i]), i))[:10]
+            body = {"layer": layer, "neurons": neurons, "k": 10, "agg": agg, "filter": {"ids": ids}}
+            if weights:
+                body["weights"] = weights
+            for method in ("bounds", "nta", "scan"):
+                got = q("topk", dict(body, method=method))["results"]
+                assert [r["input"] for r in got] == want, (agg, method, got, want)
+                for r in got:
+                    assert abs(r["score"] - score(acts[r["input"]])) <= 1e-6 * max(1, abs(r["score"]))
+        # kNN l2 / l1 / linf around a target in the subset
+        t = ids[7]
+        for metric in ("l2", "l1", "linf"):
+            def dist(x):
+                d = [a - b for a, b in zip(x, acts[t])]
+                if metric == "l2":
+                    return sum(v * v for v in d) ** 0.5
+                if metric == "l1":
+                    return sum(abs(v) for v in d)
+                return max(abs(v) for v in d)
+            want = sorted((i for i in ids if i != t), key=lambda i: (dist(acts[i]), i))[:10]
+            body = {"layer": layer, "neurons": neurons, "k": 10, "target": t, "metric": metric,
+                    "filter": {"ids": ids}}
+            for method in ("bounds", "nta"):
+                got = q("knn", dict(body, method=method))["results"]
+                assert [r["input"] for r in got] == want, (metric, method, got, want)
+
+
+def test_tensor_target_equals_input_target():
+    t = 123
+    tensor = D.ok("GET", "/v1/datasets/fmnist/inputs/%d?tensor=1" % t)["tensor"]
+    assert len(tensor) == 784
+    body = {"layer": "pool2", "neurons": [10, 200, 3000], "k": 5}
+    a = q("knn", dict(body, target={"tensor": tensor}))
+    b = q("knn", dict(body, target=t, include_target=True))
+    assert a["results"] == b["results"] and a["results"][0] == dict(a["results"][0], input=t, distance=0)
+
+
+def test_incremental_index_built_by_the_query():
+    body = {"layer": "conv4", "neurons": [5, 99, 3000], "k": 10}
+    assert not [x for x in D.ok("GET", "/v1/indexes")["indexes"] if x["layer"] == "conv4"]
+    first = q("topk", body)
+    assert first["stats"]["index"] == "built", first["stats"]
+    assert first["results"] == q("topk", dict(body, method="scan"))["results"]
+    second = q("topk", dict(body, neurons=[6, 7]))
+    assert second["stats"]["index"] == "used"
+    assert [x["state"] for x in D.ok("GET", "/v1/indexes")["indexes"] if x["layer"] == "conv4"] == ["ready"]
+
+
+def test_second_identical_query_computes_nothing():
+    body = {"layer": "fc1", "neurons": [2, 40], "k": 10, "target": 4242}
+    a = q("knn", body)
+    b = q("knn", body)
+    assert a["results"] == b["results"]
+    assert b["stats"]["inputs_computed"] == 0 and b["stats"]["cache_hits"] > 0, b["stats"]
+
+
+def test_eight_concurrent_clients():
+    cases = [random_query(layer) for layer in LAYERS for _ in range(6)]
+    expected = [q(kind, dict(body, method="scan"))["results"] for kind, body in cases]
+    errors = []
+
+    def client(c):
+        try:
+            for i in range(len(cases)):
+                j = (i + c * 5) % len(cases)
+                kind, body = cases[j]
+                got = q(kind, dict(body, method=["bounds", "nta", "auto"][c % 3]))
+                if got["results"] != expected[j]:
+                    errors.append((c, j))
+        except Exception as e:  # noqa: BLE001
+            errors.append((c, repr(e)))
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:5]
+
+
+def test_bad_queries():
+    base = {"layer": "fc1", "neurons": [1, 2], "k": 5}
+    cases = [
+        ("topk", dict(base, neurons=[64]), 422, "neuron_out_of_range"),
+        ("topk", dict(base, neurons=[[1, 2]]), 422, None),
+        ("topk", dict(base, k=0), 422, None),
+        ("topk", dict(base, k=N + 1), 422, "k_too_large"),
+        ("topk", dict(base, agg="median"), 422, None),
+        ("topk", dict(base, method="magic"), 422, None),
+        ("topk", dict(base, weights=[1, -1]), 422, None),
+        ("topk", dict(base, weights=[1]), 422, None),
+        ("topk", dict(base, layer="nope"), 404, "unknown_layer"),
+        ("topk", dict(base, filter={"labels": [99]}), 422, "empty_filter"),
+        ("topk", dict(base, filter={"ids": [N]}), 422, None),
+        ("knn", dict(base, target=N), 422, "target_out_of_range"),
+        ("knn", dict(base, target={"tensor": [0.0] * 10}), 422, "invalid_target"),
+        ("knn", dict(base, metric="cosine", target=1), 422, None),
+        ("knn", dict(base), 400, None),
+        ("topk", dict(base, target=1), 400, None),
+    ]
+    for kind, body, status, code in cases:
+        b = {"model": "cnn", "dataset": "fmnist"}
+        b.update(body)
+        H.expect_error(D.call("POST", "/v1/query/" + kind, b), status, code)
+    H.expect_error(D.call("POST", "/v1/query/topk", raw=b"[1,2",
+                          headers={"Content-Type": "application/json"}), 400, "invalid_json")
+    assert D.ok("GET", "/v1/health")["status"] == "ok"
+    D.close()
+
+
+if __name__ == "__main__":
+    H.run(globals())

@@ -1,0 +1,251 @@
+/* shim_test.c -- the LibTorch shim against the committed demo model, the
+ * Python reference activations and small fixture models. One torch-linked
+ * binary (loading libtorch costs ~0.7 s); CK_NOFORK, because Check's fork
+ * mode hangs once torch has started its thread pool (ENVIRONMENT.md). */
+#include <check.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zlib.h>
+
+#include "shim.h"
+
+#define MODEL "models/fmnist_cnn.pt"
+#define FIXTURE "tests/fixtures/fmnist_cnn_acts.json"
+#define T10K "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
+
+static shim_model *M;
+static float *IMAGES; /* 10000 x 784, normalized */
+
+static void load_images(void)
+{
+    gzFile f = gzopen(T10K, "rb");
+    ck_assert_ptr_nonnull(f);
+    unsigned char hdr[16];
+    ck_assert_int_eq(gzread(f, hdr, 16), 16);
+    unsigned char *raw = malloc(10000 * 784);
+    ck_assert_int_eq(gzread(f, raw, 10000 * 784), 10000 * 784);
+    gzclose(f);
+    IMAGES = malloc(sizeof(float) * 10000 * 784);
+    for (int i = 0; i < 10000 * 784; i++) IMAGES[i] = ((float)raw[i] * (1.0f / 255.0f) - 0.2860f) / 0.3530f;
+    free(raw);
+}
+
+static void setup(void)
+{
+    char err[512];
+    if (M) return;
+    ck_assert_int_eq(shim_init(0, err, sizeof err), 0);
+    if (shim_load(MODEL, "cpu", NULL, 0, &M, err, sizeof err) != 0) ck_abort_msg("load: %s", err);
+    load_images();
+}
+
+START_TEST(layers_and_shapes)
+{
+    static const char *names[] = {"conv1", "conv2", "pool1", "conv3", "pool2", "conv4", "fc1", "logits"};
+    static const int64_t neurons[] = {12544, 25088, 6272, 12544, 3136, 3136, 64, 10};
+    ck_assert_int_eq(shim_layer_count(M), 8);
+    for (int i = 0; i < 8; i++) {
+        const shim_layer *l = shim_layer_at(M, i);
+        ck_assert_str_eq(l->name, names[i]);
+        ck_assert_int_eq(l->neurons, neurons[i]);
+        ck_assert_int_eq(shim_layer_find(M, names[i]), i);
+    }
+    ck_assert_int_eq(shim_layer_at(M, 4)->ndim, 3);
+    ck_assert_int_eq(shim_layer_at(M, 4)->shape[0], 64);
+    ck_assert_ptr_null(shim_layer_at(M, 8));
+    ck_assert_int_eq(shim_layer_find(M, "nope"), -1);
+    int64_t shape[SHIM_MAX_DIMS];
+    ck_assert_int_eq(shim_input_shape(M, shape), 3);
+    ck_assert_int_eq(shape[0] * shape[1] * shape[2], 784);
+    ck_assert_str_eq(shim_device(M), "cpu");
+}
+END_TEST
+
+/* The daemon's values at pool2, fc1 and logits equal Python's, computed at
+ * export time (tolerance 1e-4). */
+START_TEST(matches_python_reference)
+{
+    json_error_t je;
+    json_t *fx = json_load_file(FIXTURE, 0, &je);
+    ck_assert_msg(fx != NULL, "fixture: %s", je.text);
+    json_t *inputs = json_object_get(fx, "inputs");
+    size_t n = json_array_size(inputs);
+    ck_assert_uint_ge(n, 5);
+    float *in = calloc(64 * 784, sizeof(float));
+    for (size_t i = 0; i < n; i++) {
+        int id = (int)json_integer_value(json_object_get(json_array_get(inputs, i), "id"));
+        memcpy(in + i * 784, IMAGES + (size_t)id * 784, 784 * sizeof(float));
+    }
+    static const char *check[] = {"pool2", "fc1", "logits"};
+    int layers[3];
+    float *outs[3];
+    for (int j = 0; j < 3; j++) {
+        layers[j] = shim_layer_find(M, check[j]);
+        outs[j] = malloc(64 * (size_t)shim_layer_at(M, layers[j])->neurons * sizeof(float));
+    }
+    char err[512];
+    if (shim_run(M, in, 64, layers, 3, outs, err, sizeof err) != 0) ck_abort_msg("run: %s", err);
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_t *acts = json_object_get(json_array_get(inputs, i), "activations");
+        for (int j = 0; j < 3; j++) {
+            json_t *ref = json_object_get(acts, check[j]);
+            size_t D = (size_t)shim_layer_at(M, layers[j])->neurons;
+            ck_assert_uint_eq(json_array_size(ref), D);
+            for (size_t k = 0; k < D; k++) {
+                double d = fabs(outs[j][i * D + k] - json_number_value(json_array_get(ref, k)));
+                if (d > worst) worst = d;
+            }
+        }
+    }
+    ck_assert_msg(worst <= 1e-4, "worst difference %g", worst);
+    for (int j = 0; j < 3; j++) free(outs[j]);
+    free(in);
+    json_decref(fx);
+}
+END_TEST
+
+/* forward_to stops early and gives the same values as the full forward,
+ * and several layers come out of one run. */
+START_TEST(truncated_equals_full)
+{
+    int conv1 = shim_layer_find(M, "conv1"), logits = shim_layer_find(M, "logits");
+    float *a = malloc(64 * 12544 * sizeof(float)), *b = malloc(64 * 12544 * sizeof(float));
+    float *lg = malloc(64 * 10 * sizeof(float));
+    char err[256];
+    ck_assert_int_eq(shim_run(M, IMAGES, 64, &conv1, 1, &a, err, sizeof err), 0);
+    int both[2] = {logits, conv1};
+    float *outs[2] = {lg, b};
+    ck_assert_int_eq(shim_run(M, IMAGES, 64, both, 2, outs, err, sizeof err), 0);
+    ck_assert_int_eq(memcmp(a, b, 64 * 12544 * sizeof(float)), 0);
+    free(a);
+    free(b);
+    free(lg);
+}
+END_TEST
+
+/* Measured, not assumed: a batch of 1 differs from a batch of 64 on CPU,
+ * which is why the daemon always runs full, padded batches. Within full
+ * batches of one size, an input's values do not depend on its neighbours. */
+START_TEST(batch_composition)
+{
+    int fc1 = shim_layer_find(M, "fc1");
+    float *x = malloc(64 * 784 * sizeof(float)), *o1 = malloc(64 * 64 * sizeof(float)),
+          *o2 = malloc(64 * 64 * sizeof(float));
+    char err[256];
+    ck_assert_int_eq(shim_run(M, IMAGES, 64, &fc1, 1, &o1, err, sizeof err), 0);
+    /* input 5 at position 0, other neighbours (inputs 100..162) */
+    memcpy(x, IMAGES + 5 * 784, 784 * sizeof(float));
+    memcpy(x + 784, IMAGES + 100 * 784, 63 * 784 * sizeof(float));
+    ck_assert_int_eq(shim_run(M, x, 64, &fc1, 1, &o2, err, sizeof err), 0);
+    ck_assert_int_eq(memcmp(o1 + 5 * 64, o2, 64 * sizeof(float)), 0);
+    float single[64];
+    float *po = single;
+    ck_assert_int_eq(shim_run(M, IMAGES + 5 * 784, 1, &fc1, 1, &po, err, sizeof err), 0);
+    double d = 0;
+    for (int k = 0; k < 64; k++) d = fmax(d, fabs(single[k] - o1[5 * 64 + k]));
+    printf("batch of 1 vs batch of 64 at fc1: max difference %g\n", d);
+    free(x);
+    free(o1);
+    free(o2);
+}
+END_TEST
+
+START_TEST(sequential_model)
+{
+    char err[512];
+    shim_model *s;
+    ck_assert_int_ne(shim_load("tests/fixtures/seq_model.pt", "cpu", NULL, 0, &s, err, sizeof err), 0);
+    ck_assert_msg(strstr(err, "input shape") != NULL, "%s", err);
+    int64_t shape[3] = {1, 8, 8};
+    if (shim_load("tests/fixtures/seq_model.pt", "cpu", shape, 3, &s, err, sizeof err) != 0) ck_abort_msg("%s", err);
+    ck_assert_int_eq(shim_layer_count(s), 4);
+    ck_assert_str_eq(shim_layer_at(s, 0)->name, "0.0");
+    ck_assert_str_eq(shim_layer_at(s, 1)->name, "0.1");
+    ck_assert_str_eq(shim_layer_at(s, 2)->name, "1");
+    ck_assert_str_eq(shim_layer_at(s, 3)->name, "2");
+    ck_assert_int_eq(shim_layer_at(s, 0)->neurons, 4 * 6 * 6);
+    ck_assert_int_eq(shim_layer_at(s, 3)->neurons, 3);
+    /* truncated run: only up to "0.1"; equal to ReLU of layer "0.0" */
+    float in[2 * 64];
+    for (int i = 0; i < 128; i++) in[i] = (float)((i * 37) % 11) - 5.0f;
+    float a[2 * 144], b[2 * 144], out3[2 * 3];
+    int l0 = 0, l1 = 1, both[2] = {3, 0};
+    float *pa = a, *pb = b, *p2[2] = {out3, a};
+    ck_assert_int_eq(shim_run(s, in, 2, &l0, 1, &pa, err, sizeof err), 0);
+    ck_assert_int_eq(shim_run(s, in, 2, &l1, 1, &pb, err, sizeof err), 0);
+    for (int i = 0; i < 2 * 144; i++) ck_assert_float_eq(b[i], a[i] > 0 ? a[i] : 0);
+    ck_assert_int_eq(shim_run(s, in, 2, both, 2, p2, err, sizeof err), 0);
+    shim_free(s);
+}
+END_TEST
+
+START_TEST(bad_files_and_arguments)
+{
+    char err[512];
+    shim_model *s;
+    ck_assert_int_ne(shim_load("tests/fixtures/not_torchscript.pt", "cpu", NULL, 0, &s, err, sizeof err), 0);
+    ck_assert_msg(strstr(err, "TorchScript") != NULL, "%s", err);
+    ck_assert_int_ne(shim_load("/nonexistent.pt", "cpu", NULL, 0, &s, err, sizeof err), 0);
+    ck_assert_int_ne(shim_load(MODEL, "tpu", NULL, 0, &s, err, sizeof err), 0);
+    if (!shim_cuda_available()) ck_assert_int_ne(shim_load(MODEL, "cuda", NULL, 0, &s, err, sizeof err), 0);
+    /* a model that cannot take the given shape */
+    int64_t wrong[3] = {3, 5, 5};
+    ck_assert_int_ne(shim_load("tests/fixtures/seq_model.pt", "cpu", wrong, 3, &s, err, sizeof err), 0);
+    int bad = 99;
+    float out[10], *po = out;
+    ck_assert_int_ne(shim_run(M, IMAGES, 1, &bad, 1, &po, err, sizeof err), 0);
+    ck_assert_int_ne(shim_run(M, IMAGES, 0, &bad, 1, &po, err, sizeof err), 0);
+}
+END_TEST
+
+/* Printed, not asserted: inference throughput of the demo model here. */
+START_TEST(throughput)
+{
+    static const char *at[] = {"logits", "pool1"};
+    char err[256];
+    for (int a = 0; a < 2; a++) {
+        int l = shim_layer_find(M, at[a]);
+        size_t D = (size_t)shim_layer_at(M, l)->neurons;
+        for (int B = 64; B <= 256; B *= 2) {
+            float *out = malloc((size_t)B * D * sizeof(float));
+            struct timespec t0, t1;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            for (int off = 0; off + B <= 10000; off += B)
+                ck_assert_int_eq(shim_run(M, IMAGES + (size_t)off * 784, B, &l, 1, &out, err, sizeof err), 0);
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            double s = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+            printf("throughput to %-6s batch %3d: %8.0f inputs/s\n", at[a], B, (10000 / B) * B / s);
+            free(out);
+        }
+    }
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("shim");
+    TCase *tc = tcase_create("shim");
+    tcase_set_timeout(tc, 300);
+    tcase_add_unchecked_fixture(tc, setup, NULL);
+    tcase_add_test(tc, layers_and_shapes);
+    tcase_add_test(tc, matches_python_reference);
+    tcase_add_test(tc, truncated_equals_full);
+    tcase_add_test(tc, batch_composition);
+    tcase_add_test(tc, sequential_model);
+    tcase_add_test(tc, bad_files_and_arguments);
+    tcase_add_test(tc, throughput);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    shim_free(M);
+    free(IMAGES);
+    return failed ? 1 : 0;
+}

@@ -237,6 +237,8 @@ static void run_query(http_req *r, int knn)
         .exclude = exclude,
         .allowed = allowed,
         .batch = q.batch ? q.batch : 256,
+        /* a multiple of the inference batch (a smaller fetch would be padded) */
+        .first_batch = (uint32_t)(((q.k + q.k / 2) / a->cfg.batch + 1) * a->cfg.batch),
         .cancel = &ts.cancel,
     };
     res = malloc(q.k * sizeof *res);

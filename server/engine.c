@@ -928,6 +928,9 @@ static int run_bounds(run *r)
      * `chunk` of the rest, sort them, double the chunk when it runs out. */
     uint64_t rng = 0x9e3779b97f4a7c15ull;
     size_t ready = 0, next = 0, chunk = (size_t)r->batch * 4;
+    /* The best-bound candidates usually are the answer: start with a small
+     * batch and double it, so a query rarely computes much past its k. */
+    size_t step = q->first_batch && q->first_batch < r->batch ? q->first_batch : r->batch;
     for (;;) {
         if (next == ready) {
             if (ready == ncand)
@@ -945,12 +948,13 @@ static int run_bounds(run *r)
             if (better(q, eng_topk_worst(r->h), nb))
                 break;
         }
-        size_t cnt = ready - next < r->batch ? ready - next : r->batch;
+        size_t cnt = ready - next < step ? ready - next : step;
         r->st->rounds++;
         if ((rc = compute_inputs(r, order + next, cnt)) != 0)
             goto done;
         rc = -1;
         next += cnt;
+        step = step * 2 < r->batch ? step * 2 : r->batch;
     }
     rc = 0;
 done:

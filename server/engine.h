@@ -66,6 +66,8 @@ typedef struct eng_query {
     int64_t exclude;             /* input id that is not a candidate, or -1 */
     const uint8_t *allowed;      /* [n] nonzero = candidate; NULL = all */
     uint32_t batch;              /* inputs per fetch, 0 = 256 */
+    uint32_t first_batch;        /* BOUNDS: inputs of its first fetch (0 = batch);
+                                    each later fetch doubles, up to batch */
     const volatile int *cancel;  /* polled between batches; nonzero stops with -2 */
     size_t scratch_budget;       /* bytes of optional scratch beyond O(N) (NTA keeps
                                   * unpacked partition ids of neurons within it and

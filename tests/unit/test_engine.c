@@ -415,6 +415,7 @@ static void random_query(const ds *s, int dist, int qi)
     uint32_t ks[] = {1, 2, 5, n / 2 ? n / 2 : 1, n, n + 3};
     q.k = ks[rng_below(6)];
     q.batch = batches[rng_below(6)];
+    q.first_batch = rng_below(3) ? 0 : 1 + rng_below(40); /* the growing first fetch of BOUNDS */
     /* NTA: unpacked ids for every neuron (default), none, or about half */
     r = rng_below(3);
     q.scratch_budget = r == 0 ? 0 : r == 1 ? 1 : (size_t)n * g / 2 + 1;

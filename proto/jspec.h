@@ -51,9 +51,14 @@ typedef struct jspec {
     int64_t min, max;          /* JS_UINT/JS_INT/JS_UINTS range, JS_STRING/arrays max length */
     double dmin, dmax;         /* JS_NUMBER / JS_FLOATS range */
     const char *const *choices;/* JS_ENUM */
+    size_t maxn;               /* JS_FLOATS/JS_UINTS: most elements; 0 = `max` for
+                                  JS_FLOATS (as above), 1<<20 for JS_UINTS, whose
+                                  min/max bound the elements */
 } jspec;
 
-/* Parses obj (must be a JSON object) against specs (ended by JS_END). */
+/* Parses obj (must be a JSON object) against specs (ended by JS_END).
+ * Destinations must start zeroed: jspec_free() frees whatever pointer it finds
+ * there. A JSON null counts as an absent field. */
 int jspec_parse(const json_t *obj, const jspec *specs, proto_err *e);
 void jspec_free(const jspec *specs);
 

@@ -1,75 +1,103 @@
-/* proto.c -- the API's requests as field-spec tables (see proto.h). Fields
- * with two shapes (a number or a list; an id or a tensor; flat indices or
- * coordinates) are taken as JS_JSON and finished by a small parser each. */
+/* proto.c -- the request bodies of the HTTP API as C structs (see proto.h).
+ *
+ * Each request type is one jspec table; fields with two shapes ("mean": a
+ * number or an array, "target": an id or an object, "neurons": indices or
+ * coordinates) arrive as JS_JSON and get a small custom parser. Every parser
+ * zeroes its struct first, so the caller's one proto_free_* call is right
+ * whether parsing succeeded, failed half-way, or never started.
+ */
 #include "proto.h"
 
+#include <float.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const AGGS[] = {"sum", "mean", "max", "min", NULL};
-static const char *const METRICS[] = {"l2", "l1", "linf", NULL};
-static const char *const METHODS[] = {"auto", "nta", "bounds", "scan", "materialized", NULL};
-static const char *const FORMATS[] = {"auto", "npy", "idx", NULL};
-static const char *const KINDS[] = {"npi", "full", NULL};
+#define PROTO_PATH_MAX 4095
+#define PROTO_MAX_FILTER 10000000
+#define PROTO_MAX_TENSOR ((size_t)1 << 24)
+#define PROTO_MAX_BATCH 65536
+#define PROTO_MAX_TIMEOUT_S 3600.0
 
-int proto_valid_name(const char *s)
+static const char *type_name(const json_t *v)
 {
-    size_t n = strlen(s);
-    if (n < 1 || n > PROTO_NAME_MAX) return 0;
-    for (const char *p = s; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '.' ||
-              *p == '_' || *p == '-'))
-            return 0;
-    return 1;
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a real number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    case JSON_NULL: return "null";
+    }
+    return "an unknown value";
 }
 
-/* Loads the body as a JSON object (400 on malformed JSON). */
-static json_t *load(const char *body, size_t len, proto_err *e)
+/* The body as a JSON object, or NULL with e filled. Duplicate keys are
+ * rejected: which of two "k"s counts would otherwise be an accident. */
+static json_t *load_object(const char *body, size_t len, proto_err *e)
 {
-    if (!body || len == 0) {
-        proto_fail(e, 400, "empty_body", "the request needs a JSON body");
+    size_t i = 0;
+    while (body && i < len && (body[i] == ' ' || body[i] == '\t' || body[i] == '\r' || body[i] == '\n')) i++;
+    if (!body || i == len) {
+        proto_fail(e, 400, "empty_body", "the request body is empty; send a JSON object");
         return NULL;
     }
     json_error_t je;
-    json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
-    if (!j) {
+    json_t *root = json_loadb(body, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &je);
+    if (!root) {
         proto_fail(e, 400, "invalid_json", "malformed JSON at line %d, column %d: %s", je.line, je.column, je.text);
         return NULL;
     }
-    if (!json_is_object(j)) {
-        json_decref(j);
-        proto_fail(e, 400, "invalid_body", "the body must be a JSON object");
+    if (!json_is_object(root)) {
+        proto_fail(e, 400, "invalid_body", "the body must be a JSON object, not %s", type_name(root));
+        json_decref(root);
         return NULL;
     }
-    return j;
+    return root;
 }
 
-/* A number or 1..max numbers, each > lo (or >= lo when !strict). */
-static int parse_channels(json_t *v, const char *field, double lo, int strict, double *out, int *n, proto_err *e)
+/* jspec_parse on an object nested in field `field`; errors say where. */
+static int parse_nested(const json_t *obj, const jspec *specs, const char *field, proto_err *e)
 {
-    if (json_is_number(v)) {
-        double x = json_number_value(v);
-        if (!isfinite(x) || (strict ? x <= lo : x < lo))
-            return proto_fail(e, 422, "invalid_value", "field '%s' must be a finite number%s", field,
-                              strict ? " > 0" : "");
-        out[0] = x;
-        *n = 1;
-        return 0;
+    if (jspec_parse(obj, specs, e) == 0) return 0;
+    proto_err inner = *e;
+    return proto_fail(e, inner.status, inner.code, "in '%s': %s", field, inner.message);
+}
+
+/* A finite number in [lo, hi], or (lo, hi] when lo_open. */
+static int get_number(const json_t *v, const char *field, double lo, int lo_open, double hi, double *out,
+                      proto_err *e)
+{
+    if (!json_is_number(v))
+        return proto_fail(e, 400, "invalid_type", "field '%s' must be a number, not %s", field, type_name(v));
+    double x = json_number_value(v);
+    if (!isfinite(x) || (lo_open ? x <= lo : x < lo) || x > hi) {
+        if (hi >= DBL_MAX)
+            return proto_fail(e, 422, "invalid_value", "field '%s' must be a number %s %g; it is %g", field,
+                              lo_open ? ">" : ">=", lo, x);
+        return proto_fail(e, 422, "invalid_value", "field '%s' must be a number %s %g and <= %g; it is %g", field,
+                          lo_open ? ">" : ">=", lo, hi, x);
     }
-    if (!json_is_array(v) || json_array_size(v) < 1 || json_array_size(v) > PROTO_MAX_CHANNELS)
-        return proto_fail(e, 400, "invalid_type", "field '%s' must be a number or an array of 1 to %d numbers", field,
-                          PROTO_MAX_CHANNELS);
-    for (size_t i = 0; i < json_array_size(v); i++) {
-        json_t *x = json_array_get(v, i);
-        double d = json_is_number(x) ? json_number_value(x) : NAN;
-        if (!json_is_number(x)) return proto_fail(e, 400, "invalid_type", "field '%s'[%zu] must be a number", field, i);
-        if (!isfinite(d) || (strict ? d <= lo : d < lo))
-            return proto_fail(e, 422, "invalid_value", "field '%s'[%zu] must be a finite number%s", field, i,
-                              strict ? " > 0" : "");
-        out[i] = d;
-    }
-    *n = (int)json_array_size(v);
+    *out = x;
+    return 0;
+}
+
+/* A layer name: any string of 1..PROTO_LAYER_MAX bytes (models name their
+ * layers freely, e.g. "features.3.0"), copied into out. */
+static int get_layer(const json_t *v, const char *field, char *out, proto_err *e)
+{
+    if (!json_is_string(v))
+        return proto_fail(e, 400, "invalid_type", "field '%s' must be a string, not %s", field, type_name(v));
+    size_t len = json_string_length(v);
+    if (len == 0 || len > PROTO_LAYER_MAX)
+        return proto_fail(e, 422, "invalid_value", "field '%s' must be 1 to %d bytes long; it has %zu", field,
+                          PROTO_LAYER_MAX, len);
+    if (strlen(json_string_value(v)) != len)
+        return proto_fail(e, 422, "invalid_value", "field '%s' must not contain a NUL character", field);
+    memcpy(out, json_string_value(v), len + 1);
     return 0;
 }
 
@@ -77,31 +105,27 @@ static int parse_channels(json_t *v, const char *field, double lo, int strict, d
 
 int proto_parse_model(const char *body, size_t len, proto_model_req *r, proto_err *e)
 {
+    memset(r, 0, sizeof *r);
     jspec_uints shape = {0};
-    int has_shape = 0;
     const jspec specs[] = {
         {.name = "name", .type = JS_NAME, .required = 1, .dest = r->name},
-        {.name = "path", .type = JS_STRING, .required = 1, .dest = &r->path, .max = 4095},
-        {.name = "input_shape", .type = JS_UINTS, .dest = &shape, .present = &has_shape, .min = 1,
-         .max = 1 << 24},
-        {.type = JS_END}};
-    json_t *j = load(body, len, e);
-    int rc = -1;
-    if (!j) return -1;
-    if (jspec_parse(j, specs, e) != 0) goto out;
-    if (has_shape) {
-        if (shape.n > PROTO_MAX_DIMS) {
-            proto_fail(e, 422, "invalid_value", "field 'input_shape' must have 1 to %d dimensions", PROTO_MAX_DIMS);
-            goto out;
-        }
-        for (size_t i = 0; i < shape.n; i++) r->input_shape[i] = (int64_t)shape.v[i];
-        r->ndim = (int)shape.n;
-    }
-    rc = 0;
-out:
+        {.name = "path", .type = JS_STRING, .required = 1, .dest = &r->path, .max = PROTO_PATH_MAX},
+        {.name = "input_shape", .type = JS_UINTS, .dest = &shape, .min = 1, .max = INT32_MAX,
+         .maxn = PROTO_MAX_DIMS},
+        {0},
+    };
+    json_t *root = load_object(body, len, e);
+    if (!root) return -1;
+    if (jspec_parse(root, specs, e) != 0) goto fail;
+    r->ndim = (int)shape.n;
+    for (size_t d = 0; d < shape.n; d++) r->input_shape[d] = (int64_t)shape.v[d];
     free(shape.v);
-    json_decref(j);
-    return rc;
+    json_decref(root);
+    return 0;
+fail:
+    jspec_free(specs);
+    json_decref(root);
+    return -1;
 }
 
 void proto_free_model(proto_model_req *r)
@@ -112,64 +136,72 @@ void proto_free_model(proto_model_req *r)
 
 /* ---- datasets ---- */
 
+/* "mean"/"std": one number for every channel, or one per channel. */
+static int get_channels(const json_t *v, const char *field, int positive, double *out, int *n, proto_err *e)
+{
+    const char *want = positive ? "> 0" : "finite";
+    if (json_is_number(v)) {
+        double x = json_number_value(v);
+        if (!isfinite(x) || (positive && !(x > 0)))
+            return proto_fail(e, 422, "invalid_value", "field '%s' must be %s; it is %g", field, want, x);
+        out[0] = x;
+        *n = 1;
+        return 0;
+    }
+    if (!json_is_array(v))
+        return proto_fail(e, 400, "invalid_type", "field '%s' must be a number or an array of 1 to %d numbers, not %s",
+                          field, PROTO_MAX_CHANNELS, type_name(v));
+    size_t len = json_array_size(v);
+    if (len == 0 || len > PROTO_MAX_CHANNELS)
+        return proto_fail(e, 422, "invalid_value", "field '%s' must hold 1 to %d numbers (one per channel); it holds %zu",
+                          field, PROTO_MAX_CHANNELS, len);
+    for (size_t i = 0; i < len; i++) {
+        const json_t *x = json_array_get(v, i);
+        if (!json_is_number(x))
+            return proto_fail(e, 400, "invalid_type", "field '%s[%zu]' must be a number, not %s", field, i,
+                              type_name(x));
+        double f = json_number_value(x);
+        if (!isfinite(f) || (positive && !(f > 0)))
+            return proto_fail(e, 422, "invalid_value", "field '%s[%zu]' must be %s; it is %g", field, i, want, f);
+        out[i] = f;
+    }
+    *n = (int)len;
+    return 0;
+}
+
 int proto_parse_dataset(const char *body, size_t len, proto_dataset_req *r, proto_err *e)
 {
-    json_t *mean = NULL, *std = NULL;
+    memset(r, 0, sizeof *r);
+    static const char *const formats[] = {"npy", "idx", NULL};
+    int format = 0, has_format = 0;
+    json_t *scale = NULL, *mean = NULL, *std = NULL;
     const jspec specs[] = {
         {.name = "name", .type = JS_NAME, .required = 1, .dest = r->name},
-        {.name = "path", .type = JS_STRING, .required = 1, .dest = &r->path, .max = 4095},
-        {.name = "labels_path", .type = JS_STRING, .dest = &r->labels_path, .max = 4095},
-        {.name = "format", .type = JS_ENUM, .dest = &r->format, .choices = FORMATS},
-        {.name = "scale", .type = JS_NUMBER, .dest = &r->scale, .present = &r->has_scale, .dmin = 1e-30, .dmax = 1e30},
+        {.name = "path", .type = JS_STRING, .required = 1, .dest = &r->path, .max = PROTO_PATH_MAX},
+        {.name = "format", .type = JS_ENUM, .dest = &format, .present = &has_format, .choices = formats},
+        {.name = "labels_path", .type = JS_STRING, .dest = &r->labels_path, .max = PROTO_PATH_MAX},
+        {.name = "scale", .type = JS_JSON, .dest = &scale},
         {.name = "mean", .type = JS_JSON, .dest = &mean},
         {.name = "std", .type = JS_JSON, .dest = &std},
-        {.type = JS_END}};
-    json_t *j = load(body, len, e);
-    int rc = -1;
-    if (!j) return -1;
-    if (jspec_parse(j, specs, e) != 0) goto out;
-    if (mean && parse_channels(mean, "mean", -INFINITY, 0, r->mean, &r->nmean, e) != 0) goto out;
-    if (std && parse_channels(std, "std", 0, 1, r->std, &r->nstd, e) != 0) goto out;
-    rc = 0;
-out:
-    json_decref(j);
-    return rc;
-}
-
-static int parse_list(const char *s, const char *field, int strict_pos, double *out, int *n, proto_err *e)
-{
-    int k = 0;
-    const char *p = s;
-    if (!*p) return proto_fail(e, 400, "invalid_value", "parameter '%s' is empty", field);
-    while (*p) {
-        char *end;
-        double d = strtod(p, &end);
-        if (end == p || (*end && *end != ',') || !isfinite(d) || (strict_pos && d <= 0))
-            return proto_fail(e, 422, "invalid_value", "parameter '%s' must be %snumbers separated by commas: '%s'",
-                              field, strict_pos ? "positive " : "", s);
-        if (k == PROTO_MAX_CHANNELS)
-            return proto_fail(e, 422, "invalid_value", "parameter '%s' has more than %d values", field,
-                              PROTO_MAX_CHANNELS);
-        out[k++] = d;
-        p = *end ? end + 1 : end;
-    }
-    *n = k;
-    return 0;
-}
-
-int proto_dataset_opts(proto_dataset_req *r, const char *scale, const char *mean, const char *std, proto_err *e)
-{
+        {0},
+    };
+    json_t *root = load_object(body, len, e);
+    if (!root) return -1;
+    if (jspec_parse(root, specs, e) != 0) goto fail;
+    /* The enum's index is 0-based; PROTO_FMT_AUTO (0) means absent. */
+    r->format = has_format ? (format == 0 ? PROTO_FMT_NPY : PROTO_FMT_IDX) : PROTO_FMT_AUTO;
     if (scale) {
-        double v[PROTO_MAX_CHANNELS];
-        int n;
-        if (parse_list(scale, "scale", 1, v, &n, e) != 0) return -1;
-        if (n != 1) return proto_fail(e, 422, "invalid_value", "parameter 'scale' must be one number");
-        r->scale = v[0];
+        if (get_number(scale, "scale", 0, 1, DBL_MAX, &r->scale, e) != 0) goto fail;
         r->has_scale = 1;
     }
-    if (mean && parse_list(mean, "mean", 0, r->mean, &r->nmean, e) != 0) return -1;
-    if (std && parse_list(std, "std", 1, r->std, &r->nstd, e) != 0) return -1;
+    if (mean && get_channels(mean, "mean", 0, r->mean, &r->nmean, e) != 0) goto fail;
+    if (std && get_channels(std, "std", 1, r->std, &r->nstd, e) != 0) goto fail;
+    json_decref(root);
     return 0;
+fail:
+    jspec_free(specs);
+    json_decref(root);
+    return -1;
 }
 
 void proto_free_dataset(proto_dataset_req *r)
@@ -179,222 +211,344 @@ void proto_free_dataset(proto_dataset_req *r)
     r->path = r->labels_path = NULL;
 }
 
+/* A query-string number: digits, sign, '.', exponent only (strtod alone would
+ * take "inf", "nan", hex and leading blanks). */
+static int qs_number(const char *s, size_t len, double *out)
+{
+    if (len == 0 || len > 64) return -1;
+    char buf[65];
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    if (strspn(buf, "0123456789+-.eE") != len) return -1;
+    char *end;
+    double x = strtod(buf, &end);
+    if (end != buf + len) return -1;
+    *out = x;
+    return 0;
+}
+
+static int qs_channels(const char *s, const char *param, int positive, double *out, int *n, proto_err *e)
+{
+    int count = 0;
+    for (const char *p = s;; p++) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (count == PROTO_MAX_CHANNELS)
+            return proto_fail(e, 422, "invalid_value",
+                              "query parameter '%s' must hold 1 to %d comma-separated numbers (one per channel)", param,
+                              PROTO_MAX_CHANNELS);
+        double x;
+        if (qs_number(p, len, &x) != 0)
+            return proto_fail(e, 400, "invalid_parameter",
+                              "query parameter '%s' must be a number or comma-separated numbers (e.g. 0.5 or "
+                              "0.1,0.2,0.3); value %d is not a number",
+                              param, count + 1);
+        if (!isfinite(x) || (positive && !(x > 0)))
+            return proto_fail(e, 422, "invalid_value", "query parameter '%s': value %d must be %s; it is %g", param,
+                              count + 1, positive ? "> 0" : "finite", x);
+        out[count++] = x;
+        if (!end) break;
+        p = end;
+    }
+    *n = count;
+    return 0;
+}
+
+int proto_dataset_opts(proto_dataset_req *r, const char *scale, const char *mean, const char *std, proto_err *e)
+{
+    if (scale) {
+        double x;
+        if (qs_number(scale, strlen(scale), &x) != 0)
+            return proto_fail(e, 400, "invalid_parameter", "query parameter 'scale' must be a number (e.g. 0.5)");
+        if (!isfinite(x) || !(x > 0))
+            return proto_fail(e, 422, "invalid_value", "query parameter 'scale' must be a number > 0; it is %g", x);
+        r->scale = x;
+        r->has_scale = 1;
+    }
+    if (mean && qs_channels(mean, "mean", 0, r->mean, &r->nmean, e) != 0) return -1;
+    if (std && qs_channels(std, "std", 1, r->std, &r->nstd, e) != 0) return -1;
+    return 0;
+}
+
 /* ---- indexes ---- */
 
-static int copy_layer(json_t *v, const char *field, char *dst, proto_err *e)
+static int get_layers(const json_t *v, proto_index_req *r, proto_err *e)
 {
-    if (!json_is_string(v)) return proto_fail(e, 400, "invalid_type", "field '%s' must be a string", field);
-    size_t n = json_string_length(v);
-    if (n < 1 || n > PROTO_LAYER_MAX || memchr(json_string_value(v), '\0', n))
-        return proto_fail(e, 422, "invalid_value", "field '%s' must be a layer name of 1 to %d characters", field,
-                          PROTO_LAYER_MAX);
-    memcpy(dst, json_string_value(v), n + 1);
+    if (!json_is_array(v))
+        return proto_fail(e, 400, "invalid_type", "field 'layers' must be an array of layer names, not %s",
+                          type_name(v));
+    size_t n = json_array_size(v);
+    if (n == 0 || n > PROTO_MAX_LAYERS)
+        return proto_fail(e, 422, "invalid_value", "field 'layers' must hold 1 to %d layer names; it holds %zu",
+                          PROTO_MAX_LAYERS, n);
+    for (size_t i = 0; i < n; i++) {
+        char field[32];
+        snprintf(field, sizeof field, "layers[%zu]", i);
+        if (get_layer(json_array_get(v, i), field, r->layers[i], e) != 0) return -1;
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(r->layers[i], r->layers[j]) == 0)
+                return proto_fail(e, 422, "duplicate_layer", "field 'layers[%zu]' repeats 'layers[%zu]' ('%s')", i, j,
+                                  r->layers[i]);
+    }
+    r->nlayers = (int)n;
     return 0;
 }
 
 int proto_parse_index(const char *body, size_t len, proto_index_req *r, proto_err *e)
 {
-    json_t *layer = NULL, *layers = NULL;
-    uint64_t parts = 0;
+    memset(r, 0, sizeof *r);
+    static const char *const kinds[] = {"npi", "full", NULL};
+    json_t *layer = NULL, *layers = NULL, *budget = NULL;
+    uint64_t partitions = 0;
     const jspec specs[] = {
         {.name = "model", .type = JS_NAME, .required = 1, .dest = r->model},
         {.name = "dataset", .type = JS_NAME, .required = 1, .dest = r->dataset},
         {.name = "layer", .type = JS_JSON, .dest = &layer},
         {.name = "layers", .type = JS_JSON, .dest = &layers},
-        {.name = "partitions", .type = JS_UINT, .dest = &parts, .present = &r->has_partitions, .min = 2, .max = 256},
+        {.name = "partitions", .type = JS_UINT, .dest = &partitions, .present = &r->has_partitions, .min = 2,
+         .max = 256},
         {.name = "mai_ratio", .type = JS_NUMBER, .dest = &r->mai_ratio, .present = &r->has_mai_ratio, .dmin = 0,
          .dmax = 0.5},
-        {.name = "storage_budget", .type = JS_NUMBER, .dest = &r->storage_budget, .present = &r->has_budget,
-         .dmin = 1e-9, .dmax = 1},
-        {.name = "kind", .type = JS_ENUM, .dest = &r->kind, .choices = KINDS},
-        {.type = JS_END}};
-    json_t *j = load(body, len, e);
-    int rc = -1;
-    if (!j) return -1;
-    if (jspec_parse(j, specs, e) != 0) goto out;
-    r->partitions = (uint32_t)parts;
-    if (r->has_budget && r->storage_budget <= 0) {
-        proto_fail(e, 422, "invalid_value", "field 'storage_budget' must be in (0, 1]");
-        goto out;
+        {.name = "storage_budget", .type = JS_JSON, .dest = &budget},
+        {.name = "kind", .type = JS_ENUM, .dest = &r->kind, .choices = kinds},
+        {0},
+    };
+    json_t *root = load_object(body, len, e);
+    if (!root) return -1;
+    if (jspec_parse(root, specs, e) != 0) goto fail;
+    if (layer && layers) {
+        proto_fail(e, 422, "conflicting_fields", "give either 'layer' (one layer) or 'layers' (several), not both");
+        goto fail;
     }
-    if (!layer == !layers) {
-        proto_fail(e, 400, "missing_field", "give exactly one of 'layer' (a name) or 'layers' (a list of names)");
-        goto out;
+    if (!layer && !layers) {
+        proto_fail(e, 400, "missing_field", "field 'layer' (one layer name) or 'layers' (an array of them) is required");
+        goto fail;
     }
     if (layer) {
-        if (copy_layer(layer, "layer", r->layers[0], e) != 0) goto out;
+        if (get_layer(layer, "layer", r->layers[0], e) != 0) goto fail;
         r->nlayers = 1;
-    } else {
-        if (!json_is_array(layers)) {
-            proto_fail(e, 400, "invalid_type", "field 'layers' must be an array of layer names");
-            goto out;
-        }
-        size_t n = json_array_size(layers);
-        if (n < 1 || n > PROTO_MAX_LAYERS) {
-            proto_fail(e, 422, "invalid_value", "field 'layers' must name 1 to %d layers", PROTO_MAX_LAYERS);
-            goto out;
-        }
-        for (size_t i = 0; i < n; i++) {
-            if (copy_layer(json_array_get(layers, i), "layers", r->layers[i], e) != 0) goto out;
-            for (size_t k = 0; k < i; k++)
-                if (strcmp(r->layers[k], r->layers[i]) == 0) {
-                    proto_fail(e, 422, "invalid_value", "field 'layers' names '%s' twice", r->layers[i]);
-                    goto out;
-                }
-        }
-        r->nlayers = (int)n;
+    } else if (get_layers(layers, r, e) != 0) {
+        goto fail;
+    }
+    r->partitions = (uint32_t)partitions;
+    if (budget) {
+        if (get_number(budget, "storage_budget", 0, 1, 1, &r->storage_budget, e) != 0) goto fail;
+        r->has_budget = 1;
     }
     if (r->has_budget && (r->has_partitions || r->has_mai_ratio)) {
         proto_fail(e, 422, "conflicting_fields",
-                   "give 'storage_budget' or 'partitions'/'mai_ratio', not both: the budget picks them");
-        goto out;
+                   "field 'storage_budget' picks 'partitions' and 'mai_ratio' itself; give either the budget or %s",
+                   r->has_partitions ? "'partitions'" : "'mai_ratio'");
+        goto fail;
     }
     if (r->kind == 1 && (r->has_budget || r->has_partitions || r->has_mai_ratio)) {
-        proto_fail(e, 422, "conflicting_fields", "a full materialization (kind 'full') takes no index parameters");
-        goto out;
+        proto_fail(e, 422, "conflicting_fields",
+                   "field 'kind' is 'full' (every activation stored): it takes no '%s', which shape a partitioned index",
+                   r->has_budget ? "storage_budget" : r->has_partitions ? "partitions" : "mai_ratio");
+        goto fail;
     }
-    rc = 0;
-out:
-    json_decref(j);
-    return rc;
+    json_decref(root);
+    return 0;
+fail:
+    jspec_free(specs);
+    json_decref(root);
+    return -1;
 }
 
-void proto_free_index(proto_index_req *r) { (void)r; }
+void proto_free_index(proto_index_req *r)
+{
+    (void)r; /* nothing allocated: the struct holds everything inline */
+}
 
 /* ---- queries ---- */
 
-static int parse_neurons(json_t *v, proto_neurons *g, proto_err *e)
+static int parse_neurons(const json_t *v, proto_neurons *g, proto_err *e)
 {
-    if (!json_is_array(v)) return proto_fail(e, 400, "invalid_type", "field 'neurons' must be an array");
+    static const char *mixed = "use one form for the whole group: flat indices or coordinate arrays";
+    if (!json_is_array(v))
+        return proto_fail(e, 400, "invalid_type",
+                          "field 'neurons' must be an array of flat indices or of coordinate arrays, not %s",
+                          type_name(v));
     size_t n = json_array_size(v);
-    if (n < 1 || n > PROTO_MAX_GROUP)
-        return proto_fail(e, 422, "invalid_value", "field 'neurons' must hold 1 to %d neurons", PROTO_MAX_GROUP);
-    json_t *first = json_array_get(v, 0);
-    int rank = 0;
-    if (json_is_array(first)) {
-        rank = (int)json_array_size(first);
-        if (rank < 1 || rank > PROTO_MAX_DIMS)
-            return proto_fail(e, 422, "invalid_value", "field 'neurons'[0] must be a coordinate of 1 to %d numbers",
-                              PROTO_MAX_DIMS);
+    if (n == 0 || n > PROTO_MAX_GROUP)
+        return proto_fail(e, 422, "invalid_value", "field 'neurons' must hold 1 to %d neurons; it holds %zu",
+                          PROTO_MAX_GROUP, n);
+    const json_t *first = json_array_get(v, 0);
+    int rank;
+    if (json_is_integer(first)) {
+        rank = 0;
+    } else if (json_is_array(first)) {
+        size_t r0 = json_array_size(first);
+        if (r0 == 0 || r0 > PROTO_MAX_DIMS)
+            return proto_fail(e, 422, "invalid_value", "field 'neurons[0]' must hold 1 to %d coordinates; it holds %zu",
+                              PROTO_MAX_DIMS, r0);
+        rank = (int)r0;
+    } else {
+        return proto_fail(e, 400, "invalid_type",
+                          "field 'neurons[0]' must be an integer or an array of integers, not %s", type_name(first));
     }
-    g->v = malloc(n * (size_t)(rank ? rank : 1) * sizeof *g->v);
-    if (!g->v) return proto_fail(e, 500, "internal", "out of memory");
+    int64_t *out = malloc(n * (size_t)(rank ? rank : 1) * sizeof *out);
+    if (!out) return proto_fail(e, 500, "internal", "out of memory");
+    /* Owned by g from here on, so the caller's free releases it on any error. */
+    g->v = out;
     g->rank = rank;
     for (size_t i = 0; i < n; i++) {
-        json_t *x = json_array_get(v, i);
-        if (!rank) {
+        const json_t *x = json_array_get(v, i);
+        if (rank == 0) {
             if (json_is_array(x))
-                return proto_fail(e, 422, "invalid_value",
-                                  "field 'neurons' mixes flat indices and coordinates (entry %zu)", i);
-            if (!json_is_integer(x) || json_integer_value(x) < 0)
-                return proto_fail(e, json_is_integer(x) ? 422 : 400, json_is_integer(x) ? "neuron_out_of_range"
-                                                                                        : "invalid_type",
-                                  "field 'neurons'[%zu] must be a non-negative integer", i);
-            g->v[i] = json_integer_value(x);
+                return proto_fail(e, 422, "invalid_neurons",
+                                  "field 'neurons[%zu]' is a coordinate array but 'neurons[0]' is a flat index; %s", i,
+                                  mixed);
+            if (!json_is_integer(x))
+                return proto_fail(e, 400, "invalid_type", "field 'neurons[%zu]' must be an integer, not %s", i,
+                                  type_name(x));
+            json_int_t k = json_integer_value(x);
+            if (k < 0)
+                return proto_fail(e, 422, "invalid_value", "field 'neurons[%zu]' must be >= 0; it is %lld", i,
+                                  (long long)k);
+            out[i] = (int64_t)k;
             continue;
         }
+        if (json_is_integer(x))
+            return proto_fail(e, 422, "invalid_neurons",
+                              "field 'neurons[%zu]' is a flat index but 'neurons[0]' is a coordinate array; %s", i,
+                              mixed);
         if (!json_is_array(x))
-            return proto_fail(e, 422, "invalid_value", "field 'neurons' mixes flat indices and coordinates (entry %zu)",
-                              i);
-        if ((int)json_array_size(x) != rank)
-            return proto_fail(e, 422, "invalid_value", "field 'neurons'[%zu] has %zu coordinates, the first has %d", i,
-                              json_array_size(x), rank);
+            return proto_fail(e, 400, "invalid_type", "field 'neurons[%zu]' must be an array of integers, not %s", i,
+                              type_name(x));
+        if (json_array_size(x) != (size_t)rank)
+            return proto_fail(e, 422, "invalid_neurons",
+                              "field 'neurons[%zu]' has %zu coordinates but 'neurons[0]' has %d; every neuron of a "
+                              "group needs the same number",
+                              i, json_array_size(x), rank);
         for (int d = 0; d < rank; d++) {
-            json_t *c = json_array_get(x, (size_t)d);
-            if (!json_is_integer(c) || json_integer_value(c) < 0)
-                return proto_fail(e, 422, "neuron_out_of_range",
-                                  "field 'neurons'[%zu][%d] must be a non-negative integer", i, d);
-            g->v[i * (size_t)rank + (size_t)d] = json_integer_value(c);
+            const json_t *c = json_array_get(x, (size_t)d);
+            if (!json_is_integer(c))
+                return proto_fail(e, 400, "invalid_type", "field 'neurons[%zu][%d]' must be an integer, not %s", i, d,
+                                  type_name(c));
+            json_int_t k = json_integer_value(c);
+            if (k < 0)
+                return proto_fail(e, 422, "invalid_value", "field 'neurons[%zu][%d]' must be >= 0; it is %lld", i, d,
+                                  (long long)k);
+            out[i * (size_t)rank + (size_t)d] = (int64_t)k;
         }
     }
     g->n = n;
     return 0;
 }
 
-static int parse_filter(json_t *v, proto_query_req *r, proto_err *e)
-{
-    jspec_uints ids = {0};
-    json_t *labels = NULL;
-    const jspec specs[] = {
-        {.name = "ids", .type = JS_UINTS, .dest = &ids, .min = 0, .max = INT64_MAX},
-        /* JS_UINTS caps arrays at 1<<20 entries by default; ids may be 1e7 */
-        {.name = "labels", .type = JS_JSON, .dest = &labels},
-        {.type = JS_END}};
-    if (!json_is_object(v)) return proto_fail(e, 400, "invalid_type", "field 'filter' must be an object");
-    if (jspec_parse(v, specs, e) != 0) {
-        jspec_free(specs);
-        /* make the message name the nested field */
-        if (strncmp(e->message, "field '", 7) == 0) {
-            char m[sizeof e->message];
-            snprintf(m, sizeof m, "field 'filter.%s", e->message + 7);
-            snprintf(e->message, sizeof e->message, "%s", m);
-        }
-        return -1;
-    }
-    r->filter_ids = ids.v;
-    r->nfilter_ids = ids.n;
-    if (labels) {
-        if (!json_is_array(labels) || json_array_size(labels) < 1)
-            return proto_fail(e, 400, "invalid_type", "field 'filter.labels' must be a non-empty array of integers");
-        size_t n = json_array_size(labels);
-        r->filter_labels = malloc(n * sizeof *r->filter_labels);
-        if (!r->filter_labels) return proto_fail(e, 500, "internal", "out of memory");
-        for (size_t i = 0; i < n; i++) {
-            json_t *x = json_array_get(labels, i);
-            if (!json_is_integer(x))
-                return proto_fail(e, 400, "invalid_type", "field 'filter.labels'[%zu] must be an integer", i);
-            r->filter_labels[i] = json_integer_value(x);
-        }
-        r->nfilter_labels = n;
-    }
-    if (!ids.n && !labels)
-        return proto_fail(e, 422, "invalid_value", "field 'filter' needs 'ids' and/or 'labels'");
-    r->has_filter = 1;
-    return 0;
-}
-
-static int parse_target(json_t *v, proto_query_req *r, proto_err *e)
+/* kNN "target": an input id, or {"tensor":[...]} in the model's input space. */
+static int parse_target(const json_t *v, proto_query_req *r, proto_err *e)
 {
     if (json_is_integer(v)) {
-        if (json_integer_value(v) < 0)
-            return proto_fail(e, 422, "target_out_of_range", "field 'target' must be an input id >= 0");
+        json_int_t id = json_integer_value(v);
+        if (id < 0)
+            return proto_fail(e, 422, "target_out_of_range", "field 'target' must be an input id >= 0; it is %lld",
+                              (long long)id);
         r->has_target_id = 1;
-        r->target_id = (uint64_t)json_integer_value(v);
+        r->target_id = (uint64_t)id;
         return 0;
     }
     if (!json_is_object(v))
-        return proto_fail(e, 400, "invalid_type", "field 'target' must be an input id or {\"tensor\": [...]}");
-    jspec_floats t = {0};
+        return proto_fail(e, 400, "invalid_type",
+                          "field 'target' must be an input id (an integer) or an object {\"tensor\": [numbers]}, not %s",
+                          type_name(v));
+    json_t *tensor = NULL;
     const jspec specs[] = {
-        {.name = "tensor", .type = JS_FLOATS, .required = 1, .dest = &t, .max = 1 << 24},
-        {.type = JS_END}};
-    if (jspec_parse(v, specs, e) != 0) {
-        jspec_free(specs);
-        return -1;
+        {.name = "tensor", .type = JS_JSON, .required = 1, .dest = &tensor},
+        {0},
+    };
+    if (parse_nested(v, specs, "target", e) != 0) return -1;
+    if (!json_is_array(tensor))
+        return proto_fail(e, 400, "invalid_type", "field 'target.tensor' must be an array of numbers, not %s",
+                          type_name(tensor));
+    size_t n = json_array_size(tensor);
+    if (n == 0 || n > PROTO_MAX_TENSOR)
+        return proto_fail(e, 422, "invalid_value", "field 'target.tensor' must hold 1 to %zu numbers; it holds %zu",
+                          PROTO_MAX_TENSOR, n);
+    /* Straight to float (the model's type): no transient array of doubles. */
+    if (!(r->tensor = malloc(n * sizeof *r->tensor))) return proto_fail(e, 500, "internal", "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        const json_t *x = json_array_get(tensor, i);
+        if (!json_is_number(x))
+            return proto_fail(e, 400, "invalid_type", "field 'target.tensor[%zu]' must be a number, not %s", i,
+                              type_name(x));
+        double f = json_number_value(x);
+        if (!isfinite(f) || fabs(f) > FLT_MAX)
+            return proto_fail(e, 422, "invalid_target",
+                              "field 'target.tensor[%zu]' is %g, which a 32-bit float cannot hold", i, f);
+        r->tensor[i] = (float)f;
     }
-    r->tensor = malloc(t.n * sizeof *r->tensor);
-    if (!r->tensor) {
-        jspec_free(specs);
-        return proto_fail(e, 500, "internal", "out of memory");
-    }
-    for (size_t i = 0; i < t.n; i++) {
-        if (fabs(t.v[i]) > 3.4e38) {
-            jspec_free(specs);
-            return proto_fail(e, 422, "invalid_target", "field 'target.tensor'[%zu] does not fit a float", i);
-        }
-        r->tensor[i] = (float)t.v[i];
-    }
-    r->ntensor = t.n;
-    jspec_free(specs);
+    r->ntensor = n;
     return 0;
+}
+
+/* "filter": {"ids":[...], "labels":[...]}, at least one of the two. */
+static int parse_filter(const json_t *v, proto_query_req *r, proto_err *e)
+{
+    if (!json_is_object(v))
+        return proto_fail(e, 400, "invalid_type",
+                          "field 'filter' must be an object {\"ids\": [...], \"labels\": [...]}, not %s", type_name(v));
+    jspec_uints ids = {0};
+    json_t *labels = NULL;
+    const jspec specs[] = {
+        {.name = "ids", .type = JS_UINTS, .dest = &ids, .min = 0, .max = INT64_MAX, .maxn = PROTO_MAX_FILTER},
+        {.name = "labels", .type = JS_JSON, .dest = &labels},
+        {0},
+    };
+    if (parse_nested(v, specs, "filter", e) != 0) goto fail;
+    if (!ids.n && !labels) {
+        proto_fail(e, 400, "missing_field", "field 'filter' must hold 'ids', 'labels' or both");
+        goto fail;
+    }
+    if (labels) {
+        if (!json_is_array(labels)) {
+            proto_fail(e, 400, "invalid_type", "field 'filter.labels' must be an array of integers, not %s",
+                       type_name(labels));
+            goto fail;
+        }
+        size_t n = json_array_size(labels);
+        if (n == 0 || n > PROTO_MAX_FILTER) {
+            proto_fail(e, 422, "invalid_value", "field 'filter.labels' must hold 1 to %d labels; it holds %zu",
+                       PROTO_MAX_FILTER, n);
+            goto fail;
+        }
+        if (!(r->filter_labels = malloc(n * sizeof *r->filter_labels))) {
+            proto_fail(e, 500, "internal", "out of memory");
+            goto fail;
+        }
+        for (size_t i = 0; i < n; i++) {
+            const json_t *x = json_array_get(labels, i);
+            if (!json_is_integer(x)) {
+                proto_fail(e, 400, "invalid_type", "field 'filter.labels[%zu]' must be an integer, not %s", i,
+                           type_name(x));
+                goto fail;
+            }
+            r->filter_labels[i] = (int64_t)json_integer_value(x);
+        }
+        r->nfilter_labels = n;
+    }
+    r->filter_ids = ids.v;
+    r->nfilter_ids = ids.n;
+    r->has_filter = 1;
+    return 0;
+fail:
+    jspec_free(specs);
+    return -1;
 }
 
 int proto_parse_query(const char *body, size_t len, int knn, proto_query_req *r, proto_err *e)
 {
-    json_t *neurons = NULL, *filter = NULL, *target = NULL;
+    memset(r, 0, sizeof *r);
+    r->knn = knn ? 1 : 0;
+    static const char *const aggs[] = {"sum", "mean", "max", "min", NULL};
+    static const char *const metrics[] = {"l2", "l1", "linf", NULL};
+    static const char *const methods[] = {"auto", "nta", "bounds", "scan", "materialized", NULL};
+    json_t *layer = NULL, *neurons = NULL, *target = NULL, *filter = NULL, *timeout = NULL;
     jspec_floats weights = {0};
     uint64_t batch = 0;
-    json_t *layer = NULL;
+    /* One table per endpoint: a top-k "target" or a kNN "agg" is a mistake to
+     * report, not a field to ignore. */
     jspec specs[16];
     int n = 0;
     specs[n++] = (jspec){.name = "model", .type = JS_NAME, .required = 1, .dest = r->model};
@@ -402,55 +556,60 @@ int proto_parse_query(const char *body, size_t len, int knn, proto_query_req *r,
     specs[n++] = (jspec){.name = "layer", .type = JS_JSON, .required = 1, .dest = &layer};
     specs[n++] = (jspec){.name = "neurons", .type = JS_JSON, .required = 1, .dest = &neurons};
     specs[n++] = (jspec){.name = "k", .type = JS_UINT, .required = 1, .dest = &r->k, .min = 1, .max = PROTO_MAX_K};
-    specs[n++] = (jspec){.name = "method", .type = JS_ENUM, .dest = &r->method, .choices = METHODS};
-    specs[n++] = (jspec){.name = "weights", .type = JS_FLOATS, .dest = &weights, .max = PROTO_MAX_GROUP, .dmin = 0,
-                         .dmax = 1e30};
-    specs[n++] = (jspec){.name = "filter", .type = JS_JSON, .dest = &filter};
-    specs[n++] = (jspec){.name = "batch", .type = JS_UINT, .dest = &batch, .min = 1, .max = 65536};
-    specs[n++] = (jspec){.name = "timeout_s", .type = JS_NUMBER, .dest = &r->timeout_s, .dmin = 1e-3, .dmax = 3600};
     if (knn) {
-        specs[n++] = (jspec){.name = "metric", .type = JS_ENUM, .dest = &r->metric, .choices = METRICS};
         specs[n++] = (jspec){.name = "target", .type = JS_JSON, .required = 1, .dest = &target};
+        specs[n++] = (jspec){.name = "metric", .type = JS_ENUM, .dest = &r->metric, .choices = metrics};
         specs[n++] = (jspec){.name = "include_target", .type = JS_BOOL, .dest = &r->include_target};
     } else {
-        specs[n++] = (jspec){.name = "agg", .type = JS_ENUM, .dest = &r->agg, .choices = AGGS};
+        specs[n++] = (jspec){.name = "agg", .type = JS_ENUM, .dest = &r->agg, .choices = aggs};
     }
-    specs[n] = (jspec){.type = JS_END};
-    r->knn = knn;
-    json_t *j = load(body, len, e);
-    int rc = -1;
-    if (!j) return -1;
-    if (jspec_parse(j, specs, e) != 0) goto out;
-    if (copy_layer(layer, "layer", r->layer, e) != 0) goto out;
-    r->batch = (uint32_t)batch;
-    if (parse_neurons(neurons, &r->neurons, e) != 0) goto out;
+    specs[n++] = (jspec){.name = "method", .type = JS_ENUM, .dest = &r->method, .choices = methods};
+    specs[n++] = (jspec){.name = "weights", .type = JS_FLOATS, .dest = &weights, .dmin = 0, .dmax = DBL_MAX,
+                         .maxn = PROTO_MAX_GROUP};
+    specs[n++] = (jspec){.name = "filter", .type = JS_JSON, .dest = &filter};
+    specs[n++] = (jspec){.name = "batch", .type = JS_UINT, .dest = &batch, .min = 1, .max = PROTO_MAX_BATCH};
+    specs[n++] = (jspec){.name = "timeout_s", .type = JS_JSON, .dest = &timeout};
+    specs[n++] = (jspec){0};
+
+    json_t *root = load_object(body, len, e);
+    if (!root) return -1;
+    if (jspec_parse(root, specs, e) != 0) goto fail;
+    if (get_layer(layer, "layer", r->layer, e) != 0) goto fail;
+    if (parse_neurons(neurons, &r->neurons, e) != 0) goto fail;
     if (weights.n) {
         if (weights.n != r->neurons.n) {
-            proto_fail(e, 422, "weights_mismatch", "field 'weights' has %zu values for %zu neurons", weights.n,
+            proto_fail(e, 422, "weights_mismatch",
+                       "field 'weights' has %zu entries but 'neurons' has %zu; give one weight per neuron", weights.n,
                        r->neurons.n);
-            goto out;
+            goto fail;
         }
-        int any = 0;
-        for (size_t i = 0; i < weights.n; i++) any |= weights.v[i] > 0;
-        if (!any) {
-            proto_fail(e, 422, "invalid_value", "field 'weights' must not be all zero");
-            goto out;
+        size_t nz = 0;
+        for (size_t i = 0; i < weights.n; i++) nz += weights.v[i] != 0;
+        if (!nz) {
+            proto_fail(e, 422, "invalid_value", "field 'weights' must not be all zero: every input would score 0");
+            goto fail;
         }
         if (!knn && r->agg != AGG_SUM) {
-            proto_fail(e, 422, "invalid_value", "field 'weights' goes with agg 'sum' only");
-            goto out;
+            proto_fail(e, 422, "conflicting_fields",
+                       "field 'weights' goes with agg 'sum' (a weighted sum); agg is '%s'", aggs[r->agg]);
+            goto fail;
         }
         r->weights = weights.v;
         r->nweights = weights.n;
         weights.v = NULL;
+        weights.n = 0;
     }
-    if (filter && parse_filter(filter, r, e) != 0) goto out;
-    if (target && parse_target(target, r, e) != 0) goto out;
-    rc = 0;
-out:
-    free(weights.v);
-    json_decref(j);
-    return rc;
+    if (knn && parse_target(target, r, e) != 0) goto fail;
+    if (filter && parse_filter(filter, r, e) != 0) goto fail;
+    r->batch = (uint32_t)batch;
+    if (timeout && get_number(timeout, "timeout_s", 0, 1, PROTO_MAX_TIMEOUT_S, &r->timeout_s, e) != 0) goto fail;
+    json_decref(root);
+    return 0;
+fail:
+    jspec_free(specs);
+    json_decref(root);
+    proto_free_query(r);
+    return -1;
 }
 
 void proto_free_query(proto_query_req *r)
@@ -461,68 +620,119 @@ void proto_free_query(proto_query_req *r)
     free(r->filter_labels);
     free(r->tensor);
     r->neurons.v = NULL;
+    r->neurons.n = 0;
     r->weights = NULL;
+    r->nweights = 0;
     r->filter_ids = NULL;
+    r->nfilter_ids = 0;
     r->filter_labels = NULL;
+    r->nfilter_labels = 0;
     r->tensor = NULL;
-    r->neurons.n = r->nweights = r->nfilter_ids = r->nfilter_labels = r->ntensor = 0;
+    r->ntensor = 0;
 }
 
-typedef struct { int64_t flat; size_t pos; } flat_pos;
+/* ---- neuron groups ---- */
 
-static int by_flat(const void *a, const void *b)
+static void shape_str(const int64_t *shape, int ndim, char *buf, size_t n)
 {
-    const flat_pos *x = a, *y = b;
+    size_t used = (size_t)snprintf(buf, n, "[");
+    for (int d = 0; d < ndim && used < n; d++)
+        used += (size_t)snprintf(buf + used, n - used, "%s%lld", d ? "," : "", (long long)shape[d]);
+    if (used < n) snprintf(buf + used, n - used, "]");
+}
+
+typedef struct { uint32_t flat; size_t pos; } neuron_at;
+
+static int cmp_neuron_at(const void *a, const void *b)
+{
+    const neuron_at *x = a, *y = b;
     if (x->flat != y->flat) return x->flat < y->flat ? -1 : 1;
     return x->pos < y->pos ? -1 : x->pos > y->pos;
 }
 
 int proto_neurons_flatten(const proto_neurons *g, const int64_t *shape, int ndim, uint32_t *out, proto_err *e)
 {
-    int64_t total = 1;
-    for (int d = 0; d < ndim; d++) total *= shape[d];
-    for (size_t i = 0; i < g->n; i++) {
-        int64_t flat;
-        if (!g->rank) {
-            flat = g->v[i];
-            if (flat < 0 || flat >= total)
-                return proto_fail(e, 422, "neuron_out_of_range", "neurons[%zu] = %lld is outside the layer (0..%lld)",
-                                  i, (long long)flat, (long long)(total - 1));
-        } else {
-            if (g->rank != ndim)
-                return proto_fail(e, 422, "neuron_out_of_range",
-                                  "neurons[%zu] has %d coordinates; the layer's shape has %d dimensions", i, g->rank,
-                                  ndim);
-            flat = 0;
-            for (int d = 0; d < ndim; d++) {
-                int64_t c = g->v[i * (size_t)ndim + (size_t)d];
-                if (c < 0 || c >= shape[d])
-                    return proto_fail(e, 422, "neuron_out_of_range",
-                                      "neurons[%zu][%d] = %lld is outside the layer (0..%lld)", i, d, (long long)c,
-                                      (long long)(shape[d] - 1));
-                flat = flat * shape[d] + c;
-            }
-        }
-        out[i] = (uint32_t)flat;
+    char sh[160];
+    if (ndim < 0) return proto_fail(e, 500, "internal", "layer has %d dimensions", ndim);
+    /* Flat indices are uint32: a layer past 2^32 neurons has no flat index
+     * for the rest, so those count as out of range. */
+    uint64_t total = 1, cap = (uint64_t)UINT32_MAX + 1;
+    for (int d = 0; d < ndim; d++) {
+        if (shape[d] <= 0) return proto_fail(e, 500, "internal", "layer dimension %d has size %lld", d, (long long)shape[d]);
+        total = total > cap / (uint64_t)shape[d] ? cap : total * (uint64_t)shape[d];
+        if (total > cap) total = cap;
     }
-    flat_pos *fp = malloc(g->n * sizeof *fp);
-    if (!fp) return proto_fail(e, 500, "internal", "out of memory");
-    for (size_t i = 0; i < g->n; i++) fp[i] = (flat_pos){out[i], i};
-    qsort(fp, g->n, sizeof *fp, by_flat);
-    for (size_t i = 1; i < g->n; i++)
-        if (fp[i].flat == fp[i - 1].flat) {
-            size_t a = fp[i - 1].pos, b = fp[i].pos;
-            free(fp);
-            return proto_fail(e, 422, "duplicate_neuron", "neurons[%zu] and neurons[%zu] are the same neuron", a, b);
+    shape_str(shape, ndim, sh, sizeof sh);
+    if (g->rank == 0) {
+        for (size_t i = 0; i < g->n; i++) {
+            if (g->v[i] < 0 || (uint64_t)g->v[i] >= total)
+                return proto_fail(e, 422, "neuron_out_of_range",
+                                  "field 'neurons[%zu]' = %lld is out of range: the layer (shape %s) has flat indices "
+                                  "0 to %llu",
+                                  i, (long long)g->v[i], sh, (unsigned long long)(total - 1));
+            out[i] = (uint32_t)g->v[i];
         }
-    free(fp);
+    } else {
+        if (g->rank != ndim)
+            return proto_fail(e, 422, "neuron_out_of_range",
+                              "field 'neurons[0]' has %d coordinates but the layer (shape %s) has %d dimensions",
+                              g->rank, sh, ndim);
+        for (size_t i = 0; i < g->n; i++) {
+            const int64_t *c = g->v + i * (size_t)g->rank;
+            uint64_t flat = 0;
+            for (int d = 0; d < ndim; d++) {
+                if (c[d] < 0 || c[d] >= shape[d])
+                    return proto_fail(e, 422, "neuron_out_of_range",
+                                      "field 'neurons[%zu][%d]' = %lld is out of range: dimension %d of the layer "
+                                      "(shape %s) has size %lld",
+                                      i, d, (long long)c[d], d, sh, (long long)shape[d]);
+                flat = flat * (uint64_t)shape[d] + (uint64_t)c[d];
+            }
+            if (flat >= total)
+                return proto_fail(e, 422, "neuron_out_of_range",
+                                  "field 'neurons[%zu]' is past flat index %llu, the last a layer can address", i,
+                                  (unsigned long long)(total - 1));
+            out[i] = (uint32_t)flat;
+        }
+    }
+    if (g->n < 2) return 0;
+    /* Duplicates: sort (flat, position) pairs, O(n log n) for 64Ki groups. */
+    neuron_at *at = malloc(g->n * sizeof *at);
+    if (!at) return proto_fail(e, 500, "internal", "out of memory");
+    for (size_t i = 0; i < g->n; i++) at[i] = (neuron_at){out[i], i};
+    qsort(at, g->n, sizeof *at, cmp_neuron_at);
+    /* Report the repeat a left-to-right reading meets first. */
+    size_t first = 0, second = SIZE_MAX;
+    for (size_t i = 1; i < g->n; i++)
+        if (at[i].flat == at[i - 1].flat && at[i].pos < second) {
+            second = at[i].pos;
+            first = at[i - 1].pos;
+        }
+    uint32_t flat = second != SIZE_MAX ? out[second] : 0;
+    free(at);
+    if (second != SIZE_MAX)
+        return proto_fail(e, 422, "duplicate_neuron",
+                          "field 'neurons[%zu]' repeats 'neurons[%zu]' (flat index %u); list each neuron once", second,
+                          first, flat);
     return 0;
 }
 
+/* ---- errors ---- */
+
 char *proto_error_body(const proto_err *e)
 {
-    json_t *j = json_pack("{s:{s:s,s:s}}", "error", "code", e->code, "message", e->message);
-    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
-    json_decref(j);
+    /* proto_fail keeps messages valid UTF-8, but a proto_err filled by hand
+     * may not be: fall back to a lossy copy rather than fail. */
+    json_t *code = json_string(e->code), *msg = json_string(e->message);
+    if (!code) code = json_string("internal");
+    if (!msg) {
+        proto_err copy;
+        proto_fail(&copy, e->status, e->code, "%s", e->message);
+        msg = json_string(copy.message);
+    }
+    json_t *root = json_pack("{s:{s:o,s:o}}", "error", "code", code, "message", msg);
+    if (!root) return NULL;
+    char *s = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
     return s;
 }

@@ -347,7 +347,7 @@ static void run_query(http_req *r, int knn)
         build_params_for_budget(0.2, &p);
         heap = eng_topk_new(q.k, knn);
         if (!heap) goto oom;
-        build_answer ans = {.q = &eq, .heap = heap};
+        build_answer ans = {.q = &eq, .heap = heap, .deadline_ms = ts.deadline_ms};
         double tb = app_now_ms();
         if (jobs_build_inline(a, m, &d, q.layer, &p, &ans, &ts.cancel, &index_id, &e) != 0) goto perr;
         nres = eng_topk_finish(heap, res);

@@ -35,7 +35,7 @@ typedef struct app_config {
     size_t max_upload_mb;
     double query_timeout_s;      /* per-query limit, 0 = none */
     int max_builds;              /* concurrent index builds */
-    size_t map_gb;               /* LMDB map size */
+    size_t map_mb;               /* LMDB map size */
     const char *static_dir;      /* explorer files */
 } app_config;
 

@@ -69,8 +69,7 @@ typedef struct emit_ctx {
     uint64_t bytes;
     uint64_t pending;
     int store_rc;
-    char *err;
-    size_t errlen;
+    char msg[256];               /* why a write failed (bcore_finish only says "stopped") */
 } emit_ctx;
 
 /* Blobs go out in write transactions of about 64 MiB: LMDB holds a write
@@ -90,8 +89,8 @@ static int emit_blob(uint64_t neuron, const void *blob, size_t len, void *arg)
         if (rc == STORE_OK) return 0;
     }
     x->store_rc = rc;
-    snprintf(x->err, x->errlen, "%s", rc == STORE_FULL ? "the store is full (LMDB map size reached)"
-                                                       : store_errmsg());
+    snprintf(x->msg, sizeof x->msg, "%s", rc == STORE_FULL ? "the store is full (LMDB map size reached)"
+                                                           : store_errmsg());
     return 1;
 }
 
@@ -139,6 +138,11 @@ static int build_pass(app *a, app_model *m, const store_dataset *d, int nlayers,
             snprintf(err, errlen, "cancelled");
             goto fail;
         }
+        if (ans && ans->deadline_ms > 0 && app_now_ms() > ans->deadline_ms) {
+            ans->timed_out = 1;
+            snprintf(err, errlen, "time limit reached");
+            goto fail;
+        }
         for (uint32_t i = 0; i < cnt; i++) ids[i] = off + i;
         if (store_txn_begin(a->st, 1, &t) != STORE_OK) {
             snprintf(err, errlen, "store: %s", store_errmsg());
@@ -171,7 +175,7 @@ static int build_pass(app *a, app_model *m, const store_dataset *d, int nlayers,
     }
     int threads = a->cfg.threads > 0 ? a->cfg.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     for (int l = 0; l < nlayers; l++) {
-        emit_ctx x = {.a = a, .index = index_ids[l], .err = err, .errlen = errlen};
+        emit_ctx x = {.a = a, .index = index_ids[l]};
         if (store_txn_begin(a->st, 0, &x.txn) != STORE_OK) {
             snprintf(err, errlen, "store: %s", store_errmsg());
             goto fail;
@@ -189,6 +193,7 @@ static int build_pass(app *a, app_model *m, const store_dataset *d, int nlayers,
         }
         store_txn_abort(x.txn);
         if (r != 0) {
+            if (x.store_rc != STORE_OK) snprintf(err, errlen, "%s", x.msg);
             *store_rc = x.store_rc;
             goto fail;
         }
@@ -549,6 +554,9 @@ int jobs_build_inline(app *a, app_model *m, const store_dataset *d, const char *
     int cancelled = atomic_load(&j->cancel) || (cancel && *cancel);
     free(j);
     if (ok) return 0;
+    if (ans->timed_out)
+        return proto_fail(e, 503, "query_timeout", "the query passed its time limit while building the index of "
+                          "layer '%s' and was cancelled; no index was kept", layer);
     if (cancelled) return proto_fail(e, 503, "query_cancelled", "the query was cancelled: %s", err);
     if (store_rc == STORE_FULL) return proto_fail(e, 507, "store_full", "%s", err);
     return proto_fail(e, 500, "build_failed", "building the index failed: %s", err);

@@ -38,6 +38,8 @@ typedef struct build_answer {
     const eng_query *q;          /* q->neurons etc.; method ignored */
     eng_topk *heap;              /* filled with every candidate's exact score */
     uint64_t scored;
+    double deadline_ms;          /* app_now_ms() past which the pass stops; 0 = none */
+    int timed_out;               /* set when it did */
 } build_answer;
 
 int jobs_start(app *a, char *err, size_t errlen);

@@ -4,7 +4,7 @@
  *   [--cache-mb 512] [--threads N] [--token-file F] [--batch 64]
  *   [--build-memory-mb 2048] [--import-root DIR] [--max-body-mb 64]
  *   [--max-upload-mb 4096] [--query-timeout-s 300] [--max-builds 1]
- *   [--static DIR]
+ *   [--static DIR] [--map-mb 65536]
  * deepeverestd --data DIR --stat      print the catalog and indexes, exit
  */
 #include <errno.h>
@@ -27,7 +27,7 @@ static void usage(FILE *f)
             "                    [--cache-mb N] [--threads N] [--token-file F] [--batch N]\n"
             "                    [--build-memory-mb N] [--import-root DIR] [--max-body-mb N]\n"
             "                    [--max-upload-mb N] [--query-timeout-s S] [--max-builds N]\n"
-            "                    [--static DIR] [--map-gb N]\n"
+            "                    [--static DIR] [--map-mb N]\n"
             "       deepeverestd --data DIR --stat\n");
 }
 
@@ -98,7 +98,7 @@ int main(int argc, char **argv)
     c->max_upload_mb = 4096;
     c->query_timeout_s = 300;
     c->max_builds = 1;
-    c->map_gb = 64;
+    c->map_mb = 64 << 10;
 
     enum { O_DATA = 1, O_LISTEN, O_DEVICE, O_CACHE, O_THREADS, O_TOKEN, O_BATCH, O_BUILDMEM,
            O_IMPORT, O_MAXBODY, O_MAXUP, O_QTIME, O_MAXBUILDS, O_STATIC, O_STAT, O_MAPGB, O_HELP };
@@ -117,7 +117,7 @@ int main(int argc, char **argv)
         {"query-timeout-s", required_argument, 0, O_QTIME},
         {"max-builds", required_argument, 0, O_MAXBUILDS},
         {"static", required_argument, 0, O_STATIC},
-        {"map-gb", required_argument, 0, O_MAPGB},
+        {"map-mb", required_argument, 0, O_MAPGB},
         {"stat", no_argument, 0, O_STAT},
         {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0}};
@@ -147,7 +147,7 @@ int main(int argc, char **argv)
         case O_QTIME: if (parse_size(optarg, 0, 86400, &v)) goto bad; c->query_timeout_s = (double)v; break;
         case O_MAXBUILDS: if (parse_size(optarg, 1, 64, &v)) goto bad; c->max_builds = (int)v; break;
         case O_STATIC: c->static_dir = optarg; break;
-        case O_MAPGB: if (parse_size(optarg, 1, 1 << 16, &c->map_gb)) goto bad; break;
+        case O_MAPGB: if (parse_size(optarg, 4, (size_t)1 << 26, &c->map_mb)) goto bad; break;
         case O_STAT: do_stat = 1; break;
         case O_HELP: usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -187,7 +187,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "--device cuda: no CUDA device is usable by this LibTorch build\n");
         return 1;
     }
-    if (store_open(c->data_dir, c->map_gb << 30, &A.st, err, sizeof err) != STORE_OK) {
+    if (store_open(c->data_dir, c->map_mb << 20, &A.st, err, sizeof err) != STORE_OK) {
         fprintf(stderr, "store: %s\n", err);
         return 1;
     }

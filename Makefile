@@ -2,6 +2,7 @@
 #   make            the daemon, build/deepeverestd
 #   make check      every test: Check unit suites, shim test, integration tests
 #   make asan       the same suites built and run under ASan + UBSan (build-asan/)
+#   make browser-test  the explorer page in headless Chromium
 #   make bench      benchmarks (scripts/bench.sh)
 #   make demo       install what is missing, build, start a demo daemon
 #   make clean
@@ -52,7 +53,7 @@ DAEMON := $(BUILD)/deepeverestd
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 SHIM_TEST  := $(BUILD)/tests/shim_test
 
-.PHONY: all check unit integration asan bench demo clean deps fuzz
+.PHONY: all check unit integration asan bench demo clean deps fuzz browser-test
 all: $(DAEMON)
 
 $(BUILD)/%.o: %.c $(wildcard */*.h)
@@ -105,6 +106,12 @@ asan: deps
 	    build-asan/deepeverestd $(patsubst $(BUILD)/%,build-asan/%,$(UNIT_TESTS)) build-asan/tests/shim_test
 	@ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	    bash tests/run_all.sh build-asan
+
+# The explorer in headless Chromium against a real daemon (playwright-core
+# from npm into tests/browser/node_modules). Screenshots: tests/out/browser/.
+browser-test: all
+	bash scripts/install-deps.sh browser
+	bash tests/browser/run.sh $(BUILD)
 
 # libFuzzer (clang) over every parser that reads outside bytes; FUZZ_SECONDS
 # each (default 60). New corpus entries go to build-fuzz/corpus, the seeds

@@ -25,6 +25,7 @@ function h(tag, attrs, ...children) {
 
 const TOP_NEURONS = 20;     // bars in an input's chart
 const MAI_SHOWN = 24;       // top inputs next to a neuron's histogram
+const MAI_EXACT = 5000;     // fetch the MAI's values up to this size: its histogram part is then exact
 const LABEL_FETCHES = 6;    // concurrent label look-ups while browsing
 
 const S = {
@@ -53,24 +54,30 @@ function showError(err, context) {
   const item = h('div', { class: 'error', dataset: { text, code: err && err.code ? err.code : '' } },
     h('span', {}, text),
     h('button', { type: 'button', class: 'close', 'aria-label': 'dismiss', onclick: () => item.remove() }, '×'));
-  if (err instanceof ApiError && err.status === 401) {
-    const input = h('input', { type: 'password', placeholder: 'bearer token', 'aria-label': 'API token', value: getToken() });
-    item.append(h('form', {
-      class: 'token', onsubmit: (ev) => {
-        ev.preventDefault();
-        setToken(input.value.trim());
-        item.remove();
-        render();
-      },
-    }, input, h('button', { type: 'submit' }, 'use token')));
-  }
+  if (err instanceof ApiError && err.status === 401) item.append(tokenForm(() => item.remove()));
   box.append(item);
   console.warn(text);
 }
 
+// A daemon with --token-file answers 401 to POST/PUT/DELETE without the
+// token: ask for it once, keep it for the tab, and redo the view.
+function tokenForm(done) {
+  const input = h('input', { type: 'password', placeholder: 'bearer token', 'aria-label': 'API token', value: getToken() });
+  return h('form', {
+    class: 'token', onsubmit: (ev) => {
+      ev.preventDefault();
+      setToken(input.value.trim());
+      done();
+      render();
+    },
+  }, input, h('button', { type: 'submit' }, 'use token'));
+}
+
 function errorBlock(err, what) {
   const msg = err instanceof ApiError ? err.toString() : String(err && err.message ? err.message : err);
-  return h('div', { class: 'error inline', dataset: { code: err && err.code ? err.code : '' } }, `${what}: ${msg}`);
+  const box = h('div', { class: 'error inline', dataset: { code: err && err.code ? err.code : '' } }, h('span', {}, `${what}: ${msg}`));
+  if (err instanceof ApiError && err.status === 401) box.append(tokenForm(() => {}));
+  return box;
 }
 
 // ---------------------------------------------------------------- catalog
@@ -278,7 +285,7 @@ async function fillLabels(c, figs, seq) {
         S.labels.set(labelKey(c.dataset, id), lab);
         if (lab !== null) $('.label', f).textContent = `label ${lab}`;
       } catch (e) {
-        showError(e, `label of input ${id}`);
+        showError(e, 'loading labels');
         return;
       }
     }
@@ -554,6 +561,8 @@ async function viewQuery(c, r, seq) {
   status.textContent = res.results.length < q.k
     ? `${res.results.length} inputs (fewer than k: the filter leaves only these)` : `${res.results.length} inputs`;
   if (res.stats) status.after(statsBlock(res.stats));
+  // A query over a layer without an index builds one: show it.
+  if (res.stats && res.stats.index !== 'used') refreshIndexes().then(() => renderLayerbar(resolve(S.route)));
   const curl = `curl -s -X POST ${location.origin}/v1/query/${q.kind} -d '${JSON.stringify(body)}'`;
   content.append(h('details', { class: 'request' }, h('summary', {}, 'request'),
     h('pre', {}, JSON.stringify(body, null, 1)), h('pre', {}, curl)));
@@ -593,7 +602,7 @@ async function viewNeuron(c, r, seq) {
   let entry, value = null;
   try {
     [entry, value] = await Promise.all([
-      api.indexNeuron(ix.id, n, MAI_SHOWN),
+      api.indexNeuron(ix.id, n, MAI_EXACT),
       inp !== null && inp < c.ds.count
         ? api.activationsOf(c.dataset, inp, c.model, c.layer, [n]).then((a) => (a[0] ? a[0].value : null)).catch(() => null)
         : null,
@@ -613,7 +622,7 @@ async function viewNeuron(c, r, seq) {
   const hi = vals.length ? Math.max(...vals.map((p) => p.upper)) : null;
   const mark = value !== null ? { value, label: `input #${inp}` } : null;
   const chart = h('div', { class: 'chart', id: 'histogram' });
-  const hb = L.histogramBins(parts, 40);
+  const hb = L.histogramBins(parts, 40, (entry.mai || []).map((m) => m.value));
   const sorted = hb ? hb.bins.map((b) => b.mai + b.rest).filter((x) => x > 0).sort((a, b) => a - b) : [];
   let log = sorted.length > 2 && sorted[sorted.length - 1] > 10 * sorted[Math.floor(sorted.length / 2)];
   const logBox = h('input', { type: 'checkbox', id: 'hist-log', checked: log || undefined, onchange: () => { log = logBox.checked; draw(); } });
@@ -623,7 +632,7 @@ async function viewNeuron(c, r, seq) {
     h('thead', {}, h('tr', {}, h('th', {}, 'partition'), h('th', {}, 'lower'), h('th', {}, 'upper'), h('th', {}, 'inputs'))),
     h('tbody', {}, parts.map((p) => h('tr', { class: p.partition === 0 ? 'mai' : '' },
       h('td', {}, p.partition === 0 ? '0 (MAI)' : String(p.partition)), h('td', {}, L.fmt(p.lower)), h('td', {}, L.fmt(p.upper)), h('td', {}, String(p.count))))));
-  const mai = entry.mai || [];
+  const mai = (entry.mai || []).slice(0, MAI_SHOWN);
   const figs = mai.map((m, i) => thumb(c, m.input, { rank: i + 1, caption: `value ${L.fmt(m.value, 4)}`, highlight: m.input === inp }));
   body.replaceChildren(
     h('div', { class: 'neuron-grid' },
@@ -633,7 +642,8 @@ async function viewNeuron(c, r, seq) {
           (value !== null ? ` · input #${inp}: ${L.fmt(value)}` : '')),
         chart,
         h('label', { class: 'inline' }, logBox, ' log scale'),
-        h('p', { class: 'hint' }, 'Drawn from the index: each partition\'s inputs spread over its [lower, upper] bounds; the MAI in its own colour.'),
+        h('p', { class: 'hint' }, 'Drawn from the index: each partition\'s inputs spread evenly over its [lower, upper] bounds; ' +
+          (hb && hb.exactMai ? 'the MAI (exact values) in its own colour.' : 'the MAI in its own colour.')),
         h('details', {}, h('summary', {}, 'partitions'), table)),
       h('div', {},
         h('h3', {}, `Top ${mai.length} inputs (from the MAI)`),
@@ -659,15 +669,15 @@ function viewHome(c) {
   const cols = h('div', { class: 'cards' });
   cols.append(h('div', { class: 'panel' }, h('h3', {}, 'Models'),
     models.length ? h('ul', {}, models.map((m) => h('li', {},
-      h('a', { href: `#/m/${e(m.name)}${c.dataset ? `/d/${e(c.dataset)}` : datasets.length === 1 ? `/d/${e(datasets[0].name)}` : ''}` }, m.name),
+      h('a', { href: `#/m/${e(m.name)}${c.ds ? `/d/${e(c.ds.name)}` : datasets.length === 1 ? `/d/${e(datasets[0].name)}` : ''}` }, m.name),
       m.layers ? h('span', { class: 'muted' }, ` · input [${(m.input_shape || []).join('×')}] · layers: `) : h('span', { class: 'muted' }, ' · unavailable'),
       m.layers ? m.layers.map((l, i) => [i ? ', ' : '',
-        (c.dataset || datasets.length === 1)
-          ? h('a', { href: L.layerPath(m.name, c.dataset || datasets[0].name, l.name) }, l.name)
+        (c.ds || datasets.length === 1)
+          ? h('a', { href: L.layerPath(m.name, (c.ds || datasets[0]).name, l.name) }, l.name)
           : h('span', {}, l.name)]) : null))) : h('p', { class: 'muted' }, 'none')));
   cols.append(h('div', { class: 'panel' }, h('h3', {}, 'Datasets'),
     datasets.length ? h('ul', {}, datasets.map((d) => h('li', {},
-      c.model ? h('a', { href: `#/m/${e(c.model)}/d/${e(d.name)}` }, d.name) : h('b', {}, d.name),
+      c.m ? h('a', { href: `#/m/${e(c.m.name)}/d/${e(d.name)}` }, d.name) : h('b', {}, d.name),
       h('span', { class: 'muted' }, ` · ${d.count} inputs [${d.shape.join('×')}] ${d.dtype}${d.labels ? ' · labelled' : ''}`)))) : h('p', { class: 'muted' }, 'none')));
   cols.append(h('div', { class: 'panel' }, h('h3', {}, 'Indexes'),
     S.indexes.length ? h('table', { class: 'parts' },

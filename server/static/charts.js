@@ -53,7 +53,7 @@ export function barChart(rows, { shape, selected, onToggle }) {
 // mark: optional {value, label} drawn as a vertical line (the opened input).
 export function histogram(entry, { mark, log } = {}) {
   const nb = 40;
-  const h = histogramBins(entry.partitions, nb);
+  const h = histogramBins(entry.partitions, nb, (entry.mai || []).map((m) => m.value));
   const width = 520, height = 220, padL = 48, padR = 12, padT = 12, padB = 36;
   const svg = el('svg', { class: 'histogram', viewBox: `0 0 ${width} ${height}`, role: 'img' });
   if (!h) {
@@ -92,7 +92,7 @@ export function histogram(entry, { mark, log } = {}) {
     if (b.mai > 0) {
       const y0 = y(b.rest), y1 = y(b.rest + b.mai);
       const r = el('rect', { x: bx + 0.5, y: y1, width: Math.max(1, bw - 1), height: Math.max(1, y0 - y1), class: 'mai' });
-      r.append(el('title', {}, `${fmt(b.lo, 3)} .. ${fmt(b.hi, 3)}: ${Math.round(b.mai)} inputs in the MAI`));
+      r.append(el('title', {}, `${fmt(b.lo, 3)} .. ${fmt(b.hi, 3)}: ${h.exactMai ? '' : '~'}${Math.round(b.mai)} inputs in the MAI`));
       svg.append(r);
     }
   });

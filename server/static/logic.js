@@ -214,8 +214,9 @@ export function queryBody(ctx, q) {
 // partitions: [{partition, lower, upper, count}] (lower/upper null when
 // empty). Each partition's count is spread evenly over [lower, upper] (a point
 // mass when lower == upper) into `nbins` equal-width bins; the MAI
-// (partition 0) is kept apart so it can be drawn in its own colour.
-export function histogramBins(partitions, nbins) {
+// (partition 0) is kept apart so it can be drawn in its own colour. When
+// maiValues holds the whole MAI (its exact values), it is binned exactly.
+export function histogramBins(partitions, nbins, maiValues) {
   const parts = partitions.filter((p) => p.count > 0 && p.lower !== null && p.upper !== null &&
     Number.isFinite(p.lower) && Number.isFinite(p.upper));
   if (!parts.length) return null;
@@ -225,7 +226,10 @@ export function histogramBins(partitions, nbins) {
   const width = (hi - lo) / nbins;
   const bins = Array.from({ length: nbins }, (_, i) => ({ lo: lo + i * width, hi: lo + (i + 1) * width, mai: 0, rest: 0 }));
   const binOf = (v) => Math.min(nbins - 1, Math.max(0, Math.floor((v - lo) / width)));
+  const exactMai = Array.isArray(maiValues) && parts.some((p) => p.partition === 0 && p.count === maiValues.length);
+  if (exactMai) for (const v of maiValues) bins[binOf(v)].mai += 1;
   for (const p of parts) {
+    if (p.partition === 0 && exactMai) continue;
     const key = p.partition === 0 ? 'mai' : 'rest';
     const a = binOf(p.lower), b = binOf(p.upper);
     if (a === b || p.upper === p.lower) {
@@ -240,7 +244,7 @@ export function histogramBins(partitions, nbins) {
     }
   }
   const total = parts.reduce((s, p) => s + p.count, 0);
-  return { lo, hi, bins, total };
+  return { lo, hi, bins, total, exactMai };
 }
 
 export function fmt(v, digits = 4) {

@@ -13,7 +13,7 @@ const OUT = process.env.DE_OUT;
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 if (!BASE || !ROOT || !OUT) {
   console.error('run through tests/browser/run.sh (needs DE_URL, DE_ROOT, DE_OUT)');
-  console.log('0 passed, 1 failed');
+  console.log('0%: Checks: 1, Failures: 1, Errors: 0\n0 passed, 1 failed');
   process.exit(1);
 }
 const MODEL = 'cnn', DATASET = 'fmnist', LAYER = 'fc1';
@@ -145,6 +145,13 @@ await step('choose model, dataset and layer fc1: shape, neurons, index state', a
   assert.equal(await page.textContent('#layer-shape'), `[${layerInfo.shape.join(', ')}]`);
   assert.equal(await page.getAttribute('#index-state', 'data-state'), 'none');
   assert.equal(await page.isVisible('#build-index'), true);
+  // Without an index, a neuron's view says so (no histogram to draw).
+  await page.goto(`${BASE}/#/m/cnn/d/fmnist/l/fc1/neuron/0`);
+  await page.waitForSelector('#neuron-view[data-state="none"]');
+  assert.match(await page.textContent('#neuron-view'), /no index/);
+  await page.goBack();
+  await page.waitForFunction(() => location.hash === '#/m/cnn/d/fmnist/l/fc1');
+  await page.waitForSelector('#content[data-view="browse"]');
 });
 
 await step('build the index from the page; progress until ready', async () => {
@@ -153,13 +160,31 @@ await step('build the index from the page; progress until ready', async () => {
   await page.waitForFunction(() => ['building', 'ready'].includes(document.querySelector('#index-state').dataset.state));
   const sawBuilding = await page.getAttribute('#index-state', 'data-state') === 'building';
   if (sawBuilding) await shot(page, '02-building');
-  await page.waitForSelector('#index-state[data-state="ready"]', { timeout: 120000 });
+  // Sample the progress bar until ready: it only moves forward, and matches the job.
+  const seen = [];
+  const t0 = Date.now();
+  for (;;) {
+    const s = await page.evaluate(() => ({
+      state: document.querySelector('#index-state').dataset.state,
+      shown: !document.querySelector('#progress-wrap').hidden,
+      value: document.querySelector('#progress').value,
+      max: document.querySelector('#progress').max,
+    }));
+    if (s.state === 'ready') break;
+    assert.notEqual(s.state, 'failed', 'index build failed');
+    assert.ok(Date.now() - t0 < 120000, 'index not ready after 120 s');
+    if (s.shown) seen.push(s.value / s.max);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  for (let i = 1; i < seen.length; i++) assert.ok(seen[i] >= seen[i - 1], `progress went back: ${seen}`);
+  if (seen.length) assert.ok(seen.every((f) => f >= 0 && f <= 1));
+  await page.waitForSelector('#index-state[data-state="ready"]');
   const ixs = (await apiCall('GET', '/v1/indexes')).indexes.filter((i) => i.layer === LAYER && i.model === MODEL);
   assert.equal(ixs.length, 1);
   assert.equal(ixs[0].state, 'ready');
   assert.match(await page.textContent('#index-info'), new RegExp(`#${ixs[0].id}\\b`));
   assert.equal(await page.isVisible('#progress-wrap'), false);
-  console.log(`    (progress bar seen while building: ${sawBuilding})`);
+  console.log(`    (progress seen while building: ${sawBuilding ? seen.map((f) => Math.round(100 * f) + '%').filter((x, i, a) => a.indexOf(x) === i).join(' ') : 'no, the build was too fast'})`);
 });
 
 await step('browse: a page of 48 thumbnails with labels', async () => {
@@ -297,6 +322,7 @@ await step('neuron view: histogram from the index and its top inputs (MAI)', asy
     assert.equal(await page.$$eval('#histogram svg line.mark', (l) => l.length), 1, 'input 0 is marked');
     const total = entry.partitions.reduce((s, p) => s + p.count, 0);
     assert.equal(total, 10000);
+    assert.match(await page.textContent('#neuron-view'), new RegExp(`${total} inputs · ${entry.partitions.length} partitions`));
     await imagesLoaded(page, '#mai .thumb img', 6);
   }
   await shot(page, '07-neuron');
@@ -310,6 +336,34 @@ await step('API errors are shown with their code and message', async () => {
   await page.waitForSelector('#content[data-ready="1"]');
   assert.match(await page.textContent('#content .error.inline'), /model 'nosuch' is not registered/);
   await shot(page, '08-error');
+});
+
+await step('a conv layer: coordinates typed, flattened as the daemon does; first query builds its index', async () => {
+  const CONV = 'pool2';
+  const info = (await apiCall('GET', `/v1/models/${MODEL}`)).layers.find((l) => l.name === CONV);
+  await page.goto(`${BASE}/#/m/cnn/d/fmnist/l/${CONV}/input/3`);
+  await page.waitForSelector('#input-card[data-ready="1"]');
+  assert.equal(await page.textContent('#layer-shape'), `[${info.shape.join(', ')}]`);
+  const api = await apiCall('GET', `/v1/datasets/${DATASET}/inputs/3/activations?model=${MODEL}&layer=${CONV}&top=20`);
+  const labels = await page.$$eval('#barchart .bar .label', (ts) => ts.map((t) => t.textContent));
+  assert.deepEqual(labels, api.map((a) => `${a.neuron} [${a.coord.join(',')}]`));
+  // Type the top neuron as coordinates and the second as a flat index.
+  await page.fill('#neurons', `[${api[0].coord.join(', ')}] ${api[1].neuron}`);
+  assert.equal(await page.textContent('#neurons-error'), '');
+  await page.fill('#neurons', `[${api[0].coord.join(',')}] ${api[1].neuron}`);
+  await page.fill('#k', '5');
+  await page.click('#run-topk');
+  await page.waitForSelector('#results[data-state="done"]', { timeout: 90000 });
+  assert.equal(await hash(page), `#/m/cnn/d/fmnist/l/${CONV}/topk?neurons=${api[0].neuron},${api[1].neuron}&k=5&agg=sum&input=3`);
+  const want = await apiCall('POST', '/v1/query/topk', { model: MODEL, dataset: DATASET, layer: CONV, neurons: [api[0].coord, api[1].coord], k: 5 });
+  assert.deepEqual(await shownIds(page, '#results .thumb'), want.results.map((r) => r.input));
+  const used = await page.textContent('#stats dd[data-key="index"]');
+  assert.ok(['built', 'used', 'none'].includes(used), used);
+  if (used === 'built') await page.waitForSelector('#index-state[data-state="ready"]', { timeout: 10000 });
+  // Bad coordinates are refused in the page, with the shape named.
+  await page.fill('#neurons', `[${info.shape[0]},0,0]`);
+  assert.match(await page.textContent('#neurons-error'), new RegExp(`below ${info.shape[0]}`));
+  await shot(page, '10-conv');
 });
 
 await step('laptop and narrow screens: one column below 900px', async () => {
@@ -332,5 +386,7 @@ await step('no JavaScript errors and no request leaves the daemon', async () => 
 
 await browser.close();
 console.log(`(${((Date.now() - t00) / 1000).toFixed(1)} s; screenshots in ${OUT})`);
+// A Check-style line too, so tests/run_all.sh counts this suite like the others.
+console.log(`${passed + failed ? Math.floor((100 * passed) / (passed + failed)) : 0}%: Checks: ${passed + failed}, Failures: ${failed}, Errors: 0`);
 console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed ? 1 : 0);

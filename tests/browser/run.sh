@@ -4,9 +4,11 @@
 # headless Chromium (tests/browser/explorer.test.mjs) and checks what it shows
 # against the same requests sent straight to the API.
 #   tests/browser/run.sh [BUILD]      BUILD defaults to build (the daemon is BUILD/deepeverestd)
-# Prints "N passed, M failed" last; exits non-zero on any failure.
+# Prints "N passed, M failed" last (after a Check-style "P%: Checks: ..." line,
+# so tests/run_all.sh can count it with run_suite); exits non-zero on failure.
 # Screenshots: tests/out/browser/*.png. Needs node + npm, Debian's chromium
-# (apt-get install -y chromium) and models/fmnist_cnn.pt.
+# (apt-get install -y chromium) and models/fmnist_cnn.pt. DE_STATIC=DIR serves the
+# page from DIR instead of server/static (to check that a broken page fails).
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -16,20 +18,21 @@ DAEMON="$BUILD/deepeverestd"
 CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 OUT="$ROOT/tests/out/browser"
 
-fail() { echo "browser test: $*" >&2; echo "0 passed, 1 failed"; exit 1; }
+# Both summary lines: Check's (which tests/run_all.sh counts) and the plain one.
+summary_fail() { echo "0%: Checks: 1, Failures: 1, Errors: 0"; echo "0 passed, 1 failed"; }
+fail() { echo "browser test: $*" >&2; summary_fail; exit 1; }
 
 [ -x "$DAEMON" ] || fail "no daemon at $DAEMON (run make)"
 [ -x "$CHROMIUM" ] || fail "no Chromium at $CHROMIUM (apt-get install -y chromium)"
 [ -f "$ROOT/models/fmnist_cnn.pt" ] || fail "no demo model at models/fmnist_cnn.pt"
 command -v node >/dev/null || fail "node is not installed"
 
+mkdir -p "$OUT"
 if [ ! -f "$HERE/node_modules/playwright-core/package.json" ]; then
   echo "installing playwright-core (npm)..."
   (cd "$HERE" && if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi) \
-    >"$HERE/.npm-install.log" 2>&1 || { cat "$HERE/.npm-install.log" >&2; fail "npm install failed"; }
+    >"$OUT/npm-install.log" 2>&1 || { cat "$OUT/npm-install.log" >&2; fail "npm install failed"; }
 fi
-
-mkdir -p "$OUT"
 DATA=$(mktemp -d /tmp/de-browser-XXXXXX)
 PID=
 cleanup() {
@@ -44,7 +47,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 PORT=$(node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
-"$DAEMON" --data "$DATA" --listen "127.0.0.1:$PORT" --static "$ROOT/server/static" >"$OUT/daemon.log" 2>&1 &
+"$DAEMON" --data "$DATA" --listen "127.0.0.1:$PORT" --static "${DE_STATIC:-$ROOT/server/static}" >"$OUT/daemon.log" 2>&1 &
 PID=$!
 up=0
 for _ in $(seq 1 300); do
@@ -62,6 +65,6 @@ fi
 DE_URL="http://127.0.0.1:$PORT" DE_ROOT="$ROOT" DE_OUT="$OUT" CHROMIUM="$CHROMIUM" \
   timeout 170 node "$HERE/explorer.test.mjs"
 rc=$?
-if [ $rc -eq 124 ]; then echo "browser test: timed out after 170 s" >&2; echo "0 passed, 1 failed"; fi
+if [ $rc -eq 124 ]; then echo "browser test: timed out after 170 s" >&2; summary_fail; fi
 if [ $rc -ne 0 ]; then echo "daemon log (last lines):" >&2; tail -15 "$OUT/daemon.log" >&2; fi
 exit $rc

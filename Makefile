@@ -74,6 +74,7 @@ TEST_DEPS_test_store  := $(BUILD)/storage/store.o
 TEST_DEPS_test_npi    := $(BUILD)/server/npi.o
 TEST_DEPS_test_engine := $(ENGINE_OBJ)
 TEST_DEPS_test_cache  := $(BUILD)/server/cache.o
+TEST_DEPS_test_thumb  := $(BUILD)/server/thumb.o
 TEST_DEPS_test_builder := $(BUILD)/server/builder_core.o $(BUILD)/server/npi.o
 
 .SECONDEXPANSION:

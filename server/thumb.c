@@ -1,6 +1,7 @@
 /* thumb.c -- see thumb.h. */
 #include "thumb.h"
 
+#include <math.h>
 #include <png.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,6 +86,10 @@ int thumb_from_input(const void *data, int dtype, int ndim, const int64_t *shape
                    size_t *out_len, char *err, size_t errlen)
 {
     int64_t C = 1, H, W;
+    if (!data || !shape || (dtype != 1 && dtype != 2)) {
+        snprintf(err, errlen, "no picture of dtype %d", dtype);
+        return -1;
+    }
     if (ndim == 2) {
         H = shape[0];
         W = shape[1];
@@ -110,11 +115,13 @@ int thumb_from_input(const void *data, int dtype, int ndim, const int64_t *shape
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    float lo = 0, hi = 0;
+    /* floats: min-max over the finite values; NaN shows black and +-inf
+     * clamps, so no out-of-range float reaches a uint8_t conversion (UB) */
+    double lo = INFINITY, hi = -INFINITY;
     if (dtype == 2) {
         const float *f = data;
-        lo = hi = f[0];
         for (size_t i = 0; i < plane * (size_t)channels; i++) {
+            if (!isfinite(f[i])) continue;
             if (f[i] < lo) lo = f[i];
             if (f[i] > hi) hi = f[i];
         }
@@ -123,10 +130,17 @@ int thumb_from_input(const void *data, int dtype, int ndim, const int64_t *shape
         for (size_t i = 0; i < plane; i++) {
             size_t src = (size_t)c * plane + i;
             uint8_t v;
-            if (dtype == 1)
+            if (dtype == 1) {
                 v = ((const uint8_t *)data)[src];
-            else
-                v = hi > lo ? (uint8_t)((((const float *)data)[src] - lo) / (hi - lo) * 255.0f + 0.5f) : 128;
+            } else {
+                double x = ((const float *)data)[src];
+                if (isnan(x)) v = 0;
+                else if (!(hi > lo)) v = isinf(x) ? (x > 0 ? 255 : 0) : 128;
+                else {
+                    double t = (x - lo) / (hi - lo) * 255.0 + 0.5;
+                    v = t <= 0 ? 0 : t >= 255 ? 255 : (uint8_t)t;
+                }
+            }
             px[i * (size_t)channels + (size_t)c] = v;
         }
     int64_t side = H > W ? H : W;

@@ -10,7 +10,9 @@
  *      floating point exactly as in the reals;
  *   2. a method stops only when the k-th best is STRICTLY better than the
  *      best bound of anything not computed: an input tying it could have the
- *      smaller id.
+ *      smaller id. Cell bounds know the ids they have not computed, so there
+ *      a tie stops too when every one left has a larger id (dead neurons:
+ *      all-zero groups would otherwise compute everything).
  * NaN: a score with a NaN anywhere is the worst possible (-inf / +inf), so it
  * never needs covering by a bound; a bound that comes out NaN (a NaN or an
  * inconsistent partition bound) is the best possible, which is always sound.
@@ -759,37 +761,46 @@ static uint64_t xorshift(uint64_t *x)
     return *x;
 }
 
-static int double_cmp(const void *x, const void *y)
+/* The candidates' order: smaller key first, then smaller id. A total order,
+ * so the refined prefix is exactly the first candidates of the sorted whole,
+ * and a tie of bound and k-th score can be settled by id (run_bounds). */
+static inline int key_lt(const double *key, uint32_t a, uint32_t b)
 {
-    double a = *(const double *)x, b = *(const double *)y;
-    return a < b ? -1 : a > b;
+    return key[a] < key[b] || (key[a] == key[b] && a < b);
+}
+
+static int key_cmp(const void *x, const void *y, void *arg)
+{
+    const double *key = arg;
+    uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
+    return key_lt(key, a, b) ? -1 : a != b;
 }
 
 #define SELECT_SAMPLE 512
 
-/* Moves the kk smallest keys of a[0..len) to the front (any order). When kk
- * is a small part of len, a pivot a little past the kk-th smallest of a
- * random sample cuts the range down in one pass with predictable branches;
- * otherwise, or when the sample misleads (ties), three-way quickselect: heavy
- * ties (common with ReLU zeros) stay linear. */
+/* Moves the kk smallest of a[0..len) in (key, id) order to the front (any
+ * order). When kk is a small part of len, a pivot a little past the kk-th
+ * smallest of a random sample cuts the range down in one pass with
+ * predictable branches; otherwise quickselect. Ties of key (common with ReLU
+ * zeros) are split by id, so they stay linear too. */
 static void select_smallest(uint32_t *a, size_t len, size_t kk, const double *key, uint64_t *rng)
 {
-    double sample[SELECT_SAMPLE];
+    uint32_t sample[SELECT_SAMPLE];
     while (kk > 0 && kk < len) {
         if (len >= 8 * SELECT_SAMPLE && kk * 16 < len) {
             for (size_t i = 0; i < SELECT_SAMPLE; i++)
-                sample[i] = key[a[xorshift(rng) % len]];
-            qsort(sample, SELECT_SAMPLE, sizeof *sample, double_cmp);
+                sample[i] = a[xorshift(rng) % len];
+            qsort_r(sample, SELECT_SAMPLE, sizeof *sample, key_cmp, (void *)key);
             size_t r = (size_t)((double)SELECT_SAMPLE * (double)kk / (double)len * 2.0) + 4;
-            double pv = sample[r < SELECT_SAMPLE ? r : SELECT_SAMPLE - 1];
+            uint32_t pv = sample[r < SELECT_SAMPLE ? r : SELECT_SAMPLE - 1];
             size_t j = 0;
             for (size_t i = 0; i < len; i++)
-                if (key[a[i]] <= pv) {
+                if (!key_lt(key, pv, a[i])) {
                     uint32_t t = a[j];
                     a[j++] = a[i];
                     a[i] = t;
                 }
-            if (j < len) { /* else everything ties at or below pv: three-way */
+            if (j < len) { /* else the sample misled: quickselect */
                 if (j >= kk) {
                     len = j;
                 } else { /* all of a[0..j) are among the kk smallest */
@@ -800,15 +811,14 @@ static void select_smallest(uint32_t *a, size_t len, size_t kk, const double *ke
                 continue;
             }
         }
-        double pv = key[a[xorshift(rng) % len]];
+        uint32_t pv = a[xorshift(rng) % len];
         size_t lt = 0, i = 0, gt = len;
         while (i < gt) {
-            double k = key[a[i]];
-            if (k < pv) {
+            if (key_lt(key, a[i], pv)) {
                 uint32_t t = a[lt];
                 a[lt++] = a[i];
                 a[i++] = t;
-            } else if (k > pv) {
+            } else if (key_lt(key, pv, a[i])) {
                 uint32_t t = a[--gt];
                 a[gt] = a[i];
                 a[i] = t;
@@ -828,14 +838,6 @@ static void select_smallest(uint32_t *a, size_t len, size_t kk, const double *ke
     }
 }
 
-static int key_cmp(const void *x, const void *y, void *arg)
-{
-    const double *key = arg;
-    uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
-    if (key[a] != key[b])
-        return key[a] < key[b] ? -1 : 1;
-    return a < b ? -1 : a > b;
-}
 
 /* Accumulates neuron j's term into bound[id] for every candidate. */
 #define BOUNDS_LOOP(PID, COMBINE)                                                    \
@@ -944,8 +946,13 @@ static int run_bounds(run *r)
             r->st->cell_ms += now_ms() - ts;
         }
         if (eng_topk_full(r->h)) {
-            double nb = q->kind == ENG_TOPK ? -bound[order[next]] : bound[order[next]];
-            if (better(q, eng_topk_worst(r->h), nb))
+            /* Every candidate left comes after order[next] in (bound, id)
+             * order: at best it ties the k-th on value, and then loses on id
+             * when its id is larger. So an equal bound stops too, then. */
+            uint32_t cid = order[next];
+            double nb = q->kind == ENG_TOPK ? -bound[cid] : bound[cid];
+            double worst = eng_topk_worst(r->h);
+            if (better(q, worst, nb) || (worst == nb && cid > r->h->e[0].input))
                 break;
         }
         size_t cnt = ready - next < step ? ready - next : step;

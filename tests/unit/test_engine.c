@@ -549,6 +549,36 @@ START_TEST(test_fetch_counts)
 }
 END_TEST
 
+/* A dead neuron (all zeros, common after ReLU): every input ties; cell
+ * bounds settle the tie by id and stop after the first batch, where NTA
+ * cannot (its sorted access does not come in id order). */
+START_TEST(test_dead_neuron_ties_stop)
+{
+    rng_seed(777);
+    ds s;
+    ds_make(&s, 3000, 4, D_RELU);
+    for (uint32_t i = 0; i < s.n; i++) {
+        s.mat[(size_t)i * s.d + 1] = 0.0f;
+        s.mat[(size_t)i * s.d + 2] = 0.0f;
+    }
+    ds_index(&s, 16, 0.03);
+    uint32_t neurons[2] = {1, 2};
+    npi_view gv[2] = {s.views[1], s.views[2]};
+    static const int aggs[] = {ENG_SUM, ENG_MAX, ENG_MIN};
+    for (int a = 0; a < 3; a++) {
+        eng_query q = {.kind = ENG_TOPK, .agg = aggs[a], .n = s.n, .k = 10, .gsize = 2,
+                       .neurons = neurons, .exclude = -1, .batch = 64};
+        uint64_t bounds = fetches(&s, &q, ENG_BOUNDS, gv);
+        ck_assert_uint_le(bounds, 64);
+    }
+    float target[2] = {0.0f, 0.0f};
+    eng_query q = {.kind = ENG_KNN, .metric = ENG_L1, .n = s.n, .k = 25, .gsize = 2,
+                   .neurons = neurons, .exclude = 7, .batch = 64, .target = target};
+    ck_assert_uint_le(fetches(&s, &q, ENG_BOUNDS, gv), 64);
+    ds_free(&s);
+}
+END_TEST
+
 /* ---- methods, errors, cancellation ----------------------------------------- */
 
 static ds small;
@@ -879,6 +909,7 @@ int main(void)
     tcase_add_test(tc, test_wide_group);
     tcase_add_loop_test(tc, test_larger_n, 0, 6);
     tcase_add_test(tc, test_fetch_counts);
+    tcase_add_test(tc, test_dead_neuron_ties_stop);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("behaviour");

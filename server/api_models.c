@@ -31,9 +31,12 @@ static json_t *model_json(const app_model *m)
 {
     int64_t shape[SHIM_MAX_DIMS];
     int nd = shim_input_shape(m->shim, shape);
-    return json_pack("{s:s,s:s,s:s,s:o,s:o,s:I}", "name", m->name, "path", m->rec.path, "device",
+    /* batch_slot_classes: how many arithmetic variants of a forward the
+     * batch slots showed at load (app.c); inputs stay within one */
+    return json_pack("{s:s,s:s,s:s,s:o,s:o,s:I,s:i}", "name", m->name, "path", m->rec.path, "device",
                      shim_device(m->shim), "input_shape", shape_json(shape, nd), "layers",
-                     api_model_layers_json(m->shim), "created", (json_int_t)m->rec.created);
+                     api_model_layers_json(m->shim), "created", (json_int_t)m->rec.created,
+                     "batch_slot_classes", m->nclass);
 }
 
 void api_model_create(http_req *r)

@@ -35,6 +35,7 @@ typedef struct app_config {
     size_t max_upload_mb;
     double query_timeout_s;      /* per-query limit, 0 = none */
     int max_builds;              /* concurrent index builds */
+    unsigned client_timeout_s;   /* a connection idle this long is closed (slow clients) */
     size_t map_mb;               /* LMDB map size */
     const char *static_dir;      /* explorer files */
 } app_config;
@@ -45,6 +46,10 @@ typedef struct app_model {
     uint32_t gen;                /* generation id for cache keys */
     shim_model *shim;
     pthread_mutex_t run_lock;    /* serializes shim_run on this model */
+    /* Batch slots that compute an input bit-identically (see app_infer):
+     * pos_class[p] for p < cfg.batch, classes numbered 0..nclass-1. */
+    uint16_t *pos_class;
+    int nclass;
     atomic_int refs;
     store_model rec;
     struct app_model *next;
@@ -93,9 +98,12 @@ int app_inputs_load(store_txn *t, const store_dataset *d, const uint32_t *ids, s
 size_t app_dataset_numel(const store_dataset *d);
 
 /* Runs the model on normalized inputs at the given layers (under run_lock),
- * counting metrics. */
-int app_infer(app *a, app_model *m, const float *in, size_t n, const int *layers, int nlayers,
-              float *const *outs, char *err, size_t errlen);
+ * counting metrics. ids[i] is the dataset id of input i: every input is
+ * computed in a batch slot of the class of slot (id mod cfg.batch), so its
+ * activations are the same bits whichever query asks for it. ids NULL (a
+ * tensor from a request): any slot. */
+int app_infer(app *a, app_model *m, const uint32_t *ids, const float *in, size_t n, const int *layers,
+              int nlayers, float *const *outs, char *err, size_t errlen);
 
 /* Logging to stderr with a timestamp. */
 void app_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -62,7 +62,7 @@ int source_fetch(void *ctx, const uint32_t *ids, size_t n, const uint32_t *neuro
             t = NULL;
             double t0 = app_now_ms();
             float *outs[1] = {rows};
-            if (app_infer(s->a, s->m, in, cnt, &s->layer, 1, outs, err, errlen) != 0) goto fail;
+            if (app_infer(s->a, s->m, miss + off, in, cnt, &s->layer, 1, outs, err, errlen) != 0) goto fail;
             if (st) {
                 st->inference_ms += app_now_ms() - t0;
                 st->computed += cnt;
@@ -95,5 +95,5 @@ fail:
 int source_run_tensors(source_ctx *s, const float *in, size_t n, float *out, char *err, size_t errlen)
 {
     float *outs[1] = {out};
-    return app_infer(s->a, s->m, in, n, &s->layer, 1, outs, err, errlen);
+    return app_infer(s->a, s->m, NULL, in, n, &s->layer, 1, outs, err, errlen);
 }

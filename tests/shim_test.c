@@ -130,7 +130,10 @@ END_TEST
 
 /* Measured, not assumed: a batch of 1 differs from a batch of 64 on CPU,
  * which is why the daemon always runs full, padded batches. Within full
- * batches of one size, an input's values do not depend on its neighbours. */
+ * batches of one size, an input's values do not depend on its neighbours,
+ * but may on its slot (a dense layer's kernel treats slots in classes):
+ * the daemon therefore computes an input only in slots of one class
+ * (app.c, calibrate_positions). */
 START_TEST(batch_composition)
 {
     int fc1 = shim_layer_find(M, "fc1");
@@ -138,11 +141,22 @@ START_TEST(batch_composition)
           *o2 = malloc(64 * 64 * sizeof(float));
     char err[256];
     ck_assert_int_eq(shim_run(M, IMAGES, 64, &fc1, 1, &o1, err, sizeof err), 0);
-    /* input 5 at position 0, other neighbours (inputs 100..162) */
-    memcpy(x, IMAGES + 5 * 784, 784 * sizeof(float));
-    memcpy(x + 784, IMAGES + 100 * 784, 63 * 784 * sizeof(float));
+    /* input 5 in its slot 5, other neighbours (inputs 100..162) */
+    memcpy(x, IMAGES + 100 * 784, 64 * 784 * sizeof(float));
+    memcpy(x + 5 * 784, IMAGES + 5 * 784, 784 * sizeof(float));
     ck_assert_int_eq(shim_run(M, x, 64, &fc1, 1, &o2, err, sizeof err), 0);
-    ck_assert_int_eq(memcmp(o1 + 5 * 64, o2, 64 * sizeof(float)), 0);
+    ck_assert_int_eq(memcmp(o1 + 5 * 64, o2 + 5 * 64, 64 * sizeof(float)), 0);
+    /* the same input in every slot: how many different results */
+    for (int p = 0; p < 64; p++) memcpy(x + p * 784, IMAGES + 5 * 784, 784 * sizeof(float));
+    ck_assert_int_eq(shim_run(M, x, 64, &fc1, 1, &o2, err, sizeof err), 0);
+    int distinct = 0;
+    for (int p = 0; p < 64; p++) {
+        int q = 0;
+        while (q < p && memcmp(o2 + q * 64, o2 + p * 64, 64 * sizeof(float)) != 0) q++;
+        distinct += q == p;
+    }
+    printf("fc1: one input in the 64 slots of a batch gives %d different results\n", distinct);
+    ck_assert_int_ge(distinct, 1);
     float single[64];
     float *po = single;
     ck_assert_int_eq(shim_run(M, IMAGES + 5 * 784, 1, &fc1, 1, &po, err, sizeof err), 0);

@@ -282,7 +282,7 @@ int http_start(app *a, char *err, size_t errlen)
         (uint16_t)a->cfg.listen_port, NULL, NULL, on_request, a,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, /* slow or idle clients are cut */
+        MHD_OPTION_CONNECTION_TIMEOUT, a->cfg.client_timeout_s, /* slow or idle clients are cut */
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)512,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
         MHD_OPTION_END);

@@ -4,7 +4,7 @@
  *   [--cache-mb 512] [--threads N] [--token-file F] [--batch 64]
  *   [--build-memory-mb 2048] [--import-root DIR] [--max-body-mb 64]
  *   [--max-upload-mb 4096] [--query-timeout-s 300] [--max-builds 1]
- *   [--static DIR] [--map-mb 65536]
+ *   [--static DIR] [--map-mb 65536] [--client-timeout-s 60]
  * deepeverestd --data DIR --stat      print the catalog and indexes, exit
  */
 #include <errno.h>
@@ -27,7 +27,7 @@ static void usage(FILE *f)
             "                    [--cache-mb N] [--threads N] [--token-file F] [--batch N]\n"
             "                    [--build-memory-mb N] [--import-root DIR] [--max-body-mb N]\n"
             "                    [--max-upload-mb N] [--query-timeout-s S] [--max-builds N]\n"
-            "                    [--static DIR] [--map-mb N]\n"
+            "                    [--static DIR] [--map-mb N] [--client-timeout-s S]\n"
             "       deepeverestd --data DIR --stat\n");
 }
 
@@ -98,10 +98,11 @@ int main(int argc, char **argv)
     c->max_upload_mb = 4096;
     c->query_timeout_s = 300;
     c->max_builds = 1;
+    c->client_timeout_s = 60;
     c->map_mb = 64 << 10;
 
     enum { O_DATA = 1, O_LISTEN, O_DEVICE, O_CACHE, O_THREADS, O_TOKEN, O_BATCH, O_BUILDMEM,
-           O_IMPORT, O_MAXBODY, O_MAXUP, O_QTIME, O_MAXBUILDS, O_STATIC, O_STAT, O_MAPGB, O_HELP };
+           O_IMPORT, O_MAXBODY, O_MAXUP, O_QTIME, O_MAXBUILDS, O_STATIC, O_STAT, O_MAPGB, O_CTIME, O_HELP };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},
         {"listen", required_argument, 0, O_LISTEN},
@@ -116,6 +117,7 @@ int main(int argc, char **argv)
         {"max-upload-mb", required_argument, 0, O_MAXUP},
         {"query-timeout-s", required_argument, 0, O_QTIME},
         {"max-builds", required_argument, 0, O_MAXBUILDS},
+        {"client-timeout-s", required_argument, 0, O_CTIME},
         {"static", required_argument, 0, O_STATIC},
         {"map-mb", required_argument, 0, O_MAPGB},
         {"stat", no_argument, 0, O_STAT},
@@ -146,6 +148,7 @@ int main(int argc, char **argv)
         case O_MAXUP: if (parse_size(optarg, 1, 1 << 20, &c->max_upload_mb)) goto bad; break;
         case O_QTIME: if (parse_size(optarg, 0, 86400, &v)) goto bad; c->query_timeout_s = (double)v; break;
         case O_MAXBUILDS: if (parse_size(optarg, 1, 64, &v)) goto bad; c->max_builds = (int)v; break;
+        case O_CTIME: if (parse_size(optarg, 1, 86400, &v)) goto bad; c->client_timeout_s = (unsigned)v; break;
         case O_STATIC: c->static_dir = optarg; break;
         case O_MAPGB: if (parse_size(optarg, 4, (size_t)1 << 26, &c->map_mb)) goto bad; break;
         case O_STAT: do_stat = 1; break;

@@ -211,21 +211,42 @@ def test_sigterm_drains_in_flight_requests():
                 result["err"] = repr(e)
         t = threading.Thread(target=long_query)
         t.start()
-        # signal only once the query is being handled (this /metrics call counts itself)
-        deadline = time.time() + 30
+        # signal only once the query is being handled: it has run the model
+        # (a connection still in the listen backlog is not in flight)
+        deadline = time.time() + 60
         while time.time() < deadline:
             st, text = d.call("GET", "/metrics")
-            m = re.search(rb"^deepeverest_http_inflight (\d+)", text, re.M)
-            if m and int(m.group(1)) >= 2:
+            m = re.search(rb"^deepeverest_inputs_computed_total (\d+)", text, re.M)
+            if m and int(m.group(1)) > 0:
                 break
             time.sleep(0.02)
-        time.sleep(0.2)
         d.proc.send_signal(signal.SIGTERM)
         t.join()
         assert "r" in result, "the in-flight request got no answer: %s" % result.get("err")
         st, js = result["r"]
         assert st == 200 and len(js["results"]) == 5, (st, js)
         assert d.proc.wait(60) == 0
+    finally:
+        d.close()
+
+
+def test_slow_clients_time_out():
+    d = H.Daemon(extra=["--client-timeout-s", "2"]).start()
+    try:
+        # a client that sends half a request line and stalls is cut after the timeout
+        slow = socket.create_connection(("127.0.0.1", d.port))
+        slow.sendall(b"GET /v1/hea")
+        slow.settimeout(15)
+        t0 = time.time()
+        # meanwhile the daemon serves others
+        assert d.ok("GET", "/v1/health")["status"] == "ok"
+        try:
+            got = slow.recv(4096)
+        except ConnectionResetError:
+            got = b""
+        waited = time.time() - t0
+        slow.close()
+        assert got == b"" and 1.5 <= waited <= 10, (got[:80], waited)
     finally:
         d.close()
 

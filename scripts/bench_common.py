@@ -96,7 +96,7 @@ class Daemon:
                     self.conn.connect()
                     # no Nagle: a small request must not wait for a delayed ACK
                     self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self.conn.timeout = timeout
+                self.conn.sock.settimeout(timeout)
                 self.conn.request(method, path, body=data, headers=hdrs)
                 resp = self.conn.getresponse()
                 payload = resp.read()

@@ -205,7 +205,9 @@ def test_sigterm_drains_in_flight_requests():
 
         def long_query():
             try:
-                result["r"] = d.call("POST", "/v1/query/topk", {"model": "cnn", "dataset": "fmnist", "layer": "pool1",
+                # conv1, the cheapest layer: long enough to be caught in flight, short
+                # enough to end within the 30 s drain even under ASan on a busy machine
+                result["r"] = d.call("POST", "/v1/query/topk", {"model": "cnn", "dataset": "fmnist", "layer": "conv1",
                                                             "neurons": [3], "k": 5, "method": "scan"}, timeout=120)
             except Exception as e:  # reported below, with the daemon's answer missing
                 result["err"] = repr(e)
@@ -220,8 +222,10 @@ def test_sigterm_drains_in_flight_requests():
             if m and int(m.group(1)) > 0:
                 break
             time.sleep(0.02)
+        in_flight = t.is_alive()
         d.proc.send_signal(signal.SIGTERM)
         t.join()
+        assert in_flight, "the query ended before the signal: nothing was drained"
         assert "r" in result, "the in-flight request got no answer: %s" % result.get("err")
         st, js = result["r"]
         assert st == 200 and len(js["results"]) == 5, (st, js)

@@ -51,6 +51,7 @@ static void model_destroy(app_model *m)
 {
     shim_free(m->shim);
     pthread_mutex_destroy(&m->run_lock);
+    pthread_cond_destroy(&m->run_turn);
     free(m->pos_class);
     free(m);
 }
@@ -147,6 +148,7 @@ int app_model_load(app *a, const store_model *rec, app_model **out, char *err, s
         return -1;
     }
     pthread_mutex_init(&m->run_lock, NULL);
+    pthread_cond_init(&m->run_turn, NULL);
     atomic_init(&m->refs, 1); /* the caller's reference */
     *out = m;
     return 0;
@@ -284,6 +286,24 @@ int app_inputs_load(store_txn *t, const store_dataset *d, const uint32_t *ids, s
 
 /* ---- inference ---- */
 
+/* A plain mutex lets the thread that just ran barge ahead again (measured
+ * under 64 connections: p99 of 22 s): turns go in ticket order. */
+void app_model_run_begin(app_model *m)
+{
+    pthread_mutex_lock(&m->run_lock);
+    unsigned long ticket = m->run_next++;
+    while (ticket != m->run_serving) pthread_cond_wait(&m->run_turn, &m->run_lock);
+    pthread_mutex_unlock(&m->run_lock);
+}
+
+void app_model_run_end(app_model *m)
+{
+    pthread_mutex_lock(&m->run_lock);
+    m->run_serving++;
+    pthread_cond_broadcast(&m->run_turn);
+    pthread_mutex_unlock(&m->run_lock);
+}
+
 /* Every forward runs at exactly cfg.batch inputs, the free slots zeroed:
  * on CPU, oneDNN and BLAS pick other kernels for small batches (measured: a
  * batch of 1 or 2 differs from a batch of 64 by ~1e-7). And input i sits in
@@ -358,9 +378,7 @@ int app_infer(app *a, app_model *m, const uint32_t *ids, const float *in, size_t
             else
                 memcpy(bin + p * numel, in + slot_of[p] * numel, numel * sizeof *bin);
         }
-        pthread_mutex_lock(&m->run_lock);
         int r = shim_run(m->shim, bin, (int64_t)B, layers, nlayers, bout, err, errlen);
-        pthread_mutex_unlock(&m->run_lock);
         if (r != 0) goto fail;
         atomic_fetch_add(&a->metrics.inference_batches, 1);
         atomic_fetch_add(&a->metrics.inputs_computed, used);

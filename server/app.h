@@ -45,7 +45,9 @@ typedef struct app_model {
     char name[STORE_NAME_MAX + 1];
     uint32_t gen;                /* generation id for cache keys */
     shim_model *shim;
-    pthread_mutex_t run_lock;    /* serializes shim_run on this model */
+    pthread_mutex_t run_lock;    /* serializes shim_run on this model, */
+    pthread_cond_t run_turn;     /* first come first served: tickets, so */
+    unsigned long run_next, run_serving; /* no query starves under load */
     /* Batch slots that compute an input bit-identically (see app_infer):
      * pos_class[p] for p < cfg.batch, classes numbered 0..nclass-1. */
     uint16_t *pos_class;
@@ -97,8 +99,14 @@ int app_inputs_load(store_txn *t, const store_dataset *d, const uint32_t *ids, s
                     float *out, char *err, size_t errlen);
 size_t app_dataset_numel(const store_dataset *d);
 
-/* Runs the model on normalized inputs at the given layers (under run_lock),
- * counting metrics. ids[i] is the dataset id of input i: every input is
+/* The model runs one forward at a time: a caller takes its turn (first
+ * come, first served) around app_infer and whatever must not interleave
+ * with another caller's forwards (e.g. re-checking the cache). */
+void app_model_run_begin(app_model *m);
+void app_model_run_end(app_model *m);
+
+/* Runs the model on normalized inputs at the given layers, counting
+ * metrics. The caller holds the model's turn (app_model_run_begin). ids[i] is the dataset id of input i: every input is
  * computed in a batch slot of the class of slot (id mod cfg.batch), so its
  * activations are the same bits whichever query asks for it. ids NULL (a
  * tensor from a request): any slot. */

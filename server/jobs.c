@@ -151,7 +151,10 @@ static int build_pass(app *a, app_model *m, const store_dataset *d, int nlayers,
         if (app_inputs_load(t, d, ids, cnt, in, err, errlen) != 0) goto fail;
         store_txn_abort(t);
         t = NULL;
-        if (app_infer(a, m, ids, in, cnt, shim_layers, nlayers, outs, err, errlen) != 0) goto fail;
+        app_model_run_begin(m);
+        int ir = app_infer(a, m, ids, in, cnt, shim_layers, nlayers, outs, err, errlen);
+        app_model_run_end(m);
+        if (ir != 0) goto fail;
         for (int l = 0; l < nlayers; l++)
             if (bcore_add(bc[l], outs[l], off, cnt, err, errlen) != 0) goto fail;
         if (ans) {

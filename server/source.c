@@ -53,24 +53,49 @@ int source_fetch(void *ctx, const uint32_t *ids, size_t n, const uint32_t *neuro
         if (!in || !rows) goto oom;
         for (size_t off = 0; off < nmiss; off += chunk) {
             size_t cnt = nmiss - off < chunk ? nmiss - off : chunk;
+            /* Our turn at the model; queries that waited in the queue for the
+             * same inputs find them cached instead of computing them again
+             * (measured: 64 clients computed each input ~5 times without). */
+            app_model_run_begin(s->m);
+            size_t keep = 0;
+            for (size_t i = 0; i < cnt; i++) {
+                k.input = miss[off + i];
+                if (cache_get(s->a->cache, &k, neurons, m, out + slot[off + i] * m)) {
+                    if (st) st->cache_hits++;
+                } else {
+                    miss[off + keep] = miss[off + i];
+                    slot[off + keep++] = slot[off + i];
+                }
+            }
+            cnt = keep;
+            if (cnt == 0) {
+                app_model_run_end(s->m);
+                continue;
+            }
             if (store_txn_begin(s->a->st, 1, &t) != STORE_OK) {
                 snprintf(err, errlen, "store: %s", store_errmsg());
+                app_model_run_end(s->m);
                 goto fail;
             }
-            if (app_inputs_load(t, s->d, miss + off, cnt, in, err, errlen) != 0) goto fail;
+            int lr = app_inputs_load(t, s->d, miss + off, cnt, in, err, errlen);
             store_txn_abort(t);
             t = NULL;
             double t0 = app_now_ms();
             float *outs[1] = {rows};
-            if (app_infer(s->a, s->m, miss + off, in, cnt, &s->layer, 1, outs, err, errlen) != 0) goto fail;
+            int ir = lr != 0 ? -1 : app_infer(s->a, s->m, miss + off, in, cnt, &s->layer, 1, outs, err, errlen);
+            if (ir == 0)
+                for (size_t i = 0; i < cnt; i++) {
+                    k.input = miss[off + i];
+                    cache_put(s->a->cache, &k, rows + i * D, D);
+                }
+            app_model_run_end(s->m);
+            if (ir != 0) goto fail;
             if (st) {
                 st->inference_ms += app_now_ms() - t0;
                 st->computed += cnt;
             }
             for (size_t i = 0; i < cnt; i++) {
                 const float *row = rows + i * D;
-                k.input = miss[off + i];
-                cache_put(s->a->cache, &k, row, D);
                 float *o = out + slot[off + i] * m;
                 if (neurons)
                     for (size_t j = 0; j < m; j++) o[j] = row[neurons[j]];
@@ -95,5 +120,8 @@ fail:
 int source_run_tensors(source_ctx *s, const float *in, size_t n, float *out, char *err, size_t errlen)
 {
     float *outs[1] = {out};
-    return app_infer(s->a, s->m, NULL, in, n, &s->layer, 1, outs, err, errlen);
+    app_model_run_begin(s->m);
+    int rc = app_infer(s->a, s->m, NULL, in, n, &s->layer, 1, outs, err, errlen);
+    app_model_run_end(s->m);
+    return rc;
 }

@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "npi.h"
@@ -45,6 +46,7 @@ struct bcore {
     uint64_t n_chunks;
     int spill_fd;        /* -1: in memory */
     float *mat;          /* in memory: neurons x n, neuron-major */
+    size_t mat_bytes;    /* its mapping's length */
     float *stage;        /* spilled: staging block */
     size_t stage_bytes;
     uint32_t added;
@@ -133,7 +135,15 @@ int bcore_new(uint32_t n_inputs, uint64_t neurons, uint32_t partitions, uint32_t
         b->chunk = neurons;
         b->n_chunks = 1;
         size_t bytes = (size_t)(neurons * column);
-        b->mat = malloc(bytes);
+        /* mmap + huge pages: a wide layer's matrix is GBs written column by
+         * column; with 4 KiB pages first touch and TLB misses cost more than
+         * the transpose itself (measured: a fifth of a pool1 build). */
+        void *p = mmap(NULL, bytes ? bytes : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p != MAP_FAILED) {
+            (void)madvise(p, bytes ? bytes : 1, MADV_HUGEPAGE); /* a hint: fine if refused */
+            b->mat = p;
+            b->mat_bytes = bytes ? bytes : 1;
+        }
         if (!b->mat) {
             set_err(err, errlen, "out of memory for a %zu-byte activation matrix", bytes);
             goto fail;
@@ -600,7 +610,8 @@ void bcore_free(bcore *b)
         return;
     if (b->spill_fd >= 0)
         close(b->spill_fd);
-    free(b->mat);
+    if (b->mat)
+        munmap(b->mat, b->mat_bytes);
     free(b->stage);
     free(b);
 }

@@ -75,7 +75,7 @@ int proto_valid_name(const char *s)
     return strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") == n;
 }
 
-static const char *type_name(const json_t *v)
+const char *jspec_type_name(const json_t *v)
 {
     switch (json_typeof(v)) {
     case JSON_OBJECT: return "an object";
@@ -123,7 +123,7 @@ static int in_range(double x, double lo, double hi)
 static int parse_name(const jspec *s, const json_t *v, proto_err *e)
 {
     if (!json_is_string(v))
-        return proto_fail(e, 400, "invalid_type", "field '%s' must be a string, not %s", s->name, type_name(v));
+        return proto_fail(e, 400, "invalid_type", "field '%s' must be a string, not %s", s->name, jspec_type_name(v));
     const char *str = json_string_value(v);
     size_t len = json_string_length(v);
     if (len != strlen(str) || !proto_valid_name(str)) {
@@ -147,7 +147,7 @@ static int parse_name(const jspec *s, const json_t *v, proto_err *e)
 static int parse_string(const jspec *s, const json_t *v, proto_err *e)
 {
     if (!json_is_string(v))
-        return proto_fail(e, 400, "invalid_type", "field '%s' must be a string, not %s", s->name, type_name(v));
+        return proto_fail(e, 400, "invalid_type", "field '%s' must be a string, not %s", s->name, jspec_type_name(v));
     size_t max = s->max > 0 ? (size_t)s->max : JSPEC_DEFAULT_STRING, len = json_string_length(v);
     if (len == 0 || len > max)
         return proto_fail(e, 422, "invalid_value", "field '%s' must be 1 to %zu bytes long; it has %zu", s->name, max,
@@ -163,7 +163,7 @@ static int parse_string(const jspec *s, const json_t *v, proto_err *e)
 static int parse_enum(const jspec *s, const json_t *v, proto_err *e)
 {
     if (!json_is_string(v))
-        return proto_fail(e, 400, "invalid_type", "field '%s' must be a string, not %s", s->name, type_name(v));
+        return proto_fail(e, 400, "invalid_type", "field '%s' must be a string, not %s", s->name, jspec_type_name(v));
     const char *str = json_string_value(v);
     for (int i = 0; s->choices[i]; i++)
         if (strcmp(s->choices[i], str) == 0 && strlen(str) == json_string_length(v)) {
@@ -180,7 +180,7 @@ static int parse_enum(const jspec *s, const json_t *v, proto_err *e)
 static int parse_integer(const jspec *s, const json_t *v, proto_err *e)
 {
     if (!json_is_integer(v))
-        return proto_fail(e, 400, "invalid_type", "field '%s' must be an integer, not %s", s->name, type_name(v));
+        return proto_fail(e, 400, "invalid_type", "field '%s' must be an integer, not %s", s->name, jspec_type_name(v));
     int64_t lo = s->min, hi = s->max;
     if (s->type == JS_UINT && lo < 0) lo = 0;
     json_int_t x = json_integer_value(v);
@@ -199,7 +199,7 @@ static int parse_integer(const jspec *s, const json_t *v, proto_err *e)
 static int parse_number(const jspec *s, const json_t *v, proto_err *e)
 {
     if (!json_is_number(v))
-        return proto_fail(e, 400, "invalid_type", "field '%s' must be a number, not %s", s->name, type_name(v));
+        return proto_fail(e, 400, "invalid_type", "field '%s' must be a number, not %s", s->name, jspec_type_name(v));
     double x = json_number_value(v);
     if (!in_range(x, s->dmin, s->dmax)) {
         char r[96];
@@ -213,7 +213,7 @@ static int parse_number(const jspec *s, const json_t *v, proto_err *e)
 static int parse_array(const jspec *s, const json_t *v, proto_err *e)
 {
     if (!json_is_array(v))
-        return proto_fail(e, 400, "invalid_type", "field '%s' must be an array, not %s", s->name, type_name(v));
+        return proto_fail(e, 400, "invalid_type", "field '%s' must be an array, not %s", s->name, jspec_type_name(v));
     size_t max = s->maxn;
     if (!max) max = s->type == JS_FLOATS && s->max > 0 ? (size_t)s->max : JSPEC_DEFAULT_ARRAY;
     size_t n = json_array_size(v);
@@ -229,7 +229,7 @@ static int parse_array(const jspec *s, const json_t *v, proto_err *e)
             json_t *x = json_array_get(v, i);
             if (!json_is_number(x))
                 return proto_fail(e, 400, "invalid_type", "field '%s[%zu]' must be a number, not %s", s->name, i,
-                                  type_name(x));
+                                  jspec_type_name(x));
             double f = json_number_value(x);
             if (!in_range(f, s->dmin, s->dmax)) {
                 char r[96];
@@ -249,7 +249,7 @@ static int parse_array(const jspec *s, const json_t *v, proto_err *e)
             json_t *x = json_array_get(v, i);
             if (!json_is_integer(x))
                 return proto_fail(e, 400, "invalid_type", "field '%s[%zu]' must be an integer, not %s", s->name, i,
-                                  type_name(x));
+                                  jspec_type_name(x));
             json_int_t k = json_integer_value(x);
             if (k < lo || k > hi) {
                 char r[96];
@@ -276,7 +276,7 @@ static int parse_field(const jspec *s, json_t *v, proto_err *e)
     case JS_BOOL:
         if (!json_is_boolean(v))
             return proto_fail(e, 400, "invalid_type", "field '%s' must be true or false, not %s", s->name,
-                              type_name(v));
+                              jspec_type_name(v));
         *(int *)s->dest = json_is_true(v);
         return 0;
     case JS_FLOATS:
@@ -307,7 +307,7 @@ static int unknown_field(const jspec *specs, const char *key, proto_err *e)
 int jspec_parse(const json_t *obj, const jspec *specs, proto_err *e)
 {
     if (!obj || !json_is_object(obj))
-        return proto_fail(e, 400, "invalid_body", "expected a JSON object, not %s", obj ? type_name(obj) : "nothing");
+        return proto_fail(e, 400, "invalid_body", "expected a JSON object, not %s", obj ? jspec_type_name(obj) : "nothing");
     /* Unknown fields first: a typo must not surface as "missing field". */
     const char *key;
     size_t keylen;

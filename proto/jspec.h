@@ -62,4 +62,7 @@ typedef struct jspec {
 int jspec_parse(const json_t *obj, const jspec *specs, proto_err *e);
 void jspec_free(const jspec *specs);
 
+/* "an integer", "a string", ...: for error messages. */
+const char *jspec_type_name(const json_t *v);
+
 #endif

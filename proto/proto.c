@@ -20,21 +20,6 @@
 #define PROTO_MAX_BATCH 65536
 #define PROTO_MAX_TIMEOUT_S 3600.0
 
-static const char *type_name(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a real number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    case JSON_NULL: return "null";
-    }
-    return "an unknown value";
-}
-
 /* The body as a JSON object, or NULL with e filled. Duplicate keys are
  * rejected: which of two "k"s counts would otherwise be an accident. */
 static json_t *load_object(const char *body, size_t len, proto_err *e)
@@ -52,7 +37,7 @@ static json_t *load_object(const char *body, size_t len, proto_err *e)
         return NULL;
     }
     if (!json_is_object(root)) {
-        proto_fail(e, 400, "invalid_body", "the body must be a JSON object, not %s", type_name(root));
+        proto_fail(e, 400, "invalid_body", "the body must be a JSON object, not %s", jspec_type_name(root));
         json_decref(root);
         return NULL;
     }
@@ -72,7 +57,7 @@ static int get_number(const json_t *v, const char *field, double lo, int lo_open
                       proto_err *e)
 {
     if (!json_is_number(v))
-        return proto_fail(e, 400, "invalid_type", "field '%s' must be a number, not %s", field, type_name(v));
+        return proto_fail(e, 400, "invalid_type", "field '%s' must be a number, not %s", field, jspec_type_name(v));
     double x = json_number_value(v);
     if (!isfinite(x) || (lo_open ? x <= lo : x < lo) || x > hi) {
         if (hi >= DBL_MAX)
@@ -90,7 +75,7 @@ static int get_number(const json_t *v, const char *field, double lo, int lo_open
 static int get_layer(const json_t *v, const char *field, char *out, proto_err *e)
 {
     if (!json_is_string(v))
-        return proto_fail(e, 400, "invalid_type", "field '%s' must be a string, not %s", field, type_name(v));
+        return proto_fail(e, 400, "invalid_type", "field '%s' must be a string, not %s", field, jspec_type_name(v));
     size_t len = json_string_length(v);
     if (len == 0 || len > PROTO_LAYER_MAX)
         return proto_fail(e, 422, "invalid_value", "field '%s' must be 1 to %d bytes long; it has %zu", field,
@@ -150,7 +135,7 @@ static int get_channels(const json_t *v, const char *field, int positive, double
     }
     if (!json_is_array(v))
         return proto_fail(e, 400, "invalid_type", "field '%s' must be a number or an array of 1 to %d numbers, not %s",
-                          field, PROTO_MAX_CHANNELS, type_name(v));
+                          field, PROTO_MAX_CHANNELS, jspec_type_name(v));
     size_t len = json_array_size(v);
     if (len == 0 || len > PROTO_MAX_CHANNELS)
         return proto_fail(e, 422, "invalid_value", "field '%s' must hold 1 to %d numbers (one per channel); it holds %zu",
@@ -159,7 +144,7 @@ static int get_channels(const json_t *v, const char *field, int positive, double
         const json_t *x = json_array_get(v, i);
         if (!json_is_number(x))
             return proto_fail(e, 400, "invalid_type", "field '%s[%zu]' must be a number, not %s", field, i,
-                              type_name(x));
+                              jspec_type_name(x));
         double f = json_number_value(x);
         if (!isfinite(f) || (positive && !(f > 0)))
             return proto_fail(e, 422, "invalid_value", "field '%s[%zu]' must be %s; it is %g", field, i, want, f);
@@ -276,7 +261,7 @@ static int get_layers(const json_t *v, proto_index_req *r, proto_err *e)
 {
     if (!json_is_array(v))
         return proto_fail(e, 400, "invalid_type", "field 'layers' must be an array of layer names, not %s",
-                          type_name(v));
+                          jspec_type_name(v));
     size_t n = json_array_size(v);
     if (n == 0 || n > PROTO_MAX_LAYERS)
         return proto_fail(e, 422, "invalid_value", "field 'layers' must hold 1 to %d layer names; it holds %zu",
@@ -368,7 +353,7 @@ static int parse_neurons(const json_t *v, proto_neurons *g, proto_err *e)
     if (!json_is_array(v))
         return proto_fail(e, 400, "invalid_type",
                           "field 'neurons' must be an array of flat indices or of coordinate arrays, not %s",
-                          type_name(v));
+                          jspec_type_name(v));
     size_t n = json_array_size(v);
     if (n == 0 || n > PROTO_MAX_GROUP)
         return proto_fail(e, 422, "invalid_value", "field 'neurons' must hold 1 to %d neurons; it holds %zu",
@@ -385,7 +370,7 @@ static int parse_neurons(const json_t *v, proto_neurons *g, proto_err *e)
         rank = (int)r0;
     } else {
         return proto_fail(e, 400, "invalid_type",
-                          "field 'neurons[0]' must be an integer or an array of integers, not %s", type_name(first));
+                          "field 'neurons[0]' must be an integer or an array of integers, not %s", jspec_type_name(first));
     }
     int64_t *out = malloc(n * (size_t)(rank ? rank : 1) * sizeof *out);
     if (!out) return proto_fail(e, 500, "internal", "out of memory");
@@ -401,7 +386,7 @@ static int parse_neurons(const json_t *v, proto_neurons *g, proto_err *e)
                                   mixed);
             if (!json_is_integer(x))
                 return proto_fail(e, 400, "invalid_type", "field 'neurons[%zu]' must be an integer, not %s", i,
-                                  type_name(x));
+                                  jspec_type_name(x));
             json_int_t k = json_integer_value(x);
             if (k < 0)
                 return proto_fail(e, 422, "invalid_value", "field 'neurons[%zu]' must be >= 0; it is %lld", i,
@@ -415,7 +400,7 @@ static int parse_neurons(const json_t *v, proto_neurons *g, proto_err *e)
                               mixed);
         if (!json_is_array(x))
             return proto_fail(e, 400, "invalid_type", "field 'neurons[%zu]' must be an array of integers, not %s", i,
-                              type_name(x));
+                              jspec_type_name(x));
         if (json_array_size(x) != (size_t)rank)
             return proto_fail(e, 422, "invalid_neurons",
                               "field 'neurons[%zu]' has %zu coordinates but 'neurons[0]' has %d; every neuron of a "
@@ -425,7 +410,7 @@ static int parse_neurons(const json_t *v, proto_neurons *g, proto_err *e)
             const json_t *c = json_array_get(x, (size_t)d);
             if (!json_is_integer(c))
                 return proto_fail(e, 400, "invalid_type", "field 'neurons[%zu][%d]' must be an integer, not %s", i, d,
-                                  type_name(c));
+                                  jspec_type_name(c));
             json_int_t k = json_integer_value(c);
             if (k < 0)
                 return proto_fail(e, 422, "invalid_value", "field 'neurons[%zu][%d]' must be >= 0; it is %lld", i, d,
@@ -452,7 +437,7 @@ static int parse_target(const json_t *v, proto_query_req *r, proto_err *e)
     if (!json_is_object(v))
         return proto_fail(e, 400, "invalid_type",
                           "field 'target' must be an input id (an integer) or an object {\"tensor\": [numbers]}, not %s",
-                          type_name(v));
+                          jspec_type_name(v));
     json_t *tensor = NULL;
     const jspec specs[] = {
         {.name = "tensor", .type = JS_JSON, .required = 1, .dest = &tensor},
@@ -461,7 +446,7 @@ static int parse_target(const json_t *v, proto_query_req *r, proto_err *e)
     if (parse_nested(v, specs, "target", e) != 0) return -1;
     if (!json_is_array(tensor))
         return proto_fail(e, 400, "invalid_type", "field 'target.tensor' must be an array of numbers, not %s",
-                          type_name(tensor));
+                          jspec_type_name(tensor));
     size_t n = json_array_size(tensor);
     if (n == 0 || n > PROTO_MAX_TENSOR)
         return proto_fail(e, 422, "invalid_value", "field 'target.tensor' must hold 1 to %zu numbers; it holds %zu",
@@ -472,7 +457,7 @@ static int parse_target(const json_t *v, proto_query_req *r, proto_err *e)
         const json_t *x = json_array_get(tensor, i);
         if (!json_is_number(x))
             return proto_fail(e, 400, "invalid_type", "field 'target.tensor[%zu]' must be a number, not %s", i,
-                              type_name(x));
+                              jspec_type_name(x));
         double f = json_number_value(x);
         if (!isfinite(f) || fabs(f) > FLT_MAX)
             return proto_fail(e, 422, "invalid_target",
@@ -488,7 +473,7 @@ static int parse_filter(const json_t *v, proto_query_req *r, proto_err *e)
 {
     if (!json_is_object(v))
         return proto_fail(e, 400, "invalid_type",
-                          "field 'filter' must be an object {\"ids\": [...], \"labels\": [...]}, not %s", type_name(v));
+                          "field 'filter' must be an object {\"ids\": [...], \"labels\": [...]}, not %s", jspec_type_name(v));
     jspec_uints ids = {0};
     json_t *labels = NULL;
     const jspec specs[] = {
@@ -504,7 +489,7 @@ static int parse_filter(const json_t *v, proto_query_req *r, proto_err *e)
     if (labels) {
         if (!json_is_array(labels)) {
             proto_fail(e, 400, "invalid_type", "field 'filter.labels' must be an array of integers, not %s",
-                       type_name(labels));
+                       jspec_type_name(labels));
             goto fail;
         }
         size_t n = json_array_size(labels);
@@ -521,7 +506,7 @@ static int parse_filter(const json_t *v, proto_query_req *r, proto_err *e)
             const json_t *x = json_array_get(labels, i);
             if (!json_is_integer(x)) {
                 proto_fail(e, 400, "invalid_type", "field 'filter.labels[%zu]' must be an integer, not %s", i,
-                           type_name(x));
+                           jspec_type_name(x));
                 goto fail;
             }
             r->filter_labels[i] = (int64_t)json_integer_value(x);

@@ -15,17 +15,7 @@
 
 #define MIB ((size_t)1 << 20)
 
-static uint64_t rng_state;
-static void rng_seed(uint64_t s) { rng_state = s * 0x9e3779b97f4a7c15ull + 1; }
-static uint32_t rng_u32(void)
-{
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return (uint32_t)((rng_state * 0x2545f4914f6cdd1dull) >> 32);
-}
-static uint32_t rng_below(uint32_t n) { return n ? rng_u32() % n : 0; }
-static double rng_unit(void) { return rng_u32() / 4294967296.0; }
+#include "testrng.h"
 
 /* An input-major layer: rows[i * neurons + j]; each neuron has its own kind
  * of values (ReLU-like, signed, few distinct values, constant, with NaN). */

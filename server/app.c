@@ -61,7 +61,7 @@ void app_model_put(app_model *m)
     if (m && atomic_fetch_sub(&m->refs, 1) == 1) model_destroy(m);
 }
 
-/* Measured (ENVIRONMENT.md's machine, OpenBLAS): a dense layer computes an
+/* Measured (ENVIRONMENT.md's machine): a dense layer computes an
  * input differently by its slot in the batch: slots fall in classes (here
  * 0-5, 6-11, 12-15 of every 16) with their own accumulation order, ~1e-6
  * apart, whatever the other inputs are. Exact bounds need an activation

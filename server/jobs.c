@@ -111,6 +111,8 @@ static int build_pass(app *a, app_model *m, const store_dataset *d, int nlayers,
     store_txn *t = NULL;
     uint64_t total_neurons = 0;
     uint32_t mai = npi_mai_count(n, p->mai_ratio);
+    /* phase times for the log: where a build's time beyond inference goes */
+    double t_load = 0, t_infer = 0, t_add = 0, t_mark;
     *store_rc = STORE_OK;
 
     for (int l = 0; l < nlayers; l++) total_neurons += (uint64_t)shim_layer_at(m->shim, shim_layers[l])->neurons;
@@ -144,6 +146,7 @@ static int build_pass(app *a, app_model *m, const store_dataset *d, int nlayers,
             goto fail;
         }
         for (uint32_t i = 0; i < cnt; i++) ids[i] = off + i;
+        t_mark = app_now_ms();
         if (store_txn_begin(a->st, 1, &t) != STORE_OK) {
             snprintf(err, errlen, "store: %s", store_errmsg());
             goto fail;
@@ -151,12 +154,17 @@ static int build_pass(app *a, app_model *m, const store_dataset *d, int nlayers,
         if (app_inputs_load(t, d, ids, cnt, in, err, errlen) != 0) goto fail;
         store_txn_abort(t);
         t = NULL;
+        t_load += app_now_ms() - t_mark;
         app_model_run_begin(m);
+        t_mark = app_now_ms();
         int ir = app_infer(a, m, ids, in, cnt, shim_layers, nlayers, outs, err, errlen);
+        t_infer += app_now_ms() - t_mark;
         app_model_run_end(m);
         if (ir != 0) goto fail;
+        t_mark = app_now_ms();
         for (int l = 0; l < nlayers; l++)
             if (bcore_add(bc[l], outs[l], off, cnt, err, errlen) != 0) goto fail;
+        t_add += app_now_ms() - t_mark;
         if (ans) {
             const eng_query *q = ans->q;
             size_t D = (size_t)shim_layer_at(m->shim, shim_layers[ans->layer_slot])->neurons;
@@ -176,8 +184,11 @@ static int build_pass(app *a, app_model *m, const store_dataset *d, int nlayers,
         free(outs[l]);
         outs[l] = NULL;
     }
+    app_log("build pass over %u inputs: load %.0f ms, inference %.0f ms, transpose %.0f ms", n, t_load, t_infer,
+            t_add);
     int threads = a->cfg.threads > 0 ? a->cfg.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     for (int l = 0; l < nlayers; l++) {
+        t_mark = app_now_ms();
         emit_ctx x = {.a = a, .index = index_ids[l]};
         if (store_txn_begin(a->st, 0, &x.txn) != STORE_OK) {
             snprintf(err, errlen, "store: %s", store_errmsg());
@@ -210,8 +221,9 @@ static int build_pass(app *a, app_model *m, const store_dataset *d, int nlayers,
             }
             store_txn_commit(u);
         }
-        app_log("index %u: layer built, %llu bytes, peak %zu activation bytes%s", index_ids[l],
-                (unsigned long long)x.bytes, bcore_peak_bytes(bc[l]), bcore_spilled(bc[l]) ? " (spilled)" : "");
+        app_log("index %u: layer built in %.0f ms, %llu bytes, peak %zu activation bytes%s", index_ids[l],
+                app_now_ms() - t_mark, (unsigned long long)x.bytes, bcore_peak_bytes(bc[l]),
+                bcore_spilled(bc[l]) ? " (spilled)" : "");
         bcore_free(bc[l]);
         bc[l] = NULL;
     }

@@ -297,6 +297,41 @@ START_TEST(test_raw)
 }
 END_TEST
 
+/* A matrix of several 32 MiB steps: the columns already emitted are given
+ * back while the workers still read the later ones, in both modes. */
+START_TEST(test_in_memory_releases_pages)
+{
+    rng_seed(6);
+    const uint32_t n = 70000, neurons = 250; /* 70 MB */
+    float *rows = make_layer(n, neurons);
+    size_t bs;
+    uint8_t *expect = direct_blobs(rows, n, neurons, 16, 2100, &bs);
+    for (int threads = 1; threads <= 3; threads += 2)
+        for (int raw = 0; raw < 2; raw++) {
+            char err[256] = "";
+            bcore *b = NULL;
+            ck_assert_int_eq(bcore_new(n, neurons, 16, 2100, 96 * MIB, "/tmp", &b, err, sizeof err), 0);
+            ck_assert_int_eq(bcore_spilled(b), 0);
+            bcore_set_raw(b, raw);
+            ck_assert_int_eq(bcore_add(b, rows, 0, n, err, sizeof err), 0);
+            if (raw) {
+                raw_sink k = {rows, n, neurons, 0, UINT64_MAX, 0};
+                ck_assert_msg(bcore_finish(b, threads, collect_raw, &k, err, sizeof err) == 0, "%s", err);
+                ck_assert_int_eq(k.bad, 0);
+                ck_assert_uint_eq(k.next, neurons);
+            } else {
+                sink k = {neurons, bs, (bs + 7) & ~(size_t)7, expect, 0, 0, 0, 0, UINT64_MAX};
+                ck_assert_msg(bcore_finish(b, threads, collect, &k, err, sizeof err) == 0, "%s", err);
+                ck_assert_int_eq(k.bad_order + k.bad_len + k.bad_bytes, 0);
+                ck_assert_uint_eq(k.next, neurons);
+            }
+            bcore_free(b);
+        }
+    free(expect);
+    free(rows);
+}
+END_TEST
+
 static int count_emit(uint64_t neuron, const void *blob, size_t len, void *arg)
 {
     (*(int *)arg)++;
@@ -361,6 +396,7 @@ int main(void)
     tcase_add_test(tc, test_emit_stops);
     tcase_add_test(tc, test_emit_stops_spilled);
     tcase_add_test(tc, test_raw);
+    tcase_add_test(tc, test_in_memory_releases_pages);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

@@ -12,7 +12,8 @@
  *
  * Memory. Activation buffers -- the matrix, or one chunk's columns plus the
  * staging block (budget/8) -- never exceed mem_budget. bcore_peak_bytes adds
- * the finished-blob ring of bcore_finish (2 blobs per thread). Not counted:
+ * the finished-blob ring of bcore_finish (2 blobs per thread, or up to
+ * 16 MiB of small blobs). Not counted:
  * each thread's npi scratch (about 23 bytes per input plus 0.4 MiB). In
  * memory, bcore_finish gives the pages of emitted columns back as it goes.
  *
@@ -37,6 +38,7 @@
 #include "npi.h"
 
 #define MIN_BUDGET ((size_t)1 << 20)
+#define RING_BYTES ((size_t)16 << 20)
 
 struct bcore {
     uint32_t n;          /* inputs */
@@ -55,6 +57,15 @@ struct bcore {
     int finished;
     int raw;             /* emit raw columns instead of index blobs */
     size_t held, peak;   /* bytes of buffers held now / at most */
+    /* a second thread for the in-memory transpose (bcore_set_add_threads) */
+    int add_threads, helper_up, helper_quit;
+    pthread_t helper;
+    pthread_mutex_t hmu;
+    pthread_cond_t hcv;
+    const float *h_rows;       /* the helper's share of the current batch */
+    uint32_t h_first, h_count;
+    uint64_t h_j0, h_j1;
+    unsigned h_posted, h_done; /* batches posted / finished */
 };
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -252,6 +263,75 @@ static void transpose(const float *src, size_t src_stride, size_t rows, size_t c
     }
 }
 
+/* The helper transposes columns [h_j0, h_j1) of each posted batch. */
+static void *helper_main(void *arg)
+{
+    bcore *b = arg;
+    pthread_mutex_lock(&b->hmu);
+    for (;;) {
+        while (!b->helper_quit && b->h_done == b->h_posted)
+            pthread_cond_wait(&b->hcv, &b->hmu);
+        if (b->h_done == b->h_posted)
+            break;
+        pthread_mutex_unlock(&b->hmu);
+        transpose(b->h_rows + b->h_j0, (size_t)b->neurons, b->h_count, (size_t)(b->h_j1 - b->h_j0),
+                  b->mat + b->h_j0 * b->n + b->h_first, b->n);
+        pthread_mutex_lock(&b->hmu);
+        b->h_done++;
+        pthread_cond_broadcast(&b->hcv);
+    }
+    pthread_mutex_unlock(&b->hmu);
+    return NULL;
+}
+
+void bcore_set_add_threads(bcore *b, int threads)
+{
+    if (b && !b->added && !b->helper_up)
+        b->add_threads = threads;
+}
+
+/* In memory: the caller and (when there is one) the helper each transpose
+ * half of the batch's columns. Writing the matrix is mostly first-touch
+ * page faults, which run in parallel on two cores, and the model is idle
+ * between batches, so this halves the pass's transpose time. */
+static void add_in_memory(bcore *b, const float *rows, uint32_t first, uint32_t count)
+{
+    uint64_t D = b->neurons;
+    if (b->add_threads > 1 && !b->helper_up && D >= 64) {
+        if (pthread_mutex_init(&b->hmu, NULL) == 0) {
+            if (pthread_cond_init(&b->hcv, NULL) == 0) {
+                if (pthread_create(&b->helper, NULL, helper_main, b) == 0)
+                    b->helper_up = 1;
+                else
+                    pthread_cond_destroy(&b->hcv);
+            }
+            if (!b->helper_up)
+                pthread_mutex_destroy(&b->hmu);
+        }
+        if (!b->helper_up)
+            b->add_threads = 1; /* no thread: transpose alone */
+    }
+    if (!b->helper_up) {
+        transpose(rows, (size_t)D, count, (size_t)D, b->mat + first, b->n);
+        return;
+    }
+    uint64_t half = (D / 2 + 15) & ~(uint64_t)15; /* whole 16-column tiles */
+    pthread_mutex_lock(&b->hmu);
+    b->h_rows = rows;
+    b->h_first = first;
+    b->h_count = count;
+    b->h_j0 = half;
+    b->h_j1 = D;
+    b->h_posted++;
+    pthread_cond_broadcast(&b->hcv);
+    pthread_mutex_unlock(&b->hmu);
+    transpose(rows, (size_t)D, count, (size_t)half, b->mat + first, b->n);
+    pthread_mutex_lock(&b->hmu);
+    while (b->h_done != b->h_posted)
+        pthread_cond_wait(&b->hcv, &b->hmu);
+    pthread_mutex_unlock(&b->hmu);
+}
+
 int bcore_add(bcore *b, const float *rows, uint32_t first, uint32_t count, char *err,
               size_t errlen)
 {
@@ -280,8 +360,7 @@ int bcore_add(bcore *b, const float *rows, uint32_t first, uint32_t count, char 
         return -1;
     }
     if (b->spill_fd < 0) {
-        transpose(rows, (size_t)b->neurons, count, (size_t)b->neurons, b->mat + first,
-                  b->n);
+        add_in_memory(b, rows, first, count);
         b->added += count;
         return 0;
     }
@@ -306,6 +385,20 @@ int bcore_add(bcore *b, const float *rows, uint32_t first, uint32_t count, char 
 }
 
 /* ---- finish ----------------------------------------------------------- */
+
+static void stop_helper(bcore *b)
+{
+    if (!b->helper_up)
+        return;
+    pthread_mutex_lock(&b->hmu);
+    b->helper_quit = 1;
+    pthread_cond_broadcast(&b->hcv);
+    pthread_mutex_unlock(&b->hmu);
+    pthread_join(b->helper, NULL);
+    pthread_cond_destroy(&b->hcv);
+    pthread_mutex_destroy(&b->hmu);
+    b->helper_up = 0;
+}
 
 /* In memory, neurons below `done` are emitted and their columns dead: give
  * their pages back in 32 MiB steps. The index written next into LMDB's page
@@ -525,6 +618,7 @@ int bcore_finish(bcore *b, int threads,
         return -1;
     }
     b->finished = 1;
+    stop_helper(b);
     if (b->raw)
         return finish_raw(b, emit, arg, err, errlen);
     int nw = threads > 1 ? threads : 0; /* 0: build on the calling thread */
@@ -537,6 +631,10 @@ int bcore_finish(bcore *b, int threads,
     p.blob_size = npi_blob_size(b->n, b->partitions, b->mai_count);
     p.slot_stride = (p.blob_size + 63) & ~(size_t)63; /* no false sharing */
     p.slots = nw ? 2u * (uint32_t)nw : 1u;
+    /* Workers keep building while emit() waits on a commit's disk sync: as
+     * many slots as fit RING_BYTES, at least two per worker. */
+    if (nw && RING_BYTES / p.slot_stride > p.slots)
+        p.slots = (uint32_t)(RING_BYTES / p.slot_stride < 1024 ? RING_BYTES / p.slot_stride : 1024);
     worker *w = calloc((size_t)nscratch, sizeof *w);
     p.ready = calloc(p.slots, sizeof *p.ready);
     ring_bytes = p.slots * p.slot_stride;
@@ -638,6 +736,7 @@ void bcore_free(bcore *b)
 {
     if (!b)
         return;
+    stop_helper(b);
     if (b->spill_fd >= 0)
         close(b->spill_fd);
     if (b->mat)

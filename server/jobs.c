@@ -113,6 +113,7 @@ static int build_pass(app *a, app_model *m, const store_dataset *d, int nlayers,
     uint32_t mai = npi_mai_count(n, p->mai_ratio);
     /* phase times for the log: where a build's time beyond inference goes */
     double t_load = 0, t_infer = 0, t_add = 0, t_mark;
+    int threads = a->cfg.threads > 0 ? a->cfg.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     *store_rc = STORE_OK;
 
     for (int l = 0; l < nlayers; l++) total_neurons += (uint64_t)shim_layer_at(m->shim, shim_layers[l])->neurons;
@@ -125,6 +126,7 @@ static int build_pass(app *a, app_model *m, const store_dataset *d, int nlayers,
                       errlen) != 0)
             goto fail;
         if (p->kind == STORE_INDEX_FULL) bcore_set_raw(bc[l], 1);
+        bcore_set_add_threads(bc[l], threads > 1 ? 2 : 1);
         outs[l] = malloc(chunk * (size_t)ly->neurons * sizeof(float));
         if (!outs[l]) goto oom;
     }
@@ -186,7 +188,6 @@ static int build_pass(app *a, app_model *m, const store_dataset *d, int nlayers,
     }
     app_log("build pass over %u inputs: load %.0f ms, inference %.0f ms, transpose %.0f ms", n, t_load, t_infer,
             t_add);
-    int threads = a->cfg.threads > 0 ? a->cfg.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     for (int l = 0; l < nlayers; l++) {
         t_mark = app_now_ms();
         emit_ctx x = {.a = a, .index = index_ids[l]};

@@ -53,4 +53,12 @@ size_t bcore_peak_bytes(const bcore *b);
 
 void bcore_free(bcore *b);
 
+/* Splits one pass's activation budget among its layers (layer_bytes[l]:
+ * N x neurons x 4). Layers that fit whole are kept in memory, largest first,
+ * each leaving 16 MiB for every layer after it; the others (which spill)
+ * share what is left in proportion to size. Every budget is at least the
+ * 1 MiB bcore_new needs, so the sum exceeds `total` only when `total` is
+ * under 1 MiB per layer. */
+void bcore_plan_budgets(size_t total, int nlayers, const uint64_t *layer_bytes, size_t *budgets);
+
 #endif

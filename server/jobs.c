@@ -109,19 +109,21 @@ static int build_pass(app *a, app_model *m, const store_dataset *d, int nlayers,
     float *in = NULL, *gx = NULL;
     uint32_t *ids = NULL;
     store_txn *t = NULL;
-    uint64_t total_neurons = 0;
     uint32_t mai = npi_mai_count(n, p->mai_ratio);
     /* phase times for the log: where a build's time beyond inference goes */
     double t_load = 0, t_infer = 0, t_add = 0, t_mark;
     int threads = a->cfg.threads > 0 ? a->cfg.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     *store_rc = STORE_OK;
 
-    for (int l = 0; l < nlayers; l++) total_neurons += (uint64_t)shim_layer_at(m->shim, shim_layers[l])->neurons;
+    /* Layers that fit whole stay in memory, the others spill (see bcore_plan_budgets). */
+    uint64_t layer_bytes[BUILD_MAX_LAYERS];
+    size_t budgets[BUILD_MAX_LAYERS];
+    for (int l = 0; l < nlayers; l++)
+        layer_bytes[l] = (uint64_t)n * shim_layer_at(m->shim, shim_layers[l])->neurons * sizeof(float);
+    bcore_plan_budgets(a->cfg.build_memory_mb << 20, nlayers, layer_bytes, budgets);
     for (int l = 0; l < nlayers; l++) {
         const shim_layer *ly = shim_layer_at(m->shim, shim_layers[l]);
-        /* The activation budget is shared by the layers in proportion to size. */
-        size_t budget = (size_t)((double)(a->cfg.build_memory_mb << 20) * (double)ly->neurons / (double)total_neurons);
-        if (budget < (1u << 20)) budget = 1u << 20;
+        size_t budget = budgets[l];
         if (bcore_new(n, (uint64_t)ly->neurons, p->partitions, mai, budget, a->cfg.data_dir, &bc[l], err,
                       errlen) != 0)
             goto fail;

@@ -343,6 +343,49 @@ START_TEST(test_in_memory_releases_pages)
 }
 END_TEST
 
+/* The pass's budget: whole layers in memory largest first, the rest share
+ * what is left in proportion to size, never under 1 MiB. */
+START_TEST(test_plan_budgets)
+{
+    size_t b[4];
+    /* the demo CNN's pool1, conv4 and fc1 over 70,000 inputs in 2 GiB: pool1
+     * and fc1 fit whole, conv4 spills into the rest */
+    const uint64_t demo[3] = {70000ull * 6272 * 4, 70000ull * 3136 * 4, 70000ull * 64 * 4};
+    bcore_plan_budgets(2048 * MIB, 3, demo, b);
+    ck_assert_uint_eq(b[0], demo[0]);
+    ck_assert_uint_eq(b[2], demo[2]);
+    ck_assert_uint_eq(b[1], 2048 * MIB - demo[0] - demo[2]);
+    /* everything fits: each layer gets its size */
+    bcore_plan_budgets(4096 * MIB, 3, demo, b);
+    for (int l = 0; l < 3; l++)
+        ck_assert_uint_eq(b[l], demo[l]);
+    /* nothing fits: proportional shares, summing to the total */
+    const uint64_t big[2] = {300 * MIB, 100 * MIB};
+    bcore_plan_budgets(88 * MIB, 2, big, b);
+    ck_assert_uint_eq(b[0], 66 * MIB);
+    ck_assert_uint_eq(b[1], 22 * MIB);
+    /* a layer that would fit only by leaving the next one under 16 MiB spills */
+    const uint64_t tight[2] = {95 * MIB, 10 * MIB};
+    bcore_plan_budgets(100 * MIB, 2, tight, b);
+    ck_assert_uint_eq(b[1], 10 * MIB);            /* the small one fits whole */
+    ck_assert_uint_eq(b[0], 90 * MIB);            /* the big one spills into the rest */
+    /* a tiny total: the 1 MiB floor */
+    const uint64_t small[4] = {8 * MIB, 8 * MIB, 8 * MIB, 8 * MIB};
+    bcore_plan_budgets(2 * MIB, 4, small, b);
+    for (int l = 0; l < 4; l++)
+        ck_assert_uint_eq(b[l], MIB);
+    /* whatever the split, each budget builds: in memory exactly when whole */
+    for (int l = 0; l < 3; l++) {
+        bcore_plan_budgets(2048 * MIB, 3, demo, b);
+        char err[256];
+        bcore *c = NULL;
+        ck_assert_int_eq(bcore_new(70000, demo[l] / 70000 / 4, 16, 2100, b[l], "/tmp", &c, err, sizeof err), 0);
+        ck_assert_int_eq(bcore_spilled(c), l == 1);
+        bcore_free(c);
+    }
+}
+END_TEST
+
 static int count_emit(uint64_t neuron, const void *blob, size_t len, void *arg)
 {
     (*(int *)arg)++;
@@ -408,6 +451,7 @@ int main(void)
     tcase_add_test(tc, test_emit_stops_spilled);
     tcase_add_test(tc, test_raw);
     tcase_add_test(tc, test_in_memory_releases_pages);
+    tcase_add_test(tc, test_plan_budgets);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

@@ -420,7 +420,12 @@ def targets(res):
     if "deepeverest" in w and "total_s" in w["deepeverest"]:
         others = {k: v["total_s"] for k, v in w.items() if k in ("ReprocessAll", "PreprocessAll") and "total_s" in v}
         if others:
-            t.append({"target": "workload total: deepeverest below %s" % " and ".join(others),
+            # judged on the incremental variant (no layer known up front); the
+            # variant that builds the session's layers first, as PreprocessAll
+            # materializes them first, is quoted beside it
+            ex = w.get("deepeverest-explicit", {}).get("total_s")
+            t.append({"target": "workload total: deepeverest (incremental indexing%s) below %s"
+                      % ("; with the layers indexed up front: %.1f s" % ex if ex else "", " and ".join(others)),
                       "value": w["deepeverest"]["total_s"], "goal": "< %s" % min(others.values()),
                       "ok": all(w["deepeverest"]["total_s"] < v for v in others.values())})
     return t

@@ -57,15 +57,15 @@ struct bcore {
     int finished;
     int raw;             /* emit raw columns instead of index blobs */
     size_t held, peak;   /* bytes of buffers held now / at most */
-    /* a second thread for the in-memory transpose (bcore_set_add_threads) */
+    /* a second thread for transposes (bcore_set_add_threads) */
     int add_threads, helper_up, helper_quit;
     pthread_t helper;
     pthread_mutex_t hmu;
     pthread_cond_t hcv;
-    const float *h_rows;       /* the helper's share of the current batch */
-    uint32_t h_first, h_count;
-    uint64_t h_j0, h_j1;
-    unsigned h_posted, h_done; /* batches posted / finished */
+    const float *h_src;        /* the helper's share of the current block: */
+    float *h_dst;              /*   columns [h_c0, h_c1) of transpose() */
+    size_t h_src_stride, h_dst_stride, h_rows, h_c0, h_c1;
+    unsigned h_posted, h_done; /* blocks posted / finished */
 };
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -280,7 +280,7 @@ static void transpose(const float *src, size_t src_stride, size_t rows, size_t c
     }
 }
 
-/* The helper transposes columns [h_j0, h_j1) of each posted batch. */
+/* The helper transposes columns [h_c0, h_c1) of each posted block. */
 static void *helper_main(void *arg)
 {
     bcore *b = arg;
@@ -291,8 +291,8 @@ static void *helper_main(void *arg)
         if (b->h_done == b->h_posted)
             break;
         pthread_mutex_unlock(&b->hmu);
-        transpose(b->h_rows + b->h_j0, (size_t)b->neurons, b->h_count, (size_t)(b->h_j1 - b->h_j0),
-                  b->mat + b->h_j0 * b->n + b->h_first, b->n);
+        transpose(b->h_src + b->h_c0, b->h_src_stride, b->h_rows, b->h_c1 - b->h_c0,
+                  b->h_dst + b->h_c0 * b->h_dst_stride, b->h_dst_stride);
         pthread_mutex_lock(&b->hmu);
         b->h_done++;
         pthread_cond_broadcast(&b->hcv);
@@ -307,14 +307,15 @@ void bcore_set_add_threads(bcore *b, int threads)
         b->add_threads = threads;
 }
 
-/* In memory: the caller and (when there is one) the helper each transpose
- * half of the batch's columns. Writing the matrix is mostly first-touch
- * page faults, which run in parallel on two cores, and the model is idle
- * between batches, so this halves the pass's transpose time. */
-static void add_in_memory(bcore *b, const float *rows, uint32_t first, uint32_t count)
+/* transpose() of a block, the caller and (when there is one) the helper each
+ * taking half of its columns. Writing the matrix is mostly first-touch page
+ * faults, which run in parallel on two cores, and the model is idle between
+ * batches (as the workers are while a spilled chunk is read back), so this
+ * halves the transpose time. */
+static void split_transpose(bcore *b, const float *src, size_t src_stride, size_t rows, size_t cols,
+                            float *dst, size_t dst_stride)
 {
-    uint64_t D = b->neurons;
-    if (b->add_threads > 1 && !b->helper_up && D >= 64) {
+    if (b->add_threads > 1 && !b->helper_up && cols >= 64) {
         if (pthread_mutex_init(&b->hmu, NULL) == 0) {
             if (pthread_cond_init(&b->hcv, NULL) == 0) {
                 if (pthread_create(&b->helper, NULL, helper_main, b) == 0)
@@ -328,21 +329,23 @@ static void add_in_memory(bcore *b, const float *rows, uint32_t first, uint32_t 
         if (!b->helper_up)
             b->add_threads = 1; /* no thread: transpose alone */
     }
-    if (!b->helper_up) {
-        transpose(rows, (size_t)D, count, (size_t)D, b->mat + first, b->n);
+    if (!b->helper_up || cols < 64) {
+        transpose(src, src_stride, rows, cols, dst, dst_stride);
         return;
     }
-    uint64_t half = (D / 2 + 15) & ~(uint64_t)15; /* whole 16-column tiles */
+    size_t half = (cols / 2 + 15) & ~(size_t)15; /* whole 16-column tiles */
     pthread_mutex_lock(&b->hmu);
+    b->h_src = src;
+    b->h_src_stride = src_stride;
     b->h_rows = rows;
-    b->h_first = first;
-    b->h_count = count;
-    b->h_j0 = half;
-    b->h_j1 = D;
+    b->h_c0 = half;
+    b->h_c1 = cols;
+    b->h_dst = dst;
+    b->h_dst_stride = dst_stride;
     b->h_posted++;
     pthread_cond_broadcast(&b->hcv);
     pthread_mutex_unlock(&b->hmu);
-    transpose(rows, (size_t)D, count, (size_t)half, b->mat + first, b->n);
+    transpose(src, src_stride, rows, half, dst, dst_stride);
     pthread_mutex_lock(&b->hmu);
     while (b->h_done != b->h_posted)
         pthread_cond_wait(&b->hcv, &b->hmu);
@@ -377,7 +380,7 @@ int bcore_add(bcore *b, const float *rows, uint32_t first, uint32_t count, char 
         return -1;
     }
     if (b->spill_fd < 0) {
-        add_in_memory(b, rows, first, count);
+        split_transpose(b, rows, (size_t)b->neurons, count, (size_t)b->neurons, b->mat + first, b->n);
         b->added += count;
         return 0;
     }
@@ -574,7 +577,7 @@ static int load_chunk(bcore *b, uint64_t c, float *cols, char *err, size_t errle
             set_err(err, errlen, "reading the spill file: %s", strerror(errno));
             return -1;
         }
-        transpose(b->stage, (size_t)cn, k, (size_t)cn, cols + r, b->n);
+        split_transpose(b, b->stage, (size_t)cn, k, (size_t)cn, cols + r, b->n);
     }
     return 0;
 }
@@ -635,7 +638,6 @@ int bcore_finish(bcore *b, int threads,
         return -1;
     }
     b->finished = 1;
-    stop_helper(b);
     if (b->raw)
         return finish_raw(b, emit, arg, err, errlen);
     int nw = threads > 1 ? threads : 0; /* 0: build on the calling thread */

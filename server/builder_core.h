@@ -30,9 +30,10 @@ int bcore_new(uint32_t n_inputs, uint64_t neurons, uint32_t partitions, uint32_t
 int bcore_add(bcore *b, const float *rows, uint32_t first, uint32_t count,
               char *err, size_t errlen);
 
-/* Lets bcore_add transpose an in-memory layer on `threads` (1 or 2) threads
- * (it starts one helper, stopped by bcore_finish or bcore_free). Call it
- * before the first bcore_add; the default is 1. */
+/* Lets the core transpose on `threads` (1 or 2) threads: bcore_add into an
+ * in-memory layer, and bcore_finish reading a spilled layer back. It starts
+ * one helper thread on first use, stopped by bcore_free. Call it before the
+ * first bcore_add; the default is 1. */
 void bcore_set_add_threads(bcore *b, int threads);
 
 /* After all N inputs: builds every neuron's blob (server/npi.h) using up to

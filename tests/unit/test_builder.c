@@ -165,6 +165,9 @@ START_TEST(test_spilled)
      * last one short */
     run_layer(5000, 300, 16, 150, MIB, 1, 1);
     run_layer(5000, 300, 17, 0, MIB, 3, 1);
+    /* chunks of 183 and 117 neurons: wide enough for the helper to take half
+     * of each block read back */
+    run_layer(5000, 300, 16, 150, 4 * MIB, 3, 1);
     /* one neuron per chunk: columns of 600 KB */
     run_layer(150000, 3, 256, 4500, MIB, 3, 1);
 }

@@ -168,12 +168,10 @@ int bcore_new(uint32_t n_inputs, uint64_t neurons, uint32_t partitions, uint32_t
         /* mmap + huge pages: a wide layer's matrix is GBs written column by
          * column; with 4 KiB pages first touch and TLB misses cost more than
          * the transpose itself (measured: a fifth of a pool1 build). */
-        void *p = mmap(NULL, bytes ? bytes : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p != MAP_FAILED) {
-            (void)madvise(p, bytes ? bytes : 1, MADV_HUGEPAGE); /* a hint: fine if refused */
-            b->mat = p;
-            b->mat_bytes = bytes ? bytes : 1;
-        }
+        b->mat = big_alloc(bytes);
+        b->mat_bytes = bytes;
+        if (b->mat)
+            (void)madvise(b->mat, bytes, MADV_HUGEPAGE); /* a hint: fine if refused */
         if (!b->mat) {
             set_err(err, errlen, "out of memory for a %zu-byte activation matrix", bytes);
             goto fail;
@@ -758,8 +756,7 @@ void bcore_free(bcore *b)
     stop_helper(b);
     if (b->spill_fd >= 0)
         close(b->spill_fd);
-    if (b->mat)
-        munmap(b->mat, b->mat_bytes);
+    big_free(b->mat, b->mat_bytes);
     big_free(b->stage, b->stage_bytes);
     free(b);
 }

@@ -57,7 +57,7 @@ struct bcore {
     int finished;
     int raw;             /* emit raw columns instead of index blobs */
     size_t held, peak;   /* bytes of buffers held now / at most */
-    /* a second thread for transposes (bcore_set_add_threads) */
+    /* a second thread for transposes (bcore_set_transpose_threads) */
     int add_threads, helper_up, helper_quit;
     pthread_t helper;
     pthread_mutex_t hmu;
@@ -299,7 +299,7 @@ static void *helper_main(void *arg)
     return NULL;
 }
 
-void bcore_set_add_threads(bcore *b, int threads)
+void bcore_set_transpose_threads(bcore *b, int threads)
 {
     if (b && !b->added && !b->helper_up)
         b->add_threads = threads;

@@ -34,7 +34,7 @@ int bcore_add(bcore *b, const float *rows, uint32_t first, uint32_t count,
  * in-memory layer, and bcore_finish reading a spilled layer back. It starts
  * one helper thread on first use, stopped by bcore_free. Call it before the
  * first bcore_add; the default is 1. */
-void bcore_set_add_threads(bcore *b, int threads);
+void bcore_set_transpose_threads(bcore *b, int threads);
 
 /* After all N inputs: builds every neuron's blob (server/npi.h) using up to
  * `threads` threads and calls emit(neuron, blob, len, arg) in ascending
@@ -59,7 +59,7 @@ void bcore_free(bcore *b);
  * each leaving 16 MiB for every layer after it; the others (which spill)
  * share what is left in proportion to size. Every budget is at least the
  * 1 MiB bcore_new needs, so the sum exceeds `total` only when `total` is
- * under 1 MiB per layer. */
+ * under 1 MiB per layer. At most 64 layers (a pass has BUILD_MAX_LAYERS). */
 void bcore_plan_budgets(size_t total, int nlayers, const uint64_t *layer_bytes, size_t *budgets);
 
 #endif

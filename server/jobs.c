@@ -128,7 +128,7 @@ static int build_pass(app *a, app_model *m, const store_dataset *d, int nlayers,
                       errlen) != 0)
             goto fail;
         if (p->kind == STORE_INDEX_FULL) bcore_set_raw(bc[l], 1);
-        bcore_set_add_threads(bc[l], threads > 1 ? 2 : 1);
+        bcore_set_transpose_threads(bc[l], threads > 1 ? 2 : 1);
         outs[l] = malloc(chunk * (size_t)ly->neurons * sizeof(float));
         if (!outs[l]) goto oom;
     }
@@ -188,8 +188,8 @@ static int build_pass(app *a, app_model *m, const store_dataset *d, int nlayers,
         free(outs[l]);
         outs[l] = NULL;
     }
-    app_log("build pass over %u inputs: load %.0f ms, inference %.0f ms, transpose %.0f ms", n, t_load, t_infer,
-            t_add);
+    app_log("build pass over %u inputs: load %.0f ms, inference %.0f ms, into the builders %.0f ms", n, t_load,
+            t_infer, t_add);
     for (int l = 0; l < nlayers; l++) {
         t_mark = app_now_ms();
         emit_ctx x = {.a = a, .index = index_ids[l]};

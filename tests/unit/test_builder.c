@@ -111,7 +111,7 @@ static void run_layer(uint32_t n, uint32_t neurons, uint32_t P, uint32_t m, size
     ck_assert_msg(bcore_new(n, neurons, P, m, budget, dir, &b, err, sizeof err) == 0, "%s",
                   err);
     ck_assert_int_eq(bcore_spilled(b), want_spill);
-    bcore_set_add_threads(b, threads > 1 ? 2 : 1); /* a helper transposes half */
+    bcore_set_transpose_threads(b, threads > 1 ? 2 : 1); /* a helper transposes half */
     ck_assert_int_eq(dir_entries(dir), 0); /* the spill file is unlinked at once */
     for (uint32_t first = 0; first < n;) {
         uint32_t count = 1 + rng_below(n / 3 + 1);
@@ -321,7 +321,7 @@ START_TEST(test_in_memory_releases_pages)
             ck_assert_int_eq(bcore_new(n, neurons, 16, 2100, 96 * MIB, "/tmp", &b, err, sizeof err), 0);
             ck_assert_int_eq(bcore_spilled(b), 0);
             bcore_set_raw(b, raw);
-            bcore_set_add_threads(b, threads > 1 ? 2 : 1);
+            bcore_set_transpose_threads(b, threads > 1 ? 2 : 1);
             for (uint32_t first = 0; first < n;) { /* uneven batches */
                 uint32_t count = 1 + rng_below(3000);
                 count = count > n - first ? n - first : count;

@@ -169,42 +169,81 @@ def build(d, layer, kind, timeout):
     return r
 
 
+def pair_ratios(n):
+    """'median (each pair)' of a build's ratios to its plain pass."""
+    r = n.get("ratio_build_over_plain", "-")
+    ps = [p["ratio"] for p in n.get("pairs", []) if "ratio" in p]
+    return "%s (%s)" % (r, ", ".join("%.2f" % x for x in ps)) if len(ps) > 1 else str(r)
+
+
 def part_builds(d, layers, info, a, res):
+    """Per layer, --build-reps pairs of (plain pass, index build) back to back,
+    so that both sides of each ratio see the same machine state (on the
+    project's VM a plain pass varies by +-15% from one minute to the next);
+    the ratio reported is the median of the pairs' ratios, every pair is kept.
+    Then one full materialization per layer."""
     out = res.setdefault("builds", {})
     for L in layers:
-        rows = []
-        for _ in range(a.plain_reps):
+        pairs, npi = [], None
+        for rep in range(a.build_reps):
+            if npi is not None and npi.get("index_id") is not None:
+                d.call("DELETE", "/v1/indexes/%s" % npi["index_id"])  # keep only the last rep's index
             ms, js = run_query(d, "topk", qbody(L, [0], 10, "scan"))
-            rows.append(rec(ms, js))
+            plain = rec(ms, js)
+            npi = build(d, L, "npi", a.build_timeout)
+            pair = {"plain_ms": plain["wall_ms"], "plain_inference_ms": plain["inference_ms"],
+                    "build_s": npi.get("wall_s")}
+            if "wall_s" in npi and "failed" not in npi and "skipped" not in npi and plain["wall_ms"]:
+                pair["ratio"] = round(npi["wall_s"] / (plain["wall_ms"] / 1e3), 3)
+            pairs.append(pair)
+            log("pair %d %-6s plain pass %6.0f ms, build %6.1f s, ratio %s" % (rep + 1, L, plain["wall_ms"],
+                npi.get("wall_s") or 0, pair.get("ratio", "-")))
+            if "wall_s" not in npi or "failed" in npi or "skipped" in npi:
+                break
         out[L] = {"neurons": info[L]["neurons"], "shape": info[L]["shape"],
-                  "plain_pass": {"wall_ms": median([r["wall_ms"] for r in rows]),
-                                 "inference_ms": median([r["inference_ms"] for r in rows]),
-                                 "inputs_computed": rows[0]["inputs_computed"], "reps": len(rows)}}
-        log("plain pass %-6s %8.0f ms (inference %.0f ms)" % (L, out[L]["plain_pass"]["wall_ms"],
-                                                                out[L]["plain_pass"]["inference_ms"]))
+                  "plain_pass": {"wall_ms": median([p["plain_ms"] for p in pairs]),
+                                 "inference_ms": median([p["plain_inference_ms"] for p in pairs]),
+                                 "inputs_computed": a.n, "reps": len(pairs)}}
+        r = npi
+        if "skipped" in r or "failed" in r:
+            out[L]["npi"] = r
+            why = r.get("skipped") or r.get("failed")
+            log("npi %s: %s" % (L, why))
+            res["failures"].append("build npi %s failed: %s" % (L, why))
+            continue
+        r["pairs"] = pairs
+        r["wall_s"] = round(median([p["build_s"] for p in pairs]), 3)
+        r["ratio_build_over_plain"] = median([p["ratio"] for p in pairs])
+        full = r["full_materialization_bytes"] or (4 * info[L]["neurons"] * a.n)
+        r["ratio_bytes_over_full"] = round(r["bytes"] / full, 4) if r["bytes"] is not None else None
+        out[L]["npi"] = r
+        log("npi %-6s build %6.1f s (x%.2f plain pass, median of %d pairs: %s), %6.1f MB (%.3f of full), "
+            "peak RSS %s MB (+%s), VmHWM %s MB"
+            % (L, r["wall_s"], r["ratio_build_over_plain"], len(pairs), " ".join("%.2f" % p["ratio"] for p in pairs),
+               (r["bytes"] or 0) / 1e6, r["ratio_bytes_over_full"] or 0, r["peak_rss_mb"],
+               r["peak_rss_over_before_mb"], r["vmhwm_mb"]))
     full_ok = True
-    for kind in ("npi", "full"):
-        for L in layers:
-            if kind == "full" and not full_ok:
-                out[L]["full"] = {"skipped": "PreprocessAll unavailable (see first layer)"}
-                continue
-            r = build(d, L, kind, a.build_timeout)
-            out[L][kind] = r
-            if "skipped" in r:
-                full_ok = False
-                log("%s %s: skipped: %s" % (kind, L, r["skipped"]))
-                continue
-            if "failed" in r:
-                log("%s %s: FAILED: %s" % (kind, L, r["failed"]))
-                res["failures"].append("build %s %s failed: %s" % (kind, L, r["failed"]))
-                continue
-            plain_s = out[L]["plain_pass"]["wall_ms"] / 1e3
-            r["ratio_build_over_plain"] = round(r["wall_s"] / plain_s, 3) if plain_s else None
-            full = r["full_materialization_bytes"] or (4 * info[L]["neurons"] * a.n)
-            r["ratio_bytes_over_full"] = round(r["bytes"] / full, 4) if r["bytes"] is not None else None
-            log("%s %-6s build %6.1f s (x%.2f plain pass), %6.1f MB (%.3f of full), peak RSS %s MB (+%s), VmHWM %s MB"
-                % (kind, L, r["wall_s"], r["ratio_build_over_plain"] or 0, (r["bytes"] or 0) / 1e6,
-                   r["ratio_bytes_over_full"] or 0, r["peak_rss_mb"], r["peak_rss_over_before_mb"], r["vmhwm_mb"]))
+    for L in layers:
+        if not full_ok:
+            out[L]["full"] = {"skipped": "PreprocessAll unavailable (see first layer)"}
+            continue
+        r = build(d, L, "full", a.build_timeout)
+        out[L]["full"] = r
+        if "skipped" in r:
+            full_ok = False
+            log("full %s: skipped: %s" % (L, r["skipped"]))
+            continue
+        if "failed" in r:
+            log("full %s: FAILED: %s" % (L, r["failed"]))
+            res["failures"].append("build full %s failed: %s" % (L, r["failed"]))
+            continue
+        plain_s = out[L]["plain_pass"]["wall_ms"] / 1e3
+        r["ratio_build_over_plain"] = round(r["wall_s"] / plain_s, 3) if plain_s else None
+        full = r["full_materialization_bytes"] or (4 * info[L]["neurons"] * a.n)
+        r["ratio_bytes_over_full"] = round(r["bytes"] / full, 4) if r["bytes"] is not None else None
+        log("full %-6s build %6.1f s (x%.2f plain pass), %6.1f MB, peak RSS %s MB (+%s), VmHWM %s MB"
+            % (L, r["wall_s"], r["ratio_build_over_plain"] or 0, (r["bytes"] or 0) / 1e6, r["peak_rss_mb"],
+               r["peak_rss_over_before_mb"], r["vmhwm_mb"]))
     return all("skipped" not in out[L].get("full", {}) and "failed" not in out[L].get("full", {}) for L in layers)
 
 
@@ -503,14 +542,14 @@ def markdown(res, short=False):
     b = res.get("builds", {})
     if b:
         lines += ["## Index build vs. full materialization (PreprocessAll)", "",
-                  "| layer | neurons | plain pass s | index build s | build / pass | index MB | index / full | "
+                  "| layer | neurons | plain pass s | index build s | build / pass (pairs) | index MB | index / full | "
                   "peak RSS MB (+over idle) | VmHWM MB | full build s | full MB | full peak RSS MB (+over idle) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for L, r in b.items():
             n, f = r.get("npi", {}), r.get("full", {})
             lines.append("| %s %s | %d | %.1f | %s | %s | %s | %s | %s (+%s) | %s | %s | %s | %s |" % (
                 L, r["shape"], r["neurons"], r["plain_pass"]["wall_ms"] / 1e3,
-                "%.1f" % n["wall_s"] if "wall_s" in n else "-", n.get("ratio_build_over_plain", "-"),
+                "%.1f" % n["wall_s"] if "wall_s" in n else "-", pair_ratios(n),
                 "%.1f" % (n["bytes"] / 1e6) if n.get("bytes") is not None else "-", n.get("ratio_bytes_over_full", "-"),
                 n.get("peak_rss_mb", "-"), n.get("peak_rss_over_before_mb", "-"), n.get("vmhwm_mb", "-"),
                 "%.1f" % f["wall_s"] if "wall_s" in f and "failed" not in f else "skipped" if "skipped" in f else "-",
@@ -625,7 +664,9 @@ def main():
                    help="ReprocessAll instances at k=10 on top-activation groups (default 3; quick 1)")
     p.add_argument("--scan-reps-other", type=int, default=None,
                    help="ReprocessAll instances on the other configurations (default 1)")
-    p.add_argument("--plain-reps", type=int, default=1)
+    p.add_argument("--build-reps", type=int, default=None,
+                   help="(plain pass, index build) pairs per layer (default 3; quick 1)")
+    p.add_argument("--plain-reps", dest="build_reps", type=int, help=argparse.SUPPRESS)  # its old name
     p.add_argument("--session-steps", type=int, default=2, help="inputs visited per layer in a workload session")
     p.add_argument("--no-explicit-workload", dest="explicit_workload", action="store_false",
                    help="skip the deepeverest workload variant with one explicit build up front")
@@ -639,6 +680,7 @@ def main():
     a.fast_reps = a.fast_reps or (3 if a.quick else 7)
     a.scan_reps = a.scan_reps if a.scan_reps is not None else (1 if a.quick else 3)
     a.scan_reps_other = a.scan_reps_other if a.scan_reps_other is not None else 1
+    a.build_reps = max(1, a.build_reps or (1 if a.quick else 3))
     if not a.out:
         a.out = os.path.join(ROOT, "bench", "tmp", "results-quick") if a.quick else os.path.join(ROOT, "bench", "results")
     a.daemon_args = list(a.daemon_arg)

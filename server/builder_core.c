@@ -14,7 +14,7 @@
  * staging block (budget/8) -- never exceed mem_budget. bcore_peak_bytes adds
  * the finished-blob ring of bcore_finish (2 blobs per thread, or up to
  * 16 MiB of small blobs). Not counted:
- * each thread's npi scratch (about 23 bytes per input plus 0.4 MiB). In
+ * each thread's npi scratch (about 27 bytes per input plus 0.4 MiB). In
  * memory, bcore_finish gives the pages of emitted columns back as it goes.
  *
  * Raw mode (bcore_set_raw) emits each column itself, float32[N], from the

@@ -34,6 +34,9 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#ifdef __SSE2__
+#include <immintrin.h>
+#endif
 
 #include "npi.h"
 
@@ -262,20 +265,49 @@ static int read_all(int fd, void *buf, size_t len, off_t off)
 }
 
 /* dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols,
- * in tiles so that both sides stay in cache. */
+ * in tiles so that both sides stay in cache. Where dst's columns are 16-byte
+ * aligned (x86-64), whole tiles go through 4 x 4 SSE transposes with
+ * non-temporal stores: the matrix is written once and read back much later,
+ * so loading its lines into cache before writing them is wasted traffic
+ * (measured on a prefaulted pool1 matrix: 0.6-0.9 s -> 0.4 s per pass). */
 static void transpose(const float *src, size_t src_stride, size_t rows, size_t cols,
                       float *dst, size_t dst_stride)
 {
     enum { TR = 16, TC = 16 }; /* 16 x 16 floats: 1 KiB read, 16 lines written */
+#ifdef __SSE2__
+    int stream = ((uintptr_t)dst & 15u) == 0 && dst_stride % 4 == 0;
+#endif
     for (size_t i0 = 0; i0 < rows; i0 += TR) {
         size_t i1 = i0 + TR < rows ? i0 + TR : rows;
         for (size_t j0 = 0; j0 < cols; j0 += TC) {
             size_t j1 = j0 + TC < cols ? j0 + TC : cols;
+#ifdef __SSE2__
+            if (stream && i1 - i0 == TR && j1 - j0 == TC) {
+                /* column by column group, so each destination line fills
+                 * in one go (write-combining buffers are few) */
+                for (size_t j = j0; j < j1; j += 4)
+                    for (size_t i = i0; i < i1; i += 4) {
+                        __m128 r0 = _mm_loadu_ps(src + (i + 0) * src_stride + j);
+                        __m128 r1 = _mm_loadu_ps(src + (i + 1) * src_stride + j);
+                        __m128 r2 = _mm_loadu_ps(src + (i + 2) * src_stride + j);
+                        __m128 r3 = _mm_loadu_ps(src + (i + 3) * src_stride + j);
+                        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+                        _mm_stream_ps(dst + (j + 0) * dst_stride + i, r0);
+                        _mm_stream_ps(dst + (j + 1) * dst_stride + i, r1);
+                        _mm_stream_ps(dst + (j + 2) * dst_stride + i, r2);
+                        _mm_stream_ps(dst + (j + 3) * dst_stride + i, r3);
+                    }
+                continue;
+            }
+#endif
             for (size_t j = j0; j < j1; j++)
                 for (size_t i = i0; i < i1; i++)
                     dst[j * dst_stride + i] = src[i * src_stride + j];
         }
     }
+#ifdef __SSE2__
+    _mm_sfence(); /* the stores are visible before the caller moves on */
+#endif
 }
 
 /* The helper transposes columns [h_c0, h_c1) of each posted block. */

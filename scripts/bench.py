@@ -176,10 +176,20 @@ def pair_ratios(n):
     return "%s (%s)" % (r, ", ".join("%.2f" % x for x in ps)) if len(ps) > 1 else str(r)
 
 
+def built(r):
+    """Whether build() produced an index (not skipped or failed)."""
+    return "wall_s" in r and "failed" not in r and "skipped" not in r
+
+
+def bytes_over_full(r, info, L, a):
+    full = r["full_materialization_bytes"] or (4 * info[L]["neurons"] * a.n)
+    return round(r["bytes"] / full, 4) if r["bytes"] is not None else None
+
+
 def part_builds(d, layers, info, a, res):
     """Per layer, --build-reps pairs of (plain pass, index build) back to back,
     so that both sides of each ratio see the same machine state (on the
-    project's VM a plain pass varies by +-15% from one minute to the next);
+    project's VM a plain pass varies by +-20% from one minute to the next);
     the ratio reported is the median of the pairs' ratios, every pair is kept.
     Then one full materialization per layer."""
     out = res.setdefault("builds", {})
@@ -193,12 +203,12 @@ def part_builds(d, layers, info, a, res):
             npi = build(d, L, "npi", a.build_timeout)
             pair = {"plain_ms": plain["wall_ms"], "plain_inference_ms": plain["inference_ms"],
                     "build_s": npi.get("wall_s")}
-            if "wall_s" in npi and "failed" not in npi and "skipped" not in npi and plain["wall_ms"]:
+            if built(npi) and plain["wall_ms"]:
                 pair["ratio"] = round(npi["wall_s"] / (plain["wall_ms"] / 1e3), 3)
             pairs.append(pair)
             log("pair %d %-6s plain pass %6.0f ms, build %6.1f s, ratio %s" % (rep + 1, L, plain["wall_ms"],
                 npi.get("wall_s") or 0, pair.get("ratio", "-")))
-            if "wall_s" not in npi or "failed" in npi or "skipped" in npi:
+            if not built(npi):
                 break
         out[L] = {"neurons": info[L]["neurons"], "shape": info[L]["shape"],
                   "plain_pass": {"wall_ms": median([p["plain_ms"] for p in pairs]),
@@ -214,8 +224,7 @@ def part_builds(d, layers, info, a, res):
         r["pairs"] = pairs
         r["wall_s"] = round(median([p["build_s"] for p in pairs]), 3)
         r["ratio_build_over_plain"] = median([p["ratio"] for p in pairs])
-        full = r["full_materialization_bytes"] or (4 * info[L]["neurons"] * a.n)
-        r["ratio_bytes_over_full"] = round(r["bytes"] / full, 4) if r["bytes"] is not None else None
+        r["ratio_bytes_over_full"] = bytes_over_full(r, info, L, a)
         out[L]["npi"] = r
         log("npi %-6s build %6.1f s (x%.2f plain pass, median of %d pairs: %s), %6.1f MB (%.3f of full), "
             "peak RSS %s MB (+%s), VmHWM %s MB"
@@ -239,8 +248,7 @@ def part_builds(d, layers, info, a, res):
             continue
         plain_s = out[L]["plain_pass"]["wall_ms"] / 1e3
         r["ratio_build_over_plain"] = round(r["wall_s"] / plain_s, 3) if plain_s else None
-        full = r["full_materialization_bytes"] or (4 * info[L]["neurons"] * a.n)
-        r["ratio_bytes_over_full"] = round(r["bytes"] / full, 4) if r["bytes"] is not None else None
+        r["ratio_bytes_over_full"] = bytes_over_full(r, info, L, a)
         log("full %-6s build %6.1f s (x%.2f plain pass), %6.1f MB, peak RSS %s MB (+%s), VmHWM %s MB"
             % (L, r["wall_s"], r["ratio_build_over_plain"] or 0, (r["bytes"] or 0) / 1e6, r["peak_rss_mb"],
                r["peak_rss_over_before_mb"], r["vmhwm_mb"]))

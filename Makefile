@@ -1,6 +1,8 @@
 # deepeverest -- hand-written Makefile.
 #   make            the daemon, build/deepeverestd
 #   make check      every test: Check unit suites, shim test, integration tests
+#   make unit       the Check unit suites only;  make integration  the shim
+#                   suite and the integration tests only
 #   make asan       the same suites built and run under ASan + UBSan (build-asan/)
 #   make browser-test  the explorer page in headless Chromium
 #   make bench      benchmarks (scripts/bench.sh)
@@ -16,7 +18,7 @@ BUILD   ?= build
 OPT     ?= -O2
 SAN     ?=
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wshadow -Wno-unused-parameter \
-               -Iproto -Istorage -Iserver -Ishim $(SAN)
+               -Iproto -Istorage -Iserver -Iserver/engine -Iserver/builder -Iserver/http -Ishim $(SAN)
 CXXFLAGS_BASE := -std=c++17 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wno-unused-parameter -Ishim $(SAN)
 
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
@@ -39,8 +41,8 @@ LIBS := -lmicrohttpd -ljansson -llmdb -lpng -lz -lpthread -lm -ldl
 
 PROTO_SRC   := proto/jspec.c proto/proto.c
 STORAGE_SRC := storage/store.c storage/dsread.c
-ENGINE_SRC  := server/npi.c server/engine.c
-SERVER_SRC  := $(filter-out server/npi.c server/engine.c,$(wildcard server/*.c))
+ENGINE_SRC  := $(wildcard server/engine/*.c)
+SERVER_SRC  := $(wildcard server/*.c server/builder/*.c server/http/*.c)
 
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 PROTO_OBJ   := $(call obj,$(PROTO_SRC))
@@ -48,6 +50,7 @@ STORAGE_OBJ := $(call obj,$(STORAGE_SRC))
 ENGINE_OBJ  := $(call obj,$(ENGINE_SRC))
 SERVER_OBJ  := $(call obj,$(SERVER_SRC))
 SHIM_OBJ    := $(BUILD)/shim/shim.o
+OPENAPI_OBJ := $(BUILD)/gen/openapi.o
 
 DAEMON := $(BUILD)/deepeverestd
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
@@ -56,7 +59,9 @@ SHIM_TEST  := $(BUILD)/tests/shim_test
 .PHONY: all check unit integration asan bench demo clean deps fuzz browser-test
 all: $(DAEMON)
 
-$(BUILD)/%.o: %.c $(wildcard */*.h)
+HEADERS := $(wildcard */*.h server/*/*.h)
+
+$(BUILD)/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(CHECK_CFLAGS) -c $< -o $@
 
@@ -64,18 +69,28 @@ $(SHIM_OBJ): shim/shim.cpp shim/shim.h
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS_BASE) $(TORCH_CXXFLAGS) -c $< -o $@
 
-$(DAEMON): $(SERVER_OBJ) $(ENGINE_OBJ) $(PROTO_OBJ) $(STORAGE_OBJ) $(SHIM_OBJ)
+# The OpenAPI document is served from the binary: its bytes as a C array.
+$(BUILD)/gen/openapi.c: server/http/openapi.json
+	@mkdir -p $(dir $@)
+	@{ echo '#include <stddef.h>'; echo 'const unsigned char api_openapi_doc[] = {'; \
+	   od -An -v -tx1 $< | sed -e 's/\([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	   echo '};'; echo 'const size_t api_openapi_len = sizeof api_openapi_doc;'; } > $@
+
+$(OPENAPI_OBJ): $(BUILD)/gen/openapi.c
+	$(CC) $(CFLAGS_BASE) -c $< -o $@
+
+$(DAEMON): $(SERVER_OBJ) $(ENGINE_OBJ) $(PROTO_OBJ) $(STORAGE_OBJ) $(SHIM_OBJ) $(OPENAPI_OBJ)
 	$(CXX) $(SAN) -o $@ $^ $(TORCH_LIBS) $(LIBS)
 
 # Unit suites link no torch (fast, valgrind-able); each links only the modules it tests.
 TEST_DEPS_test_proto  := $(PROTO_OBJ)
 TEST_DEPS_test_dsread := $(BUILD)/storage/dsread.o
 TEST_DEPS_test_store  := $(BUILD)/storage/store.o
-TEST_DEPS_test_npi    := $(BUILD)/server/npi.o
+TEST_DEPS_test_npi    := $(BUILD)/server/engine/npi.o
 TEST_DEPS_test_engine := $(ENGINE_OBJ)
 TEST_DEPS_test_cache  := $(BUILD)/server/cache.o
 TEST_DEPS_test_thumb  := $(BUILD)/server/thumb.o
-TEST_DEPS_test_builder := $(BUILD)/server/builder_core.o $(BUILD)/server/npi.o
+TEST_DEPS_test_builder := $(BUILD)/server/builder/builder_core.o $(BUILD)/server/engine/npi.o
 
 .SECONDEXPANSION:
 $(BUILD)/tests/%: tests/unit/%.c $$(TEST_DEPS_$$*) $(wildcard tests/unit/*.h)
@@ -91,10 +106,10 @@ deps:
 	bash scripts/install-deps.sh
 
 unit: $(UNIT_TESTS)
-	@bash tests/run_unit.sh $(UNIT_TESTS)
+	@bash tests/run_all.sh $(BUILD) unit
 
 integration: $(DAEMON) $(SHIM_TEST)
-	@bash tests/run_integration.sh $(BUILD)
+	@bash tests/run_all.sh $(BUILD) integration
 
 # The README's test command: sets up (packages), builds, runs every suite.
 check: deps
@@ -118,11 +133,11 @@ browser-test: all
 # each (default 60). New corpus entries go to build-fuzz/corpus, the seeds
 # in tests/fuzz/corpus stay as committed.
 FUZZ_SECONDS ?= 60
-FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Iproto -Istorage -Iserver
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Iproto -Istorage -Iserver -Iserver/http
 FUZZERS := proto dsread route
 FUZZ_SRC_proto  := proto/jspec.c proto/proto.c
 FUZZ_SRC_dsread := storage/dsread.c
-FUZZ_SRC_route  := server/route.c
+FUZZ_SRC_route  := server/http/route.c
 fuzz:
 	bash scripts/install-deps.sh fuzz
 	@mkdir -p build-fuzz

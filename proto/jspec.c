@@ -42,7 +42,7 @@ static size_t utf8_seq(const unsigned char *s, size_t rem)
 /* Messages echo client bytes (keys, jansson's error text) and vsnprintf may
  * cut a multi-byte character: replace every invalid byte with '?' so the
  * message can always be put into a JSON string. */
-static void utf8_sanitize(char *msg)
+void proto_sanitize(char *msg)
 {
     unsigned char *s = (unsigned char *)msg;
     size_t len = strlen(msg);
@@ -64,7 +64,7 @@ int proto_fail(proto_err *e, int status, const char *code, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(e->message, sizeof e->message, fmt, ap);
     va_end(ap);
-    utf8_sanitize(e->message);
+    proto_sanitize(e->message);
     return -1;
 }
 

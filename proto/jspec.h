@@ -21,7 +21,12 @@ typedef struct proto_err {
     char message[320];   /* names the field and says what and why */
 } proto_err;
 
-/* Sets e and returns -1 (so callers can `return proto_fail(...)`). */
+/* Replaces every byte of s that is not part of valid UTF-8 with '?', so the
+ * text can always go into a JSON string. */
+void proto_sanitize(char *s);
+
+/* Sets e and returns -1 (so callers can `return proto_fail(...)`); the
+ * message is sanitized. */
 int proto_fail(proto_err *e, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 

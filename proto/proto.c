@@ -422,7 +422,35 @@ static int parse_neurons(const json_t *v, proto_neurons *g, proto_err *e)
     return 0;
 }
 
-/* kNN "target": an input id, or {"tensor":[...]} in the model's input space. */
+/* An array of 1..max finite float32 numbers into *out (malloc'd). */
+static int get_floats(const json_t *v, const char *field, size_t max, float **out, size_t *n, proto_err *e)
+{
+    if (!json_is_array(v))
+        return proto_fail(e, 400, "invalid_type", "field '%s' must be an array of numbers, not %s", field,
+                          jspec_type_name(v));
+    size_t len = json_array_size(v);
+    if (len == 0 || len > max)
+        return proto_fail(e, 422, "invalid_value", "field '%s' must hold 1 to %zu numbers; it holds %zu", field, max,
+                          len);
+    /* Straight to float (the model's type): no transient array of doubles. */
+    if (!(*out = malloc(len * sizeof **out))) return proto_fail(e, 500, "internal", "out of memory");
+    for (size_t i = 0; i < len; i++) {
+        const json_t *x = json_array_get(v, i);
+        if (!json_is_number(x))
+            return proto_fail(e, 400, "invalid_type", "field '%s[%zu]' must be a number, not %s", field, i,
+                              jspec_type_name(x));
+        double f = json_number_value(x);
+        if (!isfinite(f) || fabs(f) > FLT_MAX)
+            return proto_fail(e, 422, "invalid_target", "field '%s[%zu]' is %g, which a 32-bit float cannot hold",
+                              field, i, f);
+        (*out)[i] = (float)f;
+    }
+    *n = len;
+    return 0;
+}
+
+/* kNN "target": an input id, {"tensor":[...]} in the model's input space,
+ * or {"activations":[...]}, the group's activations (one per neuron). */
 static int parse_target(const json_t *v, proto_query_req *r, proto_err *e)
 {
     if (json_is_integer(v)) {
@@ -436,36 +464,25 @@ static int parse_target(const json_t *v, proto_query_req *r, proto_err *e)
     }
     if (!json_is_object(v))
         return proto_fail(e, 400, "invalid_type",
-                          "field 'target' must be an input id (an integer) or an object {\"tensor\": [numbers]}, not %s",
+                          "field 'target' must be an input id (an integer), {\"tensor\": [numbers]} or "
+                          "{\"activations\": [numbers]}, not %s",
                           jspec_type_name(v));
-    json_t *tensor = NULL;
+    json_t *tensor = NULL, *acts = NULL;
     const jspec specs[] = {
-        {.name = "tensor", .type = JS_JSON, .required = 1, .dest = &tensor},
+        {.name = "tensor", .type = JS_JSON, .dest = &tensor},
+        {.name = "activations", .type = JS_JSON, .dest = &acts},
         {0},
     };
     if (parse_nested(v, specs, "target", e) != 0) return -1;
-    if (!json_is_array(tensor))
-        return proto_fail(e, 400, "invalid_type", "field 'target.tensor' must be an array of numbers, not %s",
-                          jspec_type_name(tensor));
-    size_t n = json_array_size(tensor);
-    if (n == 0 || n > PROTO_MAX_TENSOR)
-        return proto_fail(e, 422, "invalid_value", "field 'target.tensor' must hold 1 to %zu numbers; it holds %zu",
-                          PROTO_MAX_TENSOR, n);
-    /* Straight to float (the model's type): no transient array of doubles. */
-    if (!(r->tensor = malloc(n * sizeof *r->tensor))) return proto_fail(e, 500, "internal", "out of memory");
-    for (size_t i = 0; i < n; i++) {
-        const json_t *x = json_array_get(tensor, i);
-        if (!json_is_number(x))
-            return proto_fail(e, 400, "invalid_type", "field 'target.tensor[%zu]' must be a number, not %s", i,
-                              jspec_type_name(x));
-        double f = json_number_value(x);
-        if (!isfinite(f) || fabs(f) > FLT_MAX)
-            return proto_fail(e, 422, "invalid_target",
-                              "field 'target.tensor[%zu]' is %g, which a 32-bit float cannot hold", i, f);
-        r->tensor[i] = (float)f;
-    }
-    r->ntensor = n;
-    return 0;
+    if (!tensor && !acts)
+        return proto_fail(e, 400, "missing_field",
+                          "field 'target' must hold 'tensor' (an input) or 'activations' (a point of the group's "
+                          "space)");
+    if (tensor && acts)
+        return proto_fail(e, 422, "conflicting_fields",
+                          "field 'target' holds both 'tensor' and 'activations'; give one");
+    if (tensor) return get_floats(tensor, "target.tensor", PROTO_MAX_TENSOR, &r->tensor, &r->ntensor, e);
+    return get_floats(acts, "target.activations", PROTO_MAX_GROUP, &r->activations, &r->nactivations, e);
 }
 
 /* "filter": {"ids":[...], "labels":[...]}, at least one of the two. */
@@ -585,6 +602,12 @@ int proto_parse_query(const char *body, size_t len, int knn, proto_query_req *r,
         weights.n = 0;
     }
     if (knn && parse_target(target, r, e) != 0) goto fail;
+    if (r->nactivations && r->nactivations != r->neurons.n) {
+        proto_fail(e, 422, "invalid_target",
+                   "field 'target.activations' has %zu values but 'neurons' has %zu; give one per neuron",
+                   r->nactivations, r->neurons.n);
+        goto fail;
+    }
     if (filter && parse_filter(filter, r, e) != 0) goto fail;
     r->batch = (uint32_t)batch;
     if (timeout && get_number(timeout, "timeout_s", 0, 1, PROTO_MAX_TIMEOUT_S, &r->timeout_s, e) != 0) goto fail;
@@ -604,6 +627,9 @@ void proto_free_query(proto_query_req *r)
     free(r->filter_ids);
     free(r->filter_labels);
     free(r->tensor);
+    free(r->activations);
+    r->activations = NULL;
+    r->nactivations = 0;
     r->neurons.v = NULL;
     r->neurons.n = 0;
     r->weights = NULL;
@@ -699,6 +725,90 @@ int proto_neurons_flatten(const proto_neurons *g, const int64_t *shape, int ndim
         return proto_fail(e, 422, "duplicate_neuron",
                           "field 'neurons[%zu]' repeats 'neurons[%zu]' (flat index %u); list each neuron once", second,
                           first, flat);
+    return 0;
+}
+
+/* ---- query-string requests ---- */
+
+/* A decimal integer in [lo, hi] from a query string; -1 when it is not. */
+static int qs_uint(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+    if (!s || !*s || strspn(s, "0123456789") != strlen(s) || strlen(s) > 19) return -1;
+    unsigned long long v = strtoull(s, NULL, 10);
+    if (v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+int proto_parse_activations(const char *model, const char *layer, const char *neurons, const char *top,
+                            proto_activations_req *r, proto_err *e)
+{
+    memset(r, 0, sizeof *r);
+    r->top = 10;
+    if (!model || !layer)
+        return proto_fail(e, 400, "missing_field", "query parameters 'model' and 'layer' are required");
+    if (!proto_valid_name(model))
+        return proto_fail(e, 422, "invalid_name", "query parameter 'model' must be 1 to %d characters of [A-Za-z0-9._-]",
+                          PROTO_NAME_MAX);
+    size_t ll = strlen(layer);
+    if (ll == 0 || ll > PROTO_LAYER_MAX)
+        return proto_fail(e, 422, "invalid_value", "query parameter 'layer' must be 1 to %d bytes long",
+                          PROTO_LAYER_MAX);
+    memcpy(r->model, model, strlen(model) + 1);
+    memcpy(r->layer, layer, ll + 1);
+    if (top && neurons)
+        return proto_fail(e, 422, "conflicting_fields", "give 'neurons' (those neurons) or 'top' (the most active), "
+                          "not both");
+    if (top && qs_uint(top, 1, PROTO_MAX_GROUP, &r->top) != 0)
+        return proto_fail(e, 422, "invalid_value", "query parameter 'top' must be an integer from 1 to %d",
+                          PROTO_MAX_GROUP);
+    if (!neurons) return 0;
+    size_t n = 1;
+    for (const char *p = neurons; *p; p++) n += *p == ',';
+    if (n > PROTO_MAX_GROUP)
+        return proto_fail(e, 422, "invalid_value", "query parameter 'neurons' holds more than %d neurons",
+                          PROTO_MAX_GROUP);
+    if (!(r->neurons = malloc(n * sizeof *r->neurons))) return proto_fail(e, 500, "internal", "out of memory");
+    const char *p = neurons;
+    for (size_t i = 0; i < n; i++) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        char buf[24];
+        if (len == 0 || len >= sizeof buf)
+            return proto_fail(e, 422, "invalid_value", "query parameter 'neurons': entry %zu is not a flat index", i);
+        memcpy(buf, p, len);
+        buf[len] = 0;
+        if (qs_uint(buf, 0, UINT32_MAX, &r->neurons[i]) != 0)
+            return proto_fail(e, 422, "invalid_value", "query parameter 'neurons': entry %zu is not a flat index", i);
+        r->nneurons++;
+        p = end ? end + 1 : p + len;
+    }
+    return 0;
+}
+
+void proto_free_activations(proto_activations_req *r)
+{
+    free(r->neurons);
+    r->neurons = NULL;
+    r->nneurons = 0;
+}
+
+int proto_parse_inputs(const char *offset, const char *limit, const char *label, proto_inputs_req *r, proto_err *e)
+{
+    memset(r, 0, sizeof *r);
+    r->limit = 100;
+    if (offset && qs_uint(offset, 0, UINT32_MAX, &r->offset) != 0)
+        return proto_fail(e, 422, "invalid_value", "query parameter 'offset' must be an integer >= 0");
+    if (limit && qs_uint(limit, 1, 1000, &r->limit) != 0)
+        return proto_fail(e, 422, "invalid_value", "query parameter 'limit' must be an integer from 1 to 1000");
+    if (label) {
+        char *end;
+        long long v = strtoll(label, &end, 10);
+        if (!*label || *end || v < INT32_MIN || v > INT32_MAX)
+            return proto_fail(e, 422, "invalid_value", "query parameter 'label' must be an integer");
+        r->has_label = 1;
+        r->label = (int32_t)v;
+    }
     return 0;
 }
 

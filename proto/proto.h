@@ -104,11 +104,14 @@ typedef struct proto_query_req {
     int has_filter;
     size_t nfilter_ids;  uint64_t *filter_ids;
     size_t nfilter_labels; int64_t *filter_labels;
-    /* kNN target: an input id, or a tensor already in the model's input space */
+    /* kNN target: an input id, a tensor already in the model's input space,
+     * or the group's activation vector itself (one float per neuron) */
     int has_target_id;
     uint64_t target_id;
     size_t ntensor;
     float *tensor;
+    size_t nactivations;
+    float *activations;
     int include_target;
     uint32_t batch;                    /* 0 = server default */
     double timeout_s;                  /* 0 = server default */
@@ -122,6 +125,27 @@ int proto_parse_index(const char *body, size_t len, proto_index_req *r, proto_er
 void proto_free_index(proto_index_req *r);
 int proto_parse_query(const char *body, size_t len, int knn, proto_query_req *r, proto_err *e);
 void proto_free_query(proto_query_req *r);
+
+/* GET /v1/datasets/{ds}/inputs/{id}/activations?model=&layer=&top=10
+ * (or &neurons=3,17,42): query-string arguments, value NULL = absent. */
+typedef struct proto_activations_req {
+    char model[PROTO_NAME_MAX + 1];
+    char layer[PROTO_LAYER_MAX + 1];
+    size_t nneurons;                   /* 0 = the top `top` neurons */
+    uint64_t *neurons;
+    uint64_t top;                      /* default 10 */
+} proto_activations_req;
+int proto_parse_activations(const char *model, const char *layer, const char *neurons, const char *top,
+                            proto_activations_req *r, proto_err *e);
+void proto_free_activations(proto_activations_req *r);
+
+/* GET /v1/datasets/{ds}/inputs?offset=0&limit=100[&label=L] */
+typedef struct proto_inputs_req {
+    uint64_t offset, limit;            /* limit 1..1000, default 100 */
+    int has_label;
+    int32_t label;
+} proto_inputs_req;
+int proto_parse_inputs(const char *offset, const char *limit, const char *label, proto_inputs_req *r, proto_err *e);
 
 /* {"error":{"code","message"}} as a malloc'd NUL-terminated string. */
 char *proto_error_body(const proto_err *e);

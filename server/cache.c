@@ -29,12 +29,14 @@ static uint64_t hash_key(const cache_key *k)
 {
     uint64_t h = ((uint64_t)k->model << 32 | k->dataset) * 0x9E3779B97F4A7C15ull;
     h ^= ((uint64_t)k->layer << 32 | k->input) * 0xC2B2AE3D27D4EB4Full;
+    h ^= (uint64_t)k->block * 0xFF51AFD7ED558CCDull;
     return h ^ (h >> 31);
 }
 
 static int key_eq(const cache_key *a, const cache_key *b)
 {
-    return a->model == b->model && a->dataset == b->dataset && a->layer == b->layer && a->input == b->input;
+    return a->model == b->model && a->dataset == b->dataset && a->layer == b->layer && a->block == b->block &&
+           a->input == b->input;
 }
 
 cache *cache_new(size_t max_bytes)

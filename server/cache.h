@@ -1,8 +1,10 @@
 /* cache.h -- the one LRU cache of recomputed activations, shared by every
- * client and query (DESIGN.md section 2, "inter-query cache").
+ * client and query (the inter-query cache).
  *
- * An entry is the whole activation vector of one input at one layer, keyed
- * by (model, dataset, layer, input). Model and dataset are the generation ids
+ * An entry is one block of an input's activation vector at one layer (the
+ * source cuts wide layers into blocks of neurons, so a query caches what
+ * its group touches, not a whole 3 MiB layer), keyed by (model, dataset,
+ * layer, block, input). Model and dataset are the generation ids
  * the catalog gives each registration, so a re-registered model or dataset
  * never meets stale entries: they age out. Bounded in bytes (entries plus
  * bookkeeping); a vector larger than the bound is not cached. Thread-safe:
@@ -17,7 +19,7 @@
 typedef struct cache cache;
 
 typedef struct cache_key {
-    uint32_t model, dataset, layer, input;
+    uint32_t model, dataset, layer, input, block;
 } cache_key;
 
 typedef struct cache_stats {

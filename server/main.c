@@ -5,7 +5,10 @@
  *   [--build-memory-mb 2048] [--import-root DIR] [--max-body-mb 64]
  *   [--max-upload-mb 4096] [--query-timeout-s 300] [--max-builds 1]
  *   [--static DIR] [--map-mb 65536] [--client-timeout-s 60]
+ *   [--infer-memory-mb 2048]
  * deepeverestd --data DIR --stat      print the catalog and indexes, exit
+ *                                     (read-only, beside a running daemon)
+ * deepeverestd --routes               print the API's routes, exit
  */
 #include <errno.h>
 #include <getopt.h>
@@ -19,6 +22,7 @@
 #include "app.h"
 #include "http.h"
 #include "jobs.h"
+#include "registry.h"
 
 static void usage(FILE *f)
 {
@@ -28,7 +32,9 @@ static void usage(FILE *f)
             "                    [--build-memory-mb N] [--import-root DIR] [--max-body-mb N]\n"
             "                    [--max-upload-mb N] [--query-timeout-s S] [--max-builds N]\n"
             "                    [--static DIR] [--map-mb N] [--client-timeout-s S]\n"
-            "       deepeverestd --data DIR --stat\n");
+            "                    [--infer-memory-mb N]\n"
+            "       deepeverestd --data DIR --stat\n"
+            "       deepeverestd --routes\n");
 }
 
 static int parse_listen(const char *s, app_config *c)
@@ -70,7 +76,7 @@ static char *read_token(const char *path)
 /* Static files sit beside the binary's source tree: <exe>/../server/static. */
 static const char *default_static_dir(void)
 {
-    static char dir[PATH_MAX];
+    static char dir[PATH_MAX + 32]; /* room for the suffix after any exe path */
     char exe[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n <= 0) return "server/static";
@@ -82,6 +88,12 @@ static const char *default_static_dir(void)
 }
 
 int stat_main(const char *data_dir); /* stat.c */
+
+static void print_route(const char *method, const char *pattern, void *arg)
+{
+    (void)arg;
+    printf("%s %s\n", method, pattern);
+}
 
 int main(int argc, char **argv)
 {
@@ -100,9 +112,11 @@ int main(int argc, char **argv)
     c->max_builds = 1;
     c->client_timeout_s = 60;
     c->map_mb = 64 << 10;
+    c->infer_memory_mb = 2048;
 
     enum { O_DATA = 1, O_LISTEN, O_DEVICE, O_CACHE, O_THREADS, O_TOKEN, O_BATCH, O_BUILDMEM,
-           O_IMPORT, O_MAXBODY, O_MAXUP, O_QTIME, O_MAXBUILDS, O_STATIC, O_STAT, O_MAPGB, O_CTIME, O_HELP };
+           O_IMPORT, O_MAXBODY, O_MAXUP, O_QTIME, O_MAXBUILDS, O_STATIC, O_STAT, O_MAPGB, O_CTIME, O_INFERMEM,
+           O_ROUTES, O_HELP };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},
         {"listen", required_argument, 0, O_LISTEN},
@@ -120,7 +134,9 @@ int main(int argc, char **argv)
         {"client-timeout-s", required_argument, 0, O_CTIME},
         {"static", required_argument, 0, O_STATIC},
         {"map-mb", required_argument, 0, O_MAPGB},
+        {"infer-memory-mb", required_argument, 0, O_INFERMEM},
         {"stat", no_argument, 0, O_STAT},
+        {"routes", no_argument, 0, O_ROUTES},
         {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0}};
     int o;
@@ -151,13 +167,16 @@ int main(int argc, char **argv)
         case O_CTIME: if (parse_size(optarg, 1, 86400, &v)) goto bad; c->client_timeout_s = (unsigned)v; break;
         case O_STATIC: c->static_dir = optarg; break;
         case O_MAPGB: if (parse_size(optarg, 4, (size_t)1 << 26, &c->map_mb)) goto bad; break;
+        case O_INFERMEM: if (parse_size(optarg, 16, 1 << 22, &c->infer_memory_mb)) goto bad; break;
         case O_STAT: do_stat = 1; break;
+        case O_ROUTES: http_routes_each(print_route, NULL); return 0;
         case O_HELP: usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
         continue;
     bad:
-        fprintf(stderr, "bad value '%s' for --%s\n", optarg, opts[o - 1].name);
+        for (const struct option *op = opts; op->name; op++)
+            if (op->val == o) fprintf(stderr, "bad value '%s' for --%s\n", optarg, op->name);
         return 2;
     }
     if (!c->data_dir || optind != argc) {
@@ -195,8 +214,11 @@ int main(int argc, char **argv)
         return 1;
     }
     A.cache = cache_new(c->cache_mb << 20);
-    pthread_mutex_init(&A.models_lock, NULL);
-    app_models_load_all(&A);
+    if (!A.cache || registry_new(&A.models) != 0) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    registry_load_all(&A);
     if (jobs_start(&A, err, sizeof err) != 0) {
         fprintf(stderr, "jobs: %s\n", err);
         return 1;
@@ -205,20 +227,20 @@ int main(int argc, char **argv)
         fprintf(stderr, "http: %s\n", err);
         return 1;
     }
-    app_log("deepeverestd %s listening on http://%s:%d/ (device %s, data %s)", DE_VERSION,
+    log_msg("deepeverestd %s listening on http://%s:%d/ (device %s, data %s)", DE_VERSION,
             c->listen_host, http_port(), A.device_name, c->data_dir);
 
     int sig = 0;
     sigwait(&sigs, &sig);
-    app_log("signal %d: draining in-flight requests", sig);
+    log_msg("signal %d: draining in-flight requests", sig);
     atomic_store(&A.stopping, 1);
     jobs_cancel_all(&A);
     http_stop(&A, 30.0);
     jobs_stop(&A);
-    app_models_free(&A);
+    registry_free(A.models);
     cache_free(A.cache);
     store_close(A.st);
     free(c->token);
-    app_log("stopped");
+    log_msg("stopped");
     return 0;
 }

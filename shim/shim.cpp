@@ -113,8 +113,8 @@ at::Tensor as_float_cpu(const at::Tensor &t)
 extern "C" int shim_init(int threads, char *err, size_t errlen)
 {
     try {
-        // ENVIRONMENT.md: glibc serves each large tensor by a fresh mmap and
-        // unmaps it after the forward unless these thresholds are raised.
+        // glibc serves each large tensor by a fresh mmap and unmaps it after
+        // the forward unless these thresholds are raised (shim/README.md).
         mallopt(M_MMAP_THRESHOLD, 64 << 20);
         mallopt(M_TRIM_THRESHOLD, 128 << 20);
         int n = threads > 0 ? threads : (int)std::max(1u, std::thread::hardware_concurrency());
@@ -271,28 +271,52 @@ extern "C" int shim_layer_find(const shim_model *m, const char *name)
     return -1;
 }
 
-static void copy_out(const at::Tensor &t, const shim_layer &l, int64_t n, float *dst)
+// Copies what o asks of t ([n, ...] on any device) into o.dst.
+static void copy_out(const at::Tensor &t, const shim_layer &l, int64_t n, const shim_out &o)
 {
-    at::Tensor c = as_float_cpu(t);
-    if (c.numel() != n * l.neurons) throw std::runtime_error(std::string("layer ") + l.name + " changed size");
-    memcpy(dst, c.data_ptr<float>(), (size_t)(n * l.neurons) * sizeof(float));
+    if (t.numel() != n * l.neurons) throw std::runtime_error(std::string("layer ") + l.name + " changed size");
+    if (!o.cols) {
+        at::Tensor c = as_float_cpu(t);
+        memcpy(o.dst, c.data_ptr<float>(), (size_t)(n * l.neurons) * sizeof(float));
+        return;
+    }
+    for (size_t j = 0; j < o.ncols; j++)
+        if ((int64_t)o.cols[j] >= l.neurons) throw std::runtime_error(std::string("a column past layer ") + l.name);
+    at::Tensor flat = t.reshape({n, l.neurons});
+    if (!flat.is_cuda()) {
+        // On the CPU a gather loop over the contiguous floats beats index_select.
+        at::Tensor c = flat.to(c10::kFloat).contiguous();
+        const float *src = c.data_ptr<float>();
+        for (int64_t i = 0; i < n; i++) {
+            const float *row = src + i * l.neurons;
+            float *dst = o.dst + (size_t)i * o.ncols;
+            for (size_t j = 0; j < o.ncols; j++) dst[j] = row[o.cols[j]];
+        }
+        return;
+    }
+    // On a GPU gather there and copy only the columns back.
+    at::Tensor idx = torch::from_blob(const_cast<uint32_t *>(o.cols), {(int64_t)o.ncols}, torch::kInt32)
+                         .to(torch::kLong)
+                         .to(flat.device());
+    at::Tensor c = as_float_cpu(flat.index_select(1, idx));
+    memcpy(o.dst, c.data_ptr<float>(), (size_t)n * o.ncols * sizeof(float));
 }
 
-extern "C" int shim_run(shim_model *m, const float *in, int64_t n, const int *layers, int nlayers,
-                        float *const *outs, char *err, size_t errlen)
+extern "C" int shim_run(shim_model *m, const float *in, int64_t n, const shim_out *outs, int nouts, char *err,
+                        size_t errlen)
 {
     try {
-        if (n <= 0 || nlayers <= 0) {
+        if (n <= 0 || nouts <= 0) {
             set_err(err, errlen, "nothing to run");
             return -1;
         }
         int deepest = -1;
-        for (int j = 0; j < nlayers; j++) {
-            if (layers[j] < 0 || (size_t)layers[j] >= m->layers.size()) {
+        for (int j = 0; j < nouts; j++) {
+            if (outs[j].layer < 0 || (size_t)outs[j].layer >= m->layers.size()) {
                 set_err(err, errlen, "layer index out of range");
                 return -1;
             }
-            deepest = std::max(deepest, layers[j]);
+            deepest = std::max(deepest, outs[j].layer);
         }
         c10::InferenceMode guard;
         std::vector<int64_t> shape{n};
@@ -304,16 +328,16 @@ extern "C" int shim_run(shim_model *m, const float *in, int64_t n, const int *la
                                 ? m->mod.get_method("forward_to")({x, c10::IValue(m->names[(size_t)deepest])})
                                 : m->mod.forward({x});
             auto d = y.toGenericDict();
-            for (int j = 0; j < nlayers; j++) {
-                const shim_layer &l = m->layers[(size_t)layers[j]];
-                copy_out(d.at(c10::IValue(m->names[(size_t)layers[j]])).toTensor(), l, n, outs[j]);
+            for (int j = 0; j < nouts; j++) {
+                const shim_layer &l = m->layers[(size_t)outs[j].layer];
+                copy_out(d.at(c10::IValue(m->names[(size_t)outs[j].layer])).toTensor(), l, n, outs[j]);
             }
         } else {
             at::Tensor h = x;
             for (int i = 0; i <= deepest; i++) {
                 h = m->leaves[(size_t)i].forward({h}).toTensor();
-                for (int j = 0; j < nlayers; j++)
-                    if (layers[j] == i) copy_out(h, m->layers[(size_t)i], n, outs[j]);
+                for (int j = 0; j < nouts; j++)
+                    if (outs[j].layer == i) copy_out(h, m->layers[(size_t)i], n, outs[j]);
             }
         }
         return 0;

@@ -4,7 +4,7 @@
  * exception crosses it: every call that can fail returns 0 on success or -1
  * and writes a NUL-terminated message into err[errlen].
  *
- * Layers follow the model convention (DESIGN.md section 5):
+ * Layers follow the model convention (README.md, "The model convention"):
  *   1. forward(x) returns Dict[str, Tensor]: each key is a layer, in forward
  *      order. If the module also has a method `forward_to(x, layer: str)`
  *      (our exporter writes one) the shim uses it to stop the forward at the
@@ -42,7 +42,7 @@ typedef struct shim_layer {
 /* Process-wide settings, once, before any other call and before threads are
  * started: intra-op threads (0 = number of cores), glibc malloc thresholds so
  * that large tensors are not mmapped per forward, OpenBLAS pinned to one
- * thread (ENVIRONMENT.md: together worth 4x on 2 cores). */
+ * thread (together worth 4x on 2 cores, see shim/README.md). */
 int shim_init(int threads, char *err, size_t errlen);
 
 /* 1 when a CUDA device is usable by this LibTorch build, else 0. */
@@ -73,13 +73,24 @@ const shim_layer *shim_layer_at(const shim_model *m, int i);
 /* Index of the layer named `name`, or -1. */
 int shim_layer_find(const shim_model *m, const char *name);
 
+/* What shim_run copies out of one layer: every neuron (cols NULL) or the
+ * listed flat neuron indices, in that order, for each of the n inputs:
+ * dst holds n * (cols ? ncols : neurons) floats, input-major. Extracting only
+ * what a caller needs keeps the cost of a wide layer's copy off the query
+ * path (a layer of 800k neurons is 3 MiB per input). */
+typedef struct shim_out {
+    int layer;                     /* layer index */
+    const uint32_t *cols;          /* NULL = the whole layer */
+    size_t ncols;
+    float *dst;
+} shim_out;
+
 /* Runs n inputs (n * shim_input_numel floats, C-order, already normalized)
- * and copies the activations of the requested layers into outs[j]
- * (n * neurons(layers[j]) floats, caller-allocated). Only requested layers are
- * copied out, and the forward stops at the deepest requested one where the
- * model allows it. Returns 0, or -1 with err. */
-int shim_run(shim_model *m, const float *in, int64_t n, const int *layers,
-             int nlayers, float *const *outs, char *err, size_t errlen);
+ * and copies the outputs asked for. The forward stops at the deepest layer
+ * asked for where the model allows it. A col past the layer's neurons is an
+ * error. Returns 0, or -1 with err. */
+int shim_run(shim_model *m, const float *in, int64_t n, const shim_out *outs, int nouts, char *err,
+             size_t errlen);
 
 #ifdef __cplusplus
 }

@@ -12,13 +12,15 @@
  *   jobs      BE u32 job id -> job record
  *
  * Records are encoded field by field in a fixed little-endian layout that
- * starts with a per-record version byte (REC_VERSION); strings are a u16
- * length and their bytes. One function per record type describes the layout
- * for both directions (struct <-> bytes), so encoder and decoder cannot
- * drift apart. Decoding rejects a record whose version, length (it must be
- * consumed exactly) or counts (ndim, nchan, nindexes) are off, instead of
- * handing garbage to the caller. A change of layout bumps REC_VERSION or
- * STORE_SCHEMA_VERSION.
+ * starts with a per-record version byte; strings are a u16 length and their
+ * bytes. One function per record type describes the layout for both
+ * directions (struct <-> bytes), so encoder and decoder cannot drift apart.
+ * Fields are only ever appended, each version's after the last: a record of
+ * an older version (1..REC_VERSION) decodes with the newer fields zeroed,
+ * and is rewritten in the current version the next time it is put. Decoding
+ * rejects a record whose version, length (it must be consumed exactly) or
+ * counts (ndim, nchan, nindexes) are off, instead of handing garbage to the
+ * caller. A change of the environment's layout bumps STORE_SCHEMA_VERSION.
  *
  * Beyond the PENDING sweep of store.h, store_open also drops inputs, labels
  * and neuron blobs whose owning dataset/index record does not exist (what a
@@ -27,15 +29,18 @@
 #include "store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
-#define REC_VERSION 1
+#define REC_VERSION 2          /* 2: model batch, dataset slice, index digest and batch, job owner */
 #define REC_MAX 4096           /* every record fits: the longest string is a path */
 #define DEFAULT_MAPSIZE ((size_t)64 << 30)
 #define MIN_DEFAULT_MAPSIZE ((size_t)1 << 30)
@@ -49,10 +54,13 @@ static const char *const db_names[DB_COUNT] = {
 struct store {
     MDB_env *env;
     MDB_dbi dbi[DB_COUNT];
+    int have[DB_COUNT];        /* read-only opens: databases an older store lacks are empty */
+    int readonly;
+    int lock_fd;               /* DIR/deepeverest.lock, held while open (-1: none) */
 };
 
-/* Copies handed out by store_labels_get when LMDB's pointer is misaligned;
- * they live as long as the transaction. */
+/* Copies handed out by store_labels_get and store_neuron_get when LMDB's
+ * pointer is misaligned; they live as long as the transaction. */
 typedef struct txn_copy {
     struct txn_copy *next;
     max_align_t data[];
@@ -91,6 +99,7 @@ static int map_rc(int rc, const char *what)
     case MDB_NOTFOUND: return STORE_NOTFOUND;
     case MDB_KEYEXIST: return STORE_EXISTS;
     case MDB_MAP_FULL: return STORE_FULL;
+    case ENOSPC: return STORE_FULL; /* the disk, rather than the map, is full */
     default: return STORE_ERROR;
     }
 }
@@ -114,6 +123,7 @@ typedef struct codec {
     size_t len, pos;
     int decode;
     int bad;
+    int ver;                   /* the record's version (encode: REC_VERSION) */
 } codec;
 
 typedef void (*rec_fn)(codec *, void *);
@@ -223,7 +233,8 @@ static void cx_version(codec *c)
 {
     uint8_t v = REC_VERSION;
     cx_u8(c, &v);
-    if (c->decode && v != REC_VERSION) c->bad = 1;
+    if (c->decode && (v < 1 || v > REC_VERSION)) c->bad = 1;
+    c->ver = c->decode ? v : REC_VERSION;
 }
 
 static void rec_model(codec *c, void *rec)
@@ -235,6 +246,7 @@ static void rec_model(codec *c, void *rec)
     cx_count(c, &m->ndim, STORE_MAX_DIMS);
     for (int i = 0; i < m->ndim && !c->bad; i++) cx_i64(c, &m->input_shape[i]);
     cx_i64(c, &m->created);
+    if (c->ver >= 2) cx_u32(c, &m->batch);
 }
 
 static void rec_dataset(codec *c, void *rec)
@@ -256,6 +268,12 @@ static void rec_dataset(codec *c, void *rec)
     }
     cx_int(c, &d->has_labels);
     cx_i64(c, &d->created);
+    if (c->ver >= 2) {
+        cx_u64(c, &d->first);
+        cx_u64(c, &d->total);
+    } else if (c->decode) {
+        d->total = d->count;
+    }
 }
 
 static void rec_index(codec *c, void *rec)
@@ -278,6 +296,10 @@ static void rec_index(codec *c, void *rec)
     cx_f64(c, &x->build_s);
     cx_str(c, x->error, sizeof x->error);
     cx_int(c, &x->kind);
+    if (c->ver >= 2) {
+        cx_u64(c, &x->digest);
+        cx_u32(c, &x->batch);
+    }
 }
 
 static void rec_job(codec *c, void *rec)
@@ -297,6 +319,11 @@ static void rec_job(codec *c, void *rec)
     j->nindexes = (uint32_t)n;
     for (int i = 0; i < n && !c->bad; i++) cx_u32(c, &j->indexes[i]);
     cx_str(c, j->error, sizeof j->error);
+    if (c->ver >= 2) {
+        cx_str(c, j->model, sizeof j->model);
+        cx_str(c, j->dataset, sizeof j->dataset);
+        cx_int(c, &j->cancelled);
+    }
 }
 
 
@@ -349,12 +376,14 @@ static int rec_decode(rec_fn fn, const MDB_val *v, void *out, size_t size, const
 static int put_val(store_txn *t, int db, void *k, size_t klen, const void *v, size_t vlen, unsigned flags,
                    const char *what)
 {
+    if (t->s->readonly) return map_rc(EACCES, what);
     MDB_val key = {klen, k}, val = {vlen, (void *)v};
     return map_rc(mdb_put(t->txn, t->s->dbi[db], &key, &val, flags), what);
 }
 
 static int get_val(store_txn *t, int db, void *k, size_t klen, MDB_val *val, const char *what)
 {
+    if (!t->s->have[db]) return map_rc(MDB_NOTFOUND, what);
     MDB_val key = {klen, k};
     return map_rc(mdb_get(t->txn, t->s->dbi[db], &key, val), what);
 }
@@ -431,6 +460,7 @@ static int walk(store_txn *t, const walker *w)
         store_job j;
     } rec;
     const char *what = kinds[w->db].what;
+    if (!t->s->have[w->db]) return STORE_OK;
     MDB_cursor *cur;
     int rc = mdb_cursor_open(t->txn, t->s->dbi[w->db], &cur);
     if (rc) return map_rc(rc, what);
@@ -502,7 +532,7 @@ static int list_grow(id_list *l)
 static int pending_dataset(const store_dataset *d, void *arg)
 {
     id_list *l = arg;
-    if (d->state != STORE_PENDING) return 0;
+    if (d->state != STORE_PENDING && d->state != STORE_DELETING) return 0;
     if (list_grow(l)) return 1;
     snprintf(l->names[l->n], sizeof l->names[0], "%s", d->name);
     l->ids[l->n++] = d->id;
@@ -524,6 +554,21 @@ static int unfinished_job(const store_job *j, void *arg)
     if (j->state != JOB_QUEUED && j->state != JOB_RUNNING) return 0;
     if (list_grow(l)) return 1;
     l->ids[l->n++] = j->id;
+    return 0;
+}
+
+/* Indexes of the datasets in owners->names (a deleting dataset's). */
+typedef struct owned_by { const id_list *owners; id_list out; } owned_by;
+
+static int index_of_swept(const store_index *x, void *arg)
+{
+    owned_by *o = arg;
+    for (size_t i = 0; i < o->owners->n; i++)
+        if (strcmp(o->owners->names[i], x->dataset) == 0) {
+            if (list_grow(&o->out)) return 1;
+            o->out.ids[o->out.n++] = x->id;
+            break;
+        }
     return 0;
 }
 
@@ -597,8 +642,6 @@ static int sweep(store *s)
         rc = STORE_ERROR;
         goto fail;
     }
-    for (size_t i = 0; i < ds.n; i++)
-        if ((rc = store_dataset_del(t, ds.names[i])) != STORE_OK) goto fail;
     for (size_t i = 0; i < ix.n; i++) {
         store_index x;
         uint8_t prefix[4];
@@ -610,6 +653,17 @@ static int sweep(store *s)
         snprintf(x.error, sizeof x.error, "interrupted (daemon stopped during build)");
         if ((rc = store_index_put(t, &x)) != STORE_OK) goto fail;
     }
+    owned_by swept = {.owners = &ds};
+    if ((rc = store_index_each(t, index_of_swept, &swept)) != STORE_OK || swept.out.oom) {
+        free(swept.out.ids), free(swept.out.names);
+        if (rc == STORE_OK) rc = STORE_ERROR;
+        goto fail;
+    }
+    for (size_t i = 0; i < swept.out.n && rc == STORE_OK; i++) rc = store_index_del(t, swept.out.ids[i]);
+    free(swept.out.ids), free(swept.out.names);
+    if (rc != STORE_OK) goto fail;
+    for (size_t i = 0; i < ds.n; i++)
+        if ((rc = store_dataset_del(t, ds.names[i])) != STORE_OK) goto fail;
     for (size_t i = 0; i < jb.n; i++) {
         store_job j;
         if ((rc = store_job_get(t, jb.ids[i], &j)) != STORE_OK) goto fail;
@@ -638,20 +692,30 @@ fail:
     return rc;
 }
 
-/* Checks the schema version, writing it into a fresh environment. */
+/* Opens the named databases and checks the schema version, writing it into
+ * a fresh environment (read-only: a database an older store lacks reads as
+ * empty, and a store without a version is refused). */
 static int check_schema(store *s, const char *dir)
 {
     MDB_txn *txn;
-    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    int rc = mdb_txn_begin(s->env, NULL, s->readonly ? MDB_RDONLY : 0, &txn);
     if (rc) return map_rc(rc, "begin");
     for (int i = 0; i < DB_COUNT; i++) {
-        if ((rc = mdb_dbi_open(txn, db_names[i], MDB_CREATE, &s->dbi[i])) != 0) {
+        rc = mdb_dbi_open(txn, db_names[i], s->readonly ? 0 : MDB_CREATE, &s->dbi[i]);
+        if (rc == MDB_NOTFOUND && s->readonly) continue;
+        if (rc) {
             mdb_txn_abort(txn);
             return map_rc(rc, db_names[i]);
         }
+        s->have[i] = 1;
     }
     MDB_val key = {6, "schema"}, val;
-    rc = mdb_get(txn, s->dbi[DB_META], &key, &val);
+    rc = s->have[DB_META] ? mdb_get(txn, s->dbi[DB_META], &key, &val) : MDB_NOTFOUND;
+    if (rc == MDB_NOTFOUND && s->readonly) {
+        mdb_txn_abort(txn);
+        seterr("%s holds no deepeverest store", dir);
+        return STORE_ERROR;
+    }
     if (rc == MDB_NOTFOUND) {
         uint8_t v[4];
         for (int i = 0; i < 4; i++) v[i] = (uint8_t)((uint32_t)STORE_SCHEMA_VERSION >> (8 * i));
@@ -680,16 +744,52 @@ static int check_schema(store *s, const char *dir)
             return STORE_ERROR;
         }
     }
+    if (s->readonly) {
+        mdb_txn_abort(txn);
+        return STORE_OK;
+    }
     return map_rc(mdb_txn_commit(txn), "commit");
 }
 
-int store_open(const char *dir, size_t mapsize, store **out, char *err, size_t errlen)
+/* The directory's owner lock: one daemon (or other writer) per directory.
+ * The holder's pid goes into the file so the refusal can name it. */
+static int take_lock(store *s, const char *dir)
+{
+    char path[STORE_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/deepeverest.lock", dir);
+    s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0664);
+    if (s->lock_fd < 0) {
+        seterr("cannot open %s: %s", path, strerror(errno));
+        return STORE_ERROR;
+    }
+    if (flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        char pid[32] = "";
+        ssize_t n = pread(s->lock_fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = 0;
+        pid[strcspn(pid, "\n")] = 0;
+        seterr("%s is in use by another process (pid %s): one daemon per data directory; --stat reads it "
+               "beside a running daemon", dir, pid[0] ? pid : "unknown");
+        close(s->lock_fd);
+        s->lock_fd = -1;
+        return STORE_ERROR;
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(s->lock_fd, 0) != 0 || pwrite(s->lock_fd, pid, (size_t)n, 0) != n) {
+        /* the lock holds anyway; only the pid in refusals is lost */
+    }
+    return STORE_OK;
+}
+
+static int open_env(const char *dir, size_t mapsize, int readonly, store **out, char *err, size_t errlen)
 {
     store *s = NULL;
     int rc = STORE_ERROR;
     *out = NULL;
-    if (!dir || mkdir_p(dir) != 0) {
-        seterr("cannot create directory %s: %s", dir ? dir : "(null)", strerror(errno));
+    struct stat st;
+    if (!dir || (readonly ? stat(dir, &st) != 0 || !S_ISDIR(st.st_mode) : mkdir_p(dir) != 0)) {
+        seterr(readonly ? "no directory %s: %s" : "cannot create directory %s: %s", dir ? dir : "(null)",
+               strerror(errno ? errno : ENOTDIR));
         goto fail;
     }
     s = calloc(1, sizeof *s);
@@ -697,9 +797,12 @@ int store_open(const char *dir, size_t mapsize, store **out, char *err, size_t e
         seterr("out of memory");
         goto fail;
     }
+    s->readonly = readonly;
+    s->lock_fd = -1;
+    if (!readonly && (rc = take_lock(s, dir)) != STORE_OK) goto fail;
     /* The default map is address space, not disk; where less can be mapped
      * (ulimit -v, valgrind) halve it down to MIN_DEFAULT_MAPSIZE. An explicit
-     * size is taken as asked. */
+     * size is taken as asked. Read-only opens adopt the file's own size. */
     size_t size = mapsize ? mapsize : DEFAULT_MAPSIZE;
     for (;;) {
         int mrc = mdb_env_create(&s->env);
@@ -709,36 +812,48 @@ int store_open(const char *dir, size_t mapsize, store **out, char *err, size_t e
             goto fail;
         }
         if ((mrc = mdb_env_set_maxdbs(s->env, DB_COUNT + 4)) || (mrc = mdb_env_set_maxreaders(s->env, MAX_READERS)) ||
-            (mrc = mdb_env_set_mapsize(s->env, size))) {
+            (!readonly && (mrc = mdb_env_set_mapsize(s->env, size)))) {
             rc = map_rc(mrc, "configure environment");
             goto fail;
         }
-        mrc = mdb_env_open(s->env, dir, MDB_NOTLS, 0664);
+        mrc = mdb_env_open(s->env, dir, MDB_NOTLS | (readonly ? MDB_RDONLY : 0), 0664);
         if (!mrc) break;
         rc = map_rc(mrc, dir);
         mdb_env_close(s->env); /* a failed open leaves the handle unusable */
         s->env = NULL;
-        if (mapsize || (mrc != EINVAL && mrc != ENOMEM) || size <= MIN_DEFAULT_MAPSIZE) goto fail;
+        if (readonly || mapsize || (mrc != EINVAL && mrc != ENOMEM) || size <= MIN_DEFAULT_MAPSIZE) goto fail;
         size /= 2;
     }
-    int dead;
-    mdb_reader_check(s->env, &dead); /* frees slots of crashed readers */
+    if (!readonly) {
+        int dead;
+        mdb_reader_check(s->env, &dead); /* frees slots of crashed readers */
+    }
     if ((rc = check_schema(s, dir)) != STORE_OK) goto fail;
-    if ((rc = sweep(s)) != STORE_OK) goto fail;
+    if (!readonly && (rc = sweep(s)) != STORE_OK) goto fail;
     *out = s;
     return STORE_OK;
 fail:
     if (err && errlen) snprintf(err, errlen, "%s", errbuf);
     if (rc == STORE_OK) rc = STORE_ERROR;
-    if (s && s->env) mdb_env_close(s->env);
-    free(s);
+    store_close(s);
     return rc == STORE_NOTFOUND || rc == STORE_EXISTS ? STORE_ERROR : rc;
+}
+
+int store_open(const char *dir, size_t mapsize, store **out, char *err, size_t errlen)
+{
+    return open_env(dir, mapsize, 0, out, err, errlen);
+}
+
+int store_open_readonly(const char *dir, store **out, char *err, size_t errlen)
+{
+    return open_env(dir, 0, 1, out, err, errlen);
 }
 
 void store_close(store *s)
 {
     if (!s) return;
-    mdb_env_close(s->env);
+    if (s->env) mdb_env_close(s->env);
+    if (s->lock_fd >= 0) close(s->lock_fd); /* releases the lock */
     free(s);
 }
 
@@ -754,6 +869,23 @@ int store_usage(store *s, uint64_t *map_bytes, uint64_t *used_bytes)
     return STORE_OK;
 }
 
+int store_db_bytes(store_txn *t, const char *db, uint64_t *bytes, uint64_t *entries)
+{
+    for (int i = 0; i < DB_COUNT; i++) {
+        if (strcmp(db_names[i], db) != 0) continue;
+        *bytes = *entries = 0;
+        if (!t->s->have[i]) return STORE_OK;
+        MDB_stat st;
+        int rc = mdb_stat(t->txn, t->s->dbi[i], &st);
+        if (rc) return map_rc(rc, db);
+        *bytes = (uint64_t)(st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages) * st.ms_psize;
+        *entries = st.ms_entries;
+        return STORE_OK;
+    }
+    seterr("no database '%s'", db);
+    return STORE_ERROR;
+}
+
 /* ---- transactions ---- */
 
 int store_txn_begin(store *s, int readonly, store_txn **out)
@@ -766,6 +898,11 @@ int store_txn_begin(store *s, int readonly, store_txn **out)
     }
     t->s = s;
     unsigned flags = readonly ? MDB_RDONLY : 0;
+    if (!readonly && s->readonly) {
+        free(t);
+        seterr("the store is open read-only");
+        return STORE_ERROR;
+    }
     int rc = mdb_txn_begin(s->env, NULL, flags, &t->txn);
     if (rc == MDB_MAP_RESIZED) { /* another process grew the map: adopt its size */
         mdb_env_set_mapsize(s->env, 0);
@@ -953,6 +1090,21 @@ int store_input_get(store_txn *t, uint32_t ds, uint64_t id, const void **data, s
     return STORE_OK;
 }
 
+/* p itself when aligned to `align`, else a copy that lives as long as t. */
+static const void *txn_aligned(store_txn *t, const void *p, size_t len, size_t align)
+{
+    if ((uintptr_t)p % align == 0) return p;
+    txn_copy *c = malloc(sizeof *c + len);
+    if (!c) {
+        seterr("out of memory");
+        return NULL;
+    }
+    memcpy(c->data, p, len);
+    c->next = t->copies;
+    t->copies = c;
+    return c->data;
+}
+
 int store_labels_put(store_txn *t, uint32_t ds, const int32_t *labels, uint64_t count)
 {
     uint8_t k[4];
@@ -975,22 +1127,11 @@ int store_labels_get(store_txn *t, uint32_t ds, const int32_t **labels, uint64_t
         seterr("damaged labels of dataset %u (%zu bytes)", ds, val.mv_size);
         return STORE_ERROR;
     }
-    const void *p = val.mv_data;
     /* LMDB promises no alignment. Today large values sit on overflow pages
      * and small ones land 4-aligned (4-byte key, 4n-byte value, nodes of even
-     * size), but should that change the caller still gets an aligned array:
-     * a copy that lives as long as the transaction. */
-    if ((uintptr_t)p % _Alignof(int32_t)) {
-        txn_copy *c = malloc(sizeof *c + val.mv_size);
-        if (!c) {
-            seterr("out of memory");
-            return STORE_ERROR;
-        }
-        memcpy(c->data, p, val.mv_size);
-        c->next = t->copies;
-        t->copies = c;
-        p = c->data;
-    }
+     * size), but should that change the caller still gets an aligned array. */
+    const void *p = txn_aligned(t, val.mv_data, val.mv_size, _Alignof(int32_t));
+    if (!p) return STORE_ERROR;
     *labels = p;
     *count = val.mv_size / sizeof(int32_t);
     return STORE_OK;
@@ -1051,7 +1192,8 @@ int store_neuron_get(store_txn *t, uint32_t index, uint32_t neuron, const void *
     be32(k + 4, neuron);
     int rc = get_val(t, DB_NEURONS, k, 8, &val, "neuron blob");
     if (rc) return rc;
-    *blob = val.mv_data;
+    /* small values sit in leaf pages at 2-byte alignment */
+    if (!(*blob = txn_aligned(t, val.mv_data, val.mv_size, 4))) return STORE_ERROR;
     *len = val.mv_size;
     return STORE_OK;
 }

@@ -8,14 +8,23 @@
  * Objects that take several write transactions to create (a dataset import,
  * an index build) are written with state PENDING first and flipped to READY
  * in the transaction that writes their last piece, so readers see an object
- * only when it is complete. store_open() sweeps what a crash left PENDING:
- * datasets and their inputs are deleted, indexes are marked FAILED and their
- * neuron blobs deleted, RUNNING/QUEUED jobs are marked FAILED.
+ * only when it is complete. A dataset being deleted is marked DELETING first
+ * (readers stop seeing it) and removed with everything it owns in one
+ * transaction once its builds are stopped. store_open() sweeps what a crash
+ * left unfinished: PENDING and DELETING datasets and their inputs are
+ * deleted, PENDING indexes are marked FAILED and their neuron blobs deleted,
+ * RUNNING/QUEUED jobs are marked FAILED.
+ *
+ * One process owns a directory: store_open takes an exclusive lock
+ * (DIR/deepeverest.lock) and fails while another process holds it, so a
+ * second daemon never sweeps a live one's work. store_open_readonly (for
+ * --stat) takes no lock, sweeps nothing and writes nothing.
  *
  * Lifetimes: a store is valid from store_open to store_close; a transaction
  * from store_txn_begin to store_txn_commit/abort, and a pointer returned by
- * a *_get call into LMDB's map (zero-copy) is valid until the end of the
- * transaction it was read in. Read transactions may be used from the thread
+ * a *_get call into LMDB's map (zero-copy, or a copy owned by the
+ * transaction where LMDB's pointer is misaligned) is valid until the end of
+ * the transaction it was read in. Read transactions may be used from the thread
  * that began them only (MDB_NOTLS is set, so many may be open per thread).
  * One write transaction at a time across the process: others block.
  */
@@ -45,7 +54,7 @@ enum {
 typedef struct store store;
 typedef struct store_txn store_txn;
 
-enum store_state { STORE_PENDING = 0, STORE_READY = 1, STORE_FAILED = 2 };
+enum store_state { STORE_PENDING = 0, STORE_READY = 1, STORE_FAILED = 2, STORE_DELETING = 3 };
 enum store_dtype { STORE_U8 = 1, STORE_F32 = 2 };
 enum store_job_state { JOB_QUEUED = 0, JOB_RUNNING = 1, JOB_DONE = 2, JOB_FAILED = 3 };
 
@@ -55,6 +64,8 @@ typedef struct store_model {
     int ndim;                          /* 0 = input shape from the archive */
     int64_t input_shape[STORE_MAX_DIMS];
     int64_t created;                   /* unix seconds */
+    uint32_t batch;                    /* inputs per forward, fixed at registration
+                                          (0: recorded before batches were kept) */
 } store_model;
 
 typedef struct store_dataset {
@@ -71,6 +82,9 @@ typedef struct store_dataset {
     float std[STORE_MAX_CHANNELS];
     int has_labels;
     int64_t created;
+    uint64_t first;                    /* global id of input 0: a shard holds ids
+                                          [first, first+count) of a sliced dataset */
+    uint64_t total;                    /* inputs of the whole dataset (= count unless sliced) */
 } store_dataset;
 
 enum store_index_kind {
@@ -95,6 +109,8 @@ typedef struct store_index {
     int64_t created;
     double build_s;
     char error[STORE_ERR_MAX];
+    uint64_t digest;                   /* FNV-1a 64 over every blob, in neuron order */
+    uint32_t batch;                    /* the forward batch it was built at */
 } store_index;
 
 typedef struct store_job {
@@ -106,12 +122,19 @@ typedef struct store_job {
     uint32_t nindexes;
     uint32_t indexes[16];              /* indexes this job builds */
     char error[STORE_ERR_MAX];
+    char model[STORE_NAME_MAX + 1];    /* what it works on ("" when not recorded) */
+    char dataset[STORE_NAME_MAX + 1];
+    int cancelled;                     /* FAILED because it was cancelled */
 } store_job;
 
 /* Opens (creating DIR if needed) the environment with a map of `mapsize`
- * bytes (0 = 64 GiB; the file grows only with the data), checks the schema
- * version, and sweeps what a crash left PENDING (see above). */
+ * bytes (0 = 64 GiB; the file grows only with the data), takes the
+ * directory's lock, checks the schema version, and sweeps what a crash left
+ * unfinished (see above). */
 int store_open(const char *dir, size_t mapsize, store **out, char *err, size_t errlen);
+/* Opens an existing environment for reading only, beside a daemon that may
+ * be writing it: no lock, no sweep, no write. Write transactions fail. */
+int store_open_readonly(const char *dir, store **out, char *err, size_t errlen);
 void store_close(store *s);
 /* Message of the last failure in this thread. */
 const char *store_errmsg(void);
@@ -156,8 +179,8 @@ int store_index_each(store_txn *t, int (*fn)(const store_index *, void *), void 
 
 /* Opaque neuron blobs of an index, keyed by (index id, neuron). */
 int store_neuron_put(store_txn *t, uint32_t index, uint32_t neuron, const void *blob, size_t len);
-/* Zero-copy: *blob valid until the end of t. LMDB gives no alignment
- * guarantee for small values: copy if you need aligned access. */
+/* *blob is 4-byte aligned (LMDB gives no alignment guarantee for small
+ * values: those are copied) and valid until the end of t. */
 int store_neuron_get(store_txn *t, uint32_t index, uint32_t neuron, const void **blob, size_t *len);
 
 /* Jobs: keyed by id. */
@@ -165,7 +188,10 @@ int store_job_put(store_txn *t, const store_job *j);
 int store_job_get(store_txn *t, uint32_t id, store_job *out);
 int store_job_each(store_txn *t, int (*fn)(const store_job *, void *), void *arg);
 
-/* Environment figures for /metrics and --stat. */
+/* Environment figures for /metrics and --stat: the map, the pages in use. */
 int store_usage(store *s, uint64_t *map_bytes, uint64_t *used_bytes);
+/* Bytes that every key and value of one database take (leaf + overflow
+ * pages), by name: "inputs", "neurons", ... (for --stat). */
+int store_db_bytes(store_txn *t, const char *db, uint64_t *bytes, uint64_t *entries);
 
 #endif

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Runs every suite against the binaries in BUILD (default build/): the Check
+# Runs the suites against the binaries in BUILD (default build/): the Check
 # unit suites, the shim suite, then the integration tests that start the real
-# daemon. Prints one closing line "N passed, M failed" over all of them and
-# exits non-zero if anything failed.
+# daemon. WHAT (default all) picks: unit (the Check suites), integration (the
+# shim suite and the integration tests) or all. Prints one closing line
+# "N passed, M failed" over them and exits non-zero if anything failed.
 set -u
 BUILD=${1:-build}
+WHAT=${2:-all}
+case "$WHAT" in all|unit|integration) ;; *) echo "run_all.sh: WHAT is all, unit or integration" >&2; exit 2 ;; esac
 cd "$(dirname "$0")/.."
 passed=0; failed=0; failed_suites=()
 log=$(mktemp -d)
@@ -37,10 +40,13 @@ run_suite() { # name, command...
   fi
 }
 
-for t in "$BUILD"/tests/test_*; do
-  [ -x "$t" ] || continue
-  run_suite "$(basename "$t")" "$t"
-done
+if [ "$WHAT" != integration ]; then
+  for t in "$BUILD"/tests/test_*; do
+    [ -x "$t" ] || continue
+    run_suite "$(basename "$t")" "$t"
+  done
+fi
+[ "$WHAT" = unit ] && { echo; echo "$passed passed, $failed failed"; [ "$failed" -eq 0 ]; exit; }
 if [ -x "$BUILD/tests/shim_test" ]; then
   CK_FORK=no run_suite shim_test "$BUILD/tests/shim_test"
 fi

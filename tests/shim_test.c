@@ -1,7 +1,7 @@
 /* shim_test.c -- the LibTorch shim against the committed demo model, the
  * Python reference activations and small fixture models. One torch-linked
  * binary (loading libtorch costs ~0.7 s); CK_NOFORK, because Check's fork
- * mode hangs once torch has started its thread pool (ENVIRONMENT.md). */
+ * mode hangs once torch has started its thread pool (shim/README.md). */
 #include <check.h>
 #include <jansson.h>
 #include <math.h>
@@ -32,6 +32,13 @@ static void load_images(void)
     IMAGES = malloc(sizeof(float) * 10000 * 784);
     for (int i = 0; i < 10000 * 784; i++) IMAGES[i] = ((float)raw[i] * (1.0f / 255.0f) - 0.2860f) / 0.3530f;
     free(raw);
+}
+
+/* One whole layer of n inputs into dst. */
+static int run1(shim_model *m, const float *in, int64_t n, int layer, float *dst, char *err, size_t errlen)
+{
+    shim_out o = {.layer = layer, .dst = dst};
+    return shim_run(m, in, n, &o, 1, err, errlen);
 }
 
 static void setup(void)
@@ -83,12 +90,14 @@ START_TEST(matches_python_reference)
     static const char *check[] = {"pool2", "fc1", "logits"};
     int layers[3];
     float *outs[3];
+    shim_out so[3];
     for (int j = 0; j < 3; j++) {
         layers[j] = shim_layer_find(M, check[j]);
         outs[j] = malloc(64 * (size_t)shim_layer_at(M, layers[j])->neurons * sizeof(float));
+        so[j] = (shim_out){.layer = layers[j], .dst = outs[j]};
     }
     char err[512];
-    if (shim_run(M, in, 64, layers, 3, outs, err, sizeof err) != 0) ck_abort_msg("run: %s", err);
+    if (shim_run(M, in, 64, so, 3, err, sizeof err) != 0) ck_abort_msg("run: %s", err);
     double worst = 0;
     for (size_t i = 0; i < n; i++) {
         json_t *acts = json_object_get(json_array_get(inputs, i), "activations");
@@ -117,14 +126,36 @@ START_TEST(truncated_equals_full)
     float *a = malloc(64 * 12544 * sizeof(float)), *b = malloc(64 * 12544 * sizeof(float));
     float *lg = malloc(64 * 10 * sizeof(float));
     char err[256];
-    ck_assert_int_eq(shim_run(M, IMAGES, 64, &conv1, 1, &a, err, sizeof err), 0);
-    int both[2] = {logits, conv1};
-    float *outs[2] = {lg, b};
-    ck_assert_int_eq(shim_run(M, IMAGES, 64, both, 2, outs, err, sizeof err), 0);
+    ck_assert_int_eq(run1(M, IMAGES, 64, conv1, a, err, sizeof err), 0);
+    shim_out both[2] = {{.layer = logits, .dst = lg}, {.layer = conv1, .dst = b}};
+    ck_assert_int_eq(shim_run(M, IMAGES, 64, both, 2, err, sizeof err), 0);
     ck_assert_int_eq(memcmp(a, b, 64 * 12544 * sizeof(float)), 0);
     free(a);
     free(b);
     free(lg);
+}
+END_TEST
+
+/* Selected columns are the very floats of the whole layer, in the order
+ * asked, several layers at once. */
+START_TEST(selected_columns)
+{
+    int pool1 = shim_layer_find(M, "pool1"), fc1 = shim_layer_find(M, "fc1");
+    float *whole = malloc(64 * 6272 * sizeof(float)), *wfc = malloc(64 * 64 * sizeof(float));
+    char err[256];
+    ck_assert_int_eq(run1(M, IMAGES, 64, pool1, whole, err, sizeof err), 0);
+    ck_assert_int_eq(run1(M, IMAGES, 64, fc1, wfc, err, sizeof err), 0);
+    uint32_t cols[5] = {6271, 0, 3000, 17, 3001}, fcols[2] = {63, 1};
+    float got[64 * 5], gfc[64 * 2];
+    shim_out o[2] = {{.layer = fc1, .cols = fcols, .ncols = 2, .dst = gfc},
+                     {.layer = pool1, .cols = cols, .ncols = 5, .dst = got}};
+    ck_assert_int_eq(shim_run(M, IMAGES, 64, o, 2, err, sizeof err), 0);
+    for (int i = 0; i < 64; i++) {
+        for (int j = 0; j < 5; j++) ck_assert_int_eq(memcmp(&got[i * 5 + j], &whole[i * 6272 + cols[j]], 4), 0);
+        for (int j = 0; j < 2; j++) ck_assert_int_eq(memcmp(&gfc[i * 2 + j], &wfc[i * 64 + fcols[j]], 4), 0);
+    }
+    free(whole);
+    free(wfc);
 }
 END_TEST
 
@@ -133,22 +164,22 @@ END_TEST
  * batches of one size, an input's values do not depend on its neighbours,
  * but may on its slot (a dense layer's kernel treats slots in classes):
  * the daemon therefore computes an input only in slots of one class
- * (app.c, calibrate_positions). */
+ * (server/infer.c). */
 START_TEST(batch_composition)
 {
     int fc1 = shim_layer_find(M, "fc1");
     float *x = malloc(64 * 784 * sizeof(float)), *o1 = malloc(64 * 64 * sizeof(float)),
           *o2 = malloc(64 * 64 * sizeof(float));
     char err[256];
-    ck_assert_int_eq(shim_run(M, IMAGES, 64, &fc1, 1, &o1, err, sizeof err), 0);
+    ck_assert_int_eq(run1(M, IMAGES, 64, fc1, o1, err, sizeof err), 0);
     /* input 5 in its slot 5, other neighbours (inputs 100..162) */
     memcpy(x, IMAGES + 100 * 784, 64 * 784 * sizeof(float));
     memcpy(x + 5 * 784, IMAGES + 5 * 784, 784 * sizeof(float));
-    ck_assert_int_eq(shim_run(M, x, 64, &fc1, 1, &o2, err, sizeof err), 0);
+    ck_assert_int_eq(run1(M, x, 64, fc1, o2, err, sizeof err), 0);
     ck_assert_int_eq(memcmp(o1 + 5 * 64, o2 + 5 * 64, 64 * sizeof(float)), 0);
     /* the same input in every slot: how many different results */
     for (int p = 0; p < 64; p++) memcpy(x + p * 784, IMAGES + 5 * 784, 784 * sizeof(float));
-    ck_assert_int_eq(shim_run(M, x, 64, &fc1, 1, &o2, err, sizeof err), 0);
+    ck_assert_int_eq(run1(M, x, 64, fc1, o2, err, sizeof err), 0);
     int distinct = 0;
     for (int p = 0; p < 64; p++) {
         int q = 0;
@@ -158,8 +189,7 @@ START_TEST(batch_composition)
     printf("fc1: one input in the 64 slots of a batch gives %d different results\n", distinct);
     ck_assert_int_ge(distinct, 1);
     float single[64];
-    float *po = single;
-    ck_assert_int_eq(shim_run(M, IMAGES + 5 * 784, 1, &fc1, 1, &po, err, sizeof err), 0);
+    ck_assert_int_eq(run1(M, IMAGES + 5 * 784, 1, fc1, single, err, sizeof err), 0);
     double d = 0;
     for (int k = 0; k < 64; k++) d = fmax(d, fabs(single[k] - o1[5 * 64 + k]));
     printf("batch of 1 vs batch of 64 at fc1: max difference %g\n", d);
@@ -188,12 +218,11 @@ START_TEST(sequential_model)
     float in[2 * 64];
     for (int i = 0; i < 128; i++) in[i] = (float)((i * 37) % 11) - 5.0f;
     float a[2 * 144], b[2 * 144], out3[2 * 3];
-    int l0 = 0, l1 = 1, both[2] = {3, 0};
-    float *pa = a, *pb = b, *p2[2] = {out3, a};
-    ck_assert_int_eq(shim_run(s, in, 2, &l0, 1, &pa, err, sizeof err), 0);
-    ck_assert_int_eq(shim_run(s, in, 2, &l1, 1, &pb, err, sizeof err), 0);
+    ck_assert_int_eq(run1(s, in, 2, 0, a, err, sizeof err), 0);
+    ck_assert_int_eq(run1(s, in, 2, 1, b, err, sizeof err), 0);
     for (int i = 0; i < 2 * 144; i++) ck_assert_float_eq(b[i], a[i] > 0 ? a[i] : 0);
-    ck_assert_int_eq(shim_run(s, in, 2, both, 2, p2, err, sizeof err), 0);
+    shim_out both[2] = {{.layer = 3, .dst = out3}, {.layer = 0, .dst = a}};
+    ck_assert_int_eq(shim_run(s, in, 2, both, 2, err, sizeof err), 0);
     shim_free(s);
 }
 END_TEST
@@ -210,10 +239,14 @@ START_TEST(bad_files_and_arguments)
     /* a model that cannot take the given shape */
     int64_t wrong[3] = {3, 5, 5};
     ck_assert_int_ne(shim_load("tests/fixtures/seq_model.pt", "cpu", wrong, 3, &s, err, sizeof err), 0);
-    int bad = 99;
-    float out[10], *po = out;
-    ck_assert_int_ne(shim_run(M, IMAGES, 1, &bad, 1, &po, err, sizeof err), 0);
-    ck_assert_int_ne(shim_run(M, IMAGES, 0, &bad, 1, &po, err, sizeof err), 0);
+    float out[10];
+    ck_assert_int_ne(run1(M, IMAGES, 1, 99, out, err, sizeof err), 0);
+    ck_assert_int_ne(run1(M, IMAGES, 0, 0, out, err, sizeof err), 0);
+    /* a column past the layer */
+    uint32_t past = 10;
+    shim_out o = {.layer = shim_layer_find(M, "logits"), .cols = &past, .ncols = 1, .dst = out};
+    ck_assert_int_ne(shim_run(M, IMAGES, 1, &o, 1, err, sizeof err), 0);
+    ck_assert_msg(strstr(err, "column") != NULL, "%s", err);
 }
 END_TEST
 
@@ -229,7 +262,7 @@ START_TEST(throughput)
     char err[256];
     int warm = shim_layer_find(M, "logits");
     float *wout = malloc(256 * 10 * sizeof(float));
-    ck_assert_int_eq(shim_run(M, IMAGES, 256, &warm, 1, &wout, err, sizeof err), 0); /* first-run costs */
+    ck_assert_int_eq(run1(M, IMAGES, 256, warm, wout, err, sizeof err), 0); /* first-run costs */
     free(wout);
     for (int a = 0; a < 2; a++) {
         int l = shim_layer_find(M, at[a]);
@@ -239,7 +272,7 @@ START_TEST(throughput)
             struct timespec t0, t1;
             clock_gettime(CLOCK_MONOTONIC, &t0);
             for (int off = 0; off + B <= 10000; off += B)
-                ck_assert_int_eq(shim_run(M, IMAGES + (size_t)off * 784, B, &l, 1, &out, err, sizeof err), 0);
+                ck_assert_int_eq(run1(M, IMAGES + (size_t)off * 784, B, l, out, err, sizeof err), 0);
             clock_gettime(CLOCK_MONOTONIC, &t1);
             double s = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
             printf("throughput to %-6s batch %3d: %8.0f inputs/s\n", at[a], B, (10000 / B) * B / s);
@@ -258,6 +291,7 @@ int main(void)
     tcase_add_test(tc, layers_and_shapes);
     tcase_add_test(tc, matches_python_reference);
     tcase_add_test(tc, truncated_equals_full);
+    tcase_add_test(tc, selected_columns);
     tcase_add_test(tc, batch_composition);
     tcase_add_test(tc, sequential_model);
     tcase_add_test(tc, bad_files_and_arguments);

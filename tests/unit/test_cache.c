@@ -65,7 +65,7 @@ static cache_stats stats(cache *c)
 static uint64_t cost_of(size_t len)
 {
     cache *c = cache_new((size_t)1 << 30);
-    cache_key k = {1, 1, 1, 1};
+    cache_key k = {1, 1, 1, 1, 0};
     put_key(c, &k, len);
     uint64_t b = stats(c).bytes;
     cache_free(c);
@@ -76,7 +76,7 @@ START_TEST(test_miss_then_hit)
 {
     cache *c = cache_new(1 << 20);
     ck_assert_ptr_nonnull(c);
-    cache_key k = {3, 4, 5, 6};
+    cache_key k = {3, 4, 5, 6, 0};
     float out[100];
     for (int i = 0; i < 100; i++) out[i] = 12345.0f;
     ck_assert_int_eq(cache_get(c, &k, NULL, 100, out), 0);
@@ -105,7 +105,7 @@ START_TEST(test_special_values_exact)
     float v[sizeof bits / sizeof bits[0]], out[sizeof bits / sizeof bits[0]];
     memcpy(v, bits, sizeof v);
     cache *c = cache_new(1 << 16);
-    cache_key k = {0, 0, 0, 0};
+    cache_key k = {0, 0, 0, 0, 0};
     cache_put(c, &k, v, n);
     ck_assert_int_eq(cache_get(c, &k, NULL, n, out), 1);
     ck_assert_int_eq(memcmp(out, bits, sizeof out), 0);
@@ -116,7 +116,7 @@ END_TEST
 START_TEST(test_neuron_subset)
 {
     cache *c = cache_new(1 << 20);
-    cache_key k = {1, 2, 3, 4};
+    cache_key k = {1, 2, 3, 4, 0};
     const size_t len = 1000;
     put_key(c, &k, len);
     /* Unsorted, repeated, first and last positions. */
@@ -146,7 +146,7 @@ END_TEST
 START_TEST(test_replace_same_key)
 {
     cache *c = cache_new(1 << 20);
-    cache_key k = {9, 9, 9, 9};
+    cache_key k = {9, 9, 9, 9, 0};
     float a[50], b[20], out[50];
     for (int i = 0; i < 50; i++) a[i] = (float)i;
     for (int i = 0; i < 20; i++) b[i] = (float)(1000 - i);
@@ -178,22 +178,24 @@ START_TEST(test_key_fields_distinct)
 {
     cache *c = cache_new(1 << 20);
     const size_t len = 16;
-    cache_key base = {10, 20, 30, 40};
-    cache_key ks[9] = {base, base, base, base, base, base, base, base, base};
+    cache_key base = {10, 20, 30, 40, 0};
+    cache_key ks[11] = {base, base, base, base, base, base, base, base, base, base, base};
     ks[1].model++;
     ks[2].dataset++;
     ks[3].layer++;
     ks[4].input++;
+    ks[9].block++;
     /* Swapped fields must not collide either (a symmetric hash/equality would). */
-    ks[5] = (cache_key){20, 10, 30, 40};
-    ks[6] = (cache_key){10, 20, 40, 30};
-    ks[7] = (cache_key){30, 40, 10, 20};
-    ks[8] = (cache_key){0xFFFFFFFFu, 20, 30, 40};
+    ks[5] = (cache_key){20, 10, 30, 40, 0};
+    ks[6] = (cache_key){10, 20, 40, 30, 0};
+    ks[7] = (cache_key){30, 40, 10, 20, 0};
+    ks[8] = (cache_key){0xFFFFFFFFu, 20, 30, 40, 0};
+    ks[10] = (cache_key){10, 20, 30, 0, 40};
     put_key(c, &ks[0], len);
-    for (int i = 1; i < 9; i++) ck_assert_msg(!has_key(c, &ks[i], len), "key %d hit the base entry", i);
-    for (int i = 1; i < 9; i++) put_key(c, &ks[i], len);
-    ck_assert_uint_eq(stats(c).entries, 9);
-    for (int i = 0; i < 9; i++) ck_assert_msg(has_key(c, &ks[i], len), "key %d lost", i);
+    for (int i = 1; i < 11; i++) ck_assert_msg(!has_key(c, &ks[i], len), "key %d hit the base entry", i);
+    for (int i = 1; i < 11; i++) put_key(c, &ks[i], len);
+    ck_assert_uint_eq(stats(c).entries, 11);
+    for (int i = 0; i < 11; i++) ck_assert_msg(has_key(c, &ks[i], len), "key %d lost", i);
     cache_free(c);
 }
 END_TEST
@@ -205,7 +207,7 @@ START_TEST(test_many_keys_grow)
     const uint32_t n = 5000;
     const size_t len = 8;
     for (uint32_t i = 0; i < n; i++) {
-        cache_key k = {i % 7, i % 3, i % 11, i};
+        cache_key k = {i % 7, i % 3, i % 11, i, 0};
         put_key(c, &k, len);
     }
     cache_stats s = stats(c);
@@ -213,10 +215,10 @@ START_TEST(test_many_keys_grow)
     ck_assert_uint_eq(s.evictions, 0);
     ck_assert_uint_eq(s.bytes, n * cost_of(len));
     for (uint32_t i = 0; i < n; i++) {
-        cache_key k = {i % 7, i % 3, i % 11, i};
+        cache_key k = {i % 7, i % 3, i % 11, i, 0};
         EXPECT(has_key(c, &k, len), "key %u lost", i);
     }
-    cache_key absent = {1, 1, 1, n + 1};
+    cache_key absent = {1, 1, 1, n + 1, 0};
     ck_assert(!has_key(c, &absent, len));
     cache_free(c);
 }
@@ -229,7 +231,7 @@ START_TEST(test_accounting)
     ck_assert_uint_eq(c110 - c10, 100 * sizeof(float));
     ck_assert_uint_ge(c10, 10 * sizeof(float));
     cache *c = cache_new(1 << 20);
-    cache_key a = {1, 0, 0, 0}, b = {2, 0, 0, 0};
+    cache_key a = {1, 0, 0, 0, 0}, b = {2, 0, 0, 0, 0};
     put_key(c, &a, 10);
     put_key(c, &b, 110);
     ck_assert_uint_eq(stats(c).bytes, c10 + c110);
@@ -244,7 +246,7 @@ START_TEST(test_lru_order)
     /* Room for exactly 3 entries (and a bit, less than a fourth). */
     cache *c = cache_new((size_t)(3 * cost + cost / 2));
     cache_key k[6];
-    for (int i = 0; i < 6; i++) k[i] = (cache_key){7, 7, 7, (uint32_t)i};
+    for (int i = 0; i < 6; i++) k[i] = (cache_key){7, 7, 7, (uint32_t)i, 0};
     put_key(c, &k[0], len);
     put_key(c, &k[1], len);
     put_key(c, &k[2], len);
@@ -279,7 +281,7 @@ START_TEST(test_lru_order)
     const size_t big = len + (size_t)(cost / sizeof(float)) + 4; /* costs more than 2, at most 3 small */
     ck_assert_uint_gt(cost_of(big), 2 * cost);
     ck_assert_uint_le(cost_of(big), 3 * cost + cost / 2);
-    cache_key kb = {8, 8, 8, 8};
+    cache_key kb = {8, 8, 8, 8, 0};
     put_key(c, &kb, big);
     s = stats(c);
     ck_assert_uint_le(s.bytes, s.max_bytes);
@@ -301,7 +303,7 @@ START_TEST(test_bound_many_puts)
     uint64_t put = 0;
     /* Mixed lengths, mixed recency; the bound holds after every put. */
     for (uint32_t i = 0; i < 3000; i++) {
-        cache_key k = {i % 5, 1, i % 13, i % 997};
+        cache_key k = {i % 5, 1, i % 13, i % 997, 0};
         size_t len = 1 + (i * 37u) % 900;
         put_key(c, &k, len);
         put++;
@@ -309,7 +311,7 @@ START_TEST(test_bound_many_puts)
         EXPECT(s.bytes <= max, "bytes %llu > max after put %u", (unsigned long long)s.bytes, i);
         EXPECT(s.insertions == put, "insertions %llu at put %u", (unsigned long long)s.insertions, i);
         if (i >= 3 && i % 3 == 0) {
-            cache_key back = {(i - 3) % 5, 1, (i - 3) % 13, (i - 3) % 997};
+            cache_key back = {(i - 3) % 5, 1, (i - 3) % 13, (i - 3) % 997, 0};
             float tmp[900];
             cache_get(c, &back, NULL, 900, tmp);
         }
@@ -329,7 +331,7 @@ START_TEST(test_too_big_not_cached)
     const uint64_t cost = cost_of(len);
     /* A bound one byte short of one entry: nothing of that size fits. */
     cache *c = cache_new((size_t)(cost - 1));
-    cache_key k = {1, 2, 3, 4};
+    cache_key k = {1, 2, 3, 4, 0};
     put_key(c, &k, len);
     ck_assert(!has_key(c, &k, len));
     cache_stats s = stats(c);
@@ -341,7 +343,7 @@ START_TEST(test_too_big_not_cached)
 
     /* Exactly one entry's worth fits; a too-big put leaves the others alone. */
     c = cache_new((size_t)(2 * cost));
-    cache_key a = {1, 1, 1, 1}, b = {1, 1, 1, 2}, huge = {1, 1, 1, 3};
+    cache_key a = {1, 1, 1, 1, 0}, b = {1, 1, 1, 2, 0}, huge = {1, 1, 1, 3, 0};
     put_key(c, &a, len);
     put_key(c, &b, len);
     s = stats(c);
@@ -364,7 +366,7 @@ START_TEST(test_zero_bound)
     ck_assert_ptr_nonnull(c);
     float one = 1.0f, out = 0.0f;
     for (uint32_t i = 0; i < 10; i++) {
-        cache_key k = {i, i, i, i};
+        cache_key k = {i, i, i, i, 0};
         cache_put(c, &k, &one, 1);
         cache_put(c, &k, &one, 0);
         ck_assert_int_eq(cache_get(c, &k, NULL, 1, &out), 0);
@@ -388,12 +390,12 @@ START_TEST(test_stats_exact)
     cache *c = cache_new((size_t)(4 * cost)); /* exactly 4 fit */
     uint64_t hits = 0, misses = 0;
     for (uint32_t i = 0; i < 10; i++) {
-        cache_key k = {0, 0, 0, i};
+        cache_key k = {0, 0, 0, i, 0};
         put_key(c, &k, len);
     }
     /* 10 inserted, 4 kept (6..9), 6 evicted. */
     for (uint32_t i = 0; i < 10; i++) {
-        cache_key k = {0, 0, 0, i};
+        cache_key k = {0, 0, 0, i, 0};
         int hit = has_key(c, &k, len);
         ck_assert_int_eq(hit, i >= 6);
         if (hit)
@@ -401,7 +403,7 @@ START_TEST(test_stats_exact)
         else
             misses++;
     }
-    cache_key k9 = {0, 0, 0, 9};
+    cache_key k9 = {0, 0, 0, 9, 0};
     put_key(c, &k9, len); /* replacement: no eviction */
     cache_stats s = stats(c);
     ck_assert_uint_eq(s.hits, hits);
@@ -439,7 +441,7 @@ static void *work(void *arg)
         s ^= s << 13;
         s ^= s >> 7;
         s ^= s << 17;
-        cache_key k = {(uint32_t)(s >> 60) % 2, 5, 3, (uint32_t)(s >> 8) % NKEYS};
+        cache_key k = {(uint32_t)(s >> 60) % 2, 5, 3, (uint32_t)(s >> 8) % NKEYS, 0};
         size_t len = key_len(k.input);
         int kind = (int)((s >> 40) % 4);
         if (kind == 0) {
@@ -501,7 +503,7 @@ START_TEST(test_threads)
     uint64_t found = 0, bytes = 0;
     for (uint32_t m = 0; m < 2; m++)
         for (uint32_t i = 0; i < NKEYS; i++) {
-            cache_key k = {m, 5, 3, i};
+            cache_key k = {m, 5, 3, i, 0};
             if (has_key(c, &k, key_len(i))) {
                 found++;
                 bytes += cost_of(key_len(i));

@@ -732,6 +732,15 @@ START_TEST(test_knn_valid)
     ck_assert_int_eq(r.neurons.rank, 1);
     proto_free_query(&r);
 
+    ck_assert_int_eq(query_sq("{'model':'m','dataset':'d','layer':'l','neurons':[4,5],'k':3,"
+                              "'target':{'activations':[0.25,-2]}}",
+                              1, &r, &e),
+                     0);
+    ck_assert_uint_eq(r.ntensor, 0);
+    ck_assert_uint_eq(r.nactivations, 2);
+    ck_assert(r.activations[0] == 0.25f && r.activations[1] == -2.0f);
+    proto_free_query(&r);
+
     ck_assert_int_eq(query_sq("{'model':'m','dataset':'d','layer':'l','neurons':[0],'k':1,'target':0,'metric':'l1',"
                               "'include_target':false}",
                               1, &r, &e),
@@ -794,6 +803,10 @@ START_TEST(test_query_invalid)
         {K_KNN, "{" TN "'target':[1,2]}", 400, "invalid_type", "'target'"},
         {K_KNN, "{" TN "'target':{}}", 400, "missing_field", "'tensor'"},
         {K_KNN, "{" TN "'target':{'tensor':[1],'id':3}}", 400, "unknown_field", "'id'"},
+        {K_KNN, "{" TN "'target':{'tensor':[1],'activations':[1,2]}}", 422, "conflicting_fields", "'activations'"},
+        {K_KNN, "{" TN "'target':{'activations':[1]}}", 422, "invalid_target", "one per neuron"},
+        {K_KNN, "{" TN "'target':{'activations':[1,'x']}}", 400, "invalid_type", "'target.activations[1]'"},
+        {K_KNN, "{" TN "'target':{'activations':[1,1e39]}}", 422, "invalid_target", "'target.activations[1]'"},
         {K_KNN, "{" TN "'target':{'tensor':'x'}}", 400, "invalid_type", "'target.tensor'"},
         {K_KNN, "{" TN "'target':{'tensor':[1,'x']}}", 400, "invalid_type", "'target.tensor[1]'"},
         {K_KNN, "{" KN "'include_target':1}", 400, "invalid_type", "'include_target'"},

@@ -1,5 +1,9 @@
 /* http.h -- libmicrohttpd front: routing, capped body buffers, replies.
  *
+ * Errors take one form on the wire, {"error":{"code","message"}}, from a
+ * proto_err (jspec.h) that every layer below fills; the message is made
+ * valid UTF-8 here, whatever bytes a client put into the names it echoes.
+ *
  * One thread per connection (queries and imports block for seconds; a pool of
  * event threads would stall behind them). A request is routed on its first
  * callback; a JSON body is buffered up to cfg.max_body_mb (then 413), a
@@ -43,9 +47,9 @@ typedef int (*http_chunk_fn)(http_req *r, const char *data, size_t len);
 const char *http_arg(http_req *r, const char *name);
 
 void http_reply_json(http_req *r, int status, json_t *body);      /* steals body */
+void http_reply_err(http_req *r, const proto_err *e);
 void http_reply_error(http_req *r, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-void http_reply_proto_err(http_req *r, const proto_err *e);
 void http_reply_bytes(http_req *r, int status, const char *content_type, void *data, size_t len,
                       int take);                                    /* take: free data after */
 void http_reply_text(http_req *r, int status, const char *content_type, const char *text);
@@ -56,5 +60,9 @@ int http_start(app *a, char *err, size_t errlen);
 void http_stop(app *a, double drain_s);
 /* The port actually bound (for --listen 127.0.0.1:0). */
 int http_port(void);
+
+/* Calls fn for every route of the API, in table order ("GET",
+ * "/v1/models/ *" with '*' for a path parameter): deepeverestd --routes. */
+void http_routes_each(void (*fn)(const char *method, const char *pattern, void *arg), void *arg);
 
 #endif

@@ -23,6 +23,7 @@ typedef struct route {
 
 static const route ROUTES[] = {
     {{"GET", "/v1/health"}, api_health, NULL, NULL},
+    {{"GET", "/v1/openapi.json"}, api_openapi, NULL, NULL},
     {{"GET", "/metrics"}, api_metrics, NULL, NULL},
     {{"POST", "/v1/models"}, api_model_create, NULL, NULL},
     {{"GET", "/v1/models"}, api_model_list, NULL, NULL},
@@ -33,6 +34,7 @@ static const route ROUTES[] = {
     {{"PUT", "/v1/datasets/*"}, api_dataset_upload, api_dataset_upload_chunk, api_dataset_upload_cleanup},
     {{"GET", "/v1/datasets/*"}, api_dataset_get, NULL, NULL},
     {{"DELETE", "/v1/datasets/*"}, api_dataset_delete, NULL, NULL},
+    {{"GET", "/v1/datasets/*/inputs"}, api_input_list, NULL, NULL},
     {{"GET", "/v1/datasets/*/inputs/*"}, api_input_get, NULL, NULL},
     {{"GET", "/v1/datasets/*/inputs/*/image.png"}, api_input_png, NULL, NULL},
     {{"GET", "/v1/datasets/*/inputs/*/activations"}, api_input_activations, NULL, NULL},
@@ -43,6 +45,7 @@ static const route ROUTES[] = {
     {{"GET", "/v1/indexes/*/neurons/*"}, api_index_neuron, NULL, NULL},
     {{"GET", "/v1/jobs"}, api_job_list, NULL, NULL},
     {{"GET", "/v1/jobs/*"}, api_job_get, NULL, NULL},
+    {{"DELETE", "/v1/jobs/*"}, api_job_delete, NULL, NULL},
     {{"POST", "/v1/query/topk"}, api_query_topk, NULL, NULL},
     {{"POST", "/v1/query/knn"}, api_query_knn, NULL, NULL},
     {{"GET", "/"}, api_static, NULL, NULL},
@@ -120,6 +123,18 @@ void http_reply_json(http_req *r, int status, json_t *body)
     http_reply_bytes(r, status, "application/json", s, n + 1, 1);
 }
 
+void http_reply_err(http_req *r, const proto_err *e)
+{
+    proto_err safe = *e;
+    safe.code[sizeof safe.code - 1] = 0;
+    safe.message[sizeof safe.message - 1] = 0;
+    proto_sanitize(safe.code);
+    proto_sanitize(safe.message);
+    int status = safe.status ? safe.status : 500;
+    if (status >= 500) log_msg("%s %s -> %d %s: %s", r->method, r->url, status, safe.code, safe.message);
+    http_reply_json(r, status, json_pack("{s:{s:s,s:s}}", "error", "code", safe.code, "message", safe.message));
+}
+
 void http_reply_error(http_req *r, int status, const char *code, const char *fmt, ...)
 {
     proto_err e = {.status = status};
@@ -128,14 +143,12 @@ void http_reply_error(http_req *r, int status, const char *code, const char *fmt
     vsnprintf(e.message, sizeof e.message, fmt, ap);
     va_end(ap);
     snprintf(e.code, sizeof e.code, "%s", code);
-    http_reply_proto_err(r, &e);
+    http_reply_err(r, &e);
 }
 
-void http_reply_proto_err(http_req *r, const proto_err *e)
+void http_routes_each(void (*fn)(const char *method, const char *pattern, void *arg), void *arg)
 {
-    json_t *err = json_pack("{s:{s:s,s:s}}", "error", "code", e->code, "message", e->message);
-    if (e->status >= 500) app_log("%s %s -> %d %s: %s", r->method, r->url, e->status, e->code, e->message);
-    http_reply_json(r, e->status ? e->status : 500, err);
+    for (size_t i = 0; i < NROUTES; i++) fn(ROUTES[i].spec.method, ROUTES[i].spec.pattern, arg);
 }
 
 /* ---- routing ---- */
@@ -300,8 +313,8 @@ void http_stop(app *a, double drain_s)
 {
     if (!g_daemon) return;
     MHD_quiesce_daemon(g_daemon); /* no new connections */
-    double t0 = app_now_ms();
-    while (atomic_load(&a->metrics.inflight) > 0 && app_now_ms() - t0 < drain_s * 1000) usleep(20000);
+    double t0 = clock_ms();
+    while (atomic_load(&a->metrics.inflight) > 0 && clock_ms() - t0 < drain_s * 1000) usleep(20000);
     MHD_stop_daemon(g_daemon);
     g_daemon = NULL;
 }

@@ -1,21 +1,23 @@
-/* api.h -- the handlers of the HTTP API (DESIGN.md section 4), by resource. */
+/* api.h -- the handlers of the HTTP API (README.md, "HTTP API"), by
+ * resource. A handler parses its request (proto/), makes one call (catalog,
+ * query, build, importer, jobs), and renders the answer or the error. */
 #ifndef DE_API_H
 #define DE_API_H
 
 #include "http.h"
+#include "registry.h"
 
 /* api_misc.c */
 void api_health(http_req *r);
 void api_metrics(http_req *r);
 void api_static(http_req *r);
+void api_openapi(http_req *r);
 
 /* api_models.c */
 void api_model_create(http_req *r);
 void api_model_list(http_req *r);
 void api_model_get(http_req *r);
 void api_model_delete(http_req *r);
-/* Layer description {"name","shape","neurons"} list of a loaded model. */
-json_t *api_model_layers_json(const shim_model *m);
 
 /* api_datasets.c */
 void api_dataset_create(http_req *r);
@@ -25,10 +27,10 @@ void api_dataset_upload_cleanup(http_req *r);
 void api_dataset_list(http_req *r);
 void api_dataset_get(http_req *r);
 void api_dataset_delete(http_req *r);
+void api_input_list(http_req *r);
 void api_input_get(http_req *r);
 void api_input_png(http_req *r);
 void api_input_activations(http_req *r);
-json_t *api_dataset_json(const store_dataset *d);
 
 /* api_indexes.c */
 void api_index_create(http_req *r);
@@ -38,15 +40,22 @@ void api_index_delete(http_req *r);
 void api_index_neuron(http_req *r);
 void api_job_list(http_req *r);
 void api_job_get(http_req *r);
+void api_job_delete(http_req *r);
 
 /* api_query.c */
 void api_query_topk(http_req *r);
 void api_query_knn(http_req *r);
 
-/* Common lookups that reply with the right 404/503 on failure and return -1. */
-int api_find_dataset(http_req *r, const char *name, store_dataset *out);
-app_model *api_find_model(http_req *r, const char *name);
-/* Parses a decimal id in [0, limit) from a path segment; replies 404 if not. */
-int api_parse_id(http_req *r, const char *s, uint64_t limit, const char *what, uint64_t *out);
+/* api_render.c: the JSON of the catalog's records */
+json_t *api_dataset_json(const store_dataset *d);
+json_t *api_model_json(const registry_model *m);
+json_t *api_index_json(const store_index *ix);
+json_t *api_job_json(app *a, const store_job *j);
+json_t *api_shape_json(const int64_t *shape, int ndim);
+json_t *api_ids_json(const uint32_t *ids, size_t n);
+
+/* A decimal id below `limit` from path parameter r->params[i]; 404
+ * not_found naming `what` when it is not one. */
+int api_path_id(http_req *r, int i, uint64_t limit, const char *what, uint64_t *out, proto_err *e);
 
 #endif

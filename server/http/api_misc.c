@@ -1,7 +1,6 @@
-/* api_misc.c -- health, metrics, the explorer's static files, and lookups
- * shared by the handlers. */
+/* api_misc.c -- health, metrics, the OpenAPI document and the explorer's
+ * static files. */
 #include <ctype.h>
-#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,7 +9,11 @@
 #include <unistd.h>
 
 #include "api.h"
-#include "proto.h"
+#include "catalog.h"
+
+/* server/http/openapi.json, embedded at build time (Makefile). */
+extern const unsigned char api_openapi_doc[];
+extern const size_t api_openapi_len;
 
 void api_health(http_req *r)
 {
@@ -18,11 +21,9 @@ void api_health(http_req *r)
                                       r->app->device_name));
 }
 
-static int count_index(const store_index *ix, void *arg)
+void api_openapi(http_req *r)
 {
-    uint64_t *c = arg;
-    c[ix->state == STORE_READY ? 0 : ix->state == STORE_PENDING ? 1 : 2]++;
-    return 0;
+    http_reply_bytes(r, 200, "application/json", (void *)api_openapi_doc, api_openapi_len, 0);
 }
 
 void api_metrics(http_req *r)
@@ -32,11 +33,12 @@ void api_metrics(http_req *r)
     cache_get_stats(a->cache, &cs);
     uint64_t map = 0, used = 0, ix[3] = {0};
     store_usage(a->st, &map, &used);
-    store_txn *t;
-    if (store_txn_begin(a->st, 1, &t) == STORE_OK) {
-        store_index_each(t, count_index, ix);
-        store_txn_abort(t);
-    }
+    store_index *list = NULL;
+    size_t n = 0;
+    proto_err e;
+    if (catalog_indexes(a, &list, &n, &e) == 0)
+        for (size_t i = 0; i < n; i++) ix[list[i].state == STORE_READY ? 0 : list[i].state == STORE_PENDING ? 1 : 2]++;
+    free(list);
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
@@ -58,7 +60,7 @@ void api_metrics(http_req *r)
     M("cache_hits_total", "counter", "Activation cache hits.", cs.hits);
     M("cache_misses_total", "counter", "Activation cache misses.", cs.misses);
     M("cache_evictions_total", "counter", "Activation cache evictions.", cs.evictions);
-    M("cache_entries", "gauge", "Activation vectors cached.", cs.entries);
+    M("cache_entries", "gauge", "Activation blocks cached.", cs.entries);
     M("cache_bytes", "gauge", "Bytes held by the activation cache.", cs.bytes);
     M("cache_max_bytes", "gauge", "Bound of the activation cache (--cache-mb).", cs.max_bytes);
     M("store_map_bytes", "gauge", "LMDB map size.", map);
@@ -118,55 +120,4 @@ void api_static(http_req *r)
     return;
 notfound:
     http_reply_error(r, 404, "not_found", "no such file: %s", name);
-}
-
-int api_find_dataset(http_req *r, const char *name, store_dataset *out)
-{
-    store_txn *t;
-    if (store_txn_begin(r->app->st, 1, &t) != STORE_OK) {
-        http_reply_error(r, 500, "store_error", "store: %s", store_errmsg());
-        return -1;
-    }
-    int rc = store_dataset_get(t, name, out);
-    store_txn_abort(t);
-    if (rc == STORE_OK && out->state == STORE_READY) return 0;
-    if (rc == STORE_OK || rc == STORE_NOTFOUND)
-        http_reply_error(r, 404, "unknown_dataset", "dataset '%s' does not exist", name);
-    else
-        http_reply_error(r, 500, "store_error", "store: %s", store_errmsg());
-    return -1;
-}
-
-app_model *api_find_model(http_req *r, const char *name)
-{
-    app_model *m = app_model_get(r->app, name);
-    if (m) return m;
-    store_txn *t;
-    store_model rec;
-    int known = 0;
-    if (store_txn_begin(r->app->st, 1, &t) == STORE_OK) {
-        known = store_model_get(t, name, &rec) == STORE_OK;
-        store_txn_abort(t);
-    }
-    if (known)
-        http_reply_error(r, 503, "model_unavailable",
-                         "model '%s' is registered but could not be loaded from %s (missing or corrupt file?); "
-                         "register it again", name, rec.path);
-    else
-        http_reply_error(r, 404, "unknown_model", "model '%s' is not registered", name);
-    return NULL;
-}
-
-int api_parse_id(http_req *r, const char *s, uint64_t limit, const char *what, uint64_t *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (!*s || *end || errno || s[0] == '-' || v >= limit) {
-        http_reply_error(r, 404, "not_found", "%s '%s' does not exist (valid: 0..%llu)", what, s,
-                         (unsigned long long)(limit ? limit - 1 : 0));
-        return -1;
-    }
-    *out = v;
-    return 0;
 }

@@ -1,0 +1,68 @@
+/* build.h -- index builds: one inference pass over a dataset at the deepest
+ * of its layers, feeding one builder core (builder_core.h) per layer.
+ *
+ * The blobs are written in bounded write transactions, the index records
+ * flipped to READY in the last one, so an index is visible only when
+ * complete. A build is a job (jobs.h): QUEUED -> RUNNING -> DONE/FAILED in
+ * the store, live progress in memory. Builds run on the job workers, or
+ * inline in a query's thread when the query needs an index that does not
+ * exist yet (incremental indexing): that pass also answers the query.
+ *
+ * Dropping one index of a multi-layer build frees its core and goes on with
+ * the others; cancelling the build deletes every index it was making.
+ */
+#ifndef DE_BUILD_H
+#define DE_BUILD_H
+
+#include "app.h"
+#include "engine.h"
+#include "jobs.h"
+#include "jspec.h"
+#include "registry.h"
+
+#define BUILD_MAX_LAYERS JOB_MAX_PARTS
+
+typedef struct build_params {
+    int kind;                    /* enum store_index_kind */
+    uint32_t partitions;         /* 2..256 */
+    double mai_ratio;            /* 0..0.5 */
+} build_params;
+
+/* Picks partitions and mai_ratio for a storage budget (fraction of full
+ * materialization): id bits take ~60% of it, the MAI the rest. */
+void build_params_for_budget(double budget, build_params *out);
+/* The size a build would have, as a fraction of 4*N*neurons. */
+double build_params_ratio(const build_params *p, uint64_t n);
+
+/* What build_submit did, layer by layer. */
+typedef struct build_submitted {
+    uint32_t job;                /* the new job, 0 when every layer was reused */
+    int nlayers;
+    uint32_t ids[BUILD_MAX_LAYERS];
+    int reused[BUILD_MAX_LAYERS];/* an identical ready or building index answered */
+} build_submitted;
+
+/* Starts a job building the index of each layer that has no identical
+ * (same kind, partitions, mai_ratio) ready or building index. Errors: 404
+ * unknown model/dataset/layer (listing the valid ones), 422 shape mismatch,
+ * 507 store full. */
+int build_submit(app *a, const char *model, const char *dataset, const char *const *layers, int nlayers,
+                 const build_params *p, build_submitted *out, proto_err *e);
+
+/* A query answered by the build pass itself (incremental indexing). */
+typedef struct build_answer {
+    const eng_query *q;          /* q->neurons etc.; method ignored */
+    eng_topk *heap;              /* filled with every candidate's exact score */
+    uint64_t scored;
+    double deadline_ms;          /* clock_ms() past which the pass stops; 0 = none */
+    int timed_out;               /* set when it did */
+} build_answer;
+
+/* Builds the index of one layer in the caller's thread (same records and
+ * job as build_submit), answering `ans` from the same pass. Returns 0 when
+ * the index was built and the answer is complete, -1 with e otherwise
+ * (503 query_timeout / query_cancelled, 507, 500). */
+int build_inline(app *a, registry_model *m, const store_dataset *d, const char *layer, const build_params *p,
+                 build_answer *ans, const volatile int *cancel, uint32_t *index_id, proto_err *e);
+
+#endif

@@ -5,6 +5,7 @@
 #                   suite and the integration tests only
 #   make asan       the same suites built and run under ASan + UBSan (build-asan/)
 #   make browser-test  the explorer page in headless Chromium
+#   make validate   the OpenAPI document (and manifests) checked offline
 #   make bench      benchmarks (scripts/bench.sh)
 #   make demo       install what is missing, build, start a demo daemon
 #   make clean
@@ -55,8 +56,9 @@ OPENAPI_OBJ := $(BUILD)/gen/openapi.o
 DAEMON := $(BUILD)/deepeverestd
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 SHIM_TEST  := $(BUILD)/tests/shim_test
+STORE_TOOL := $(BUILD)/tests/store_tool
 
-.PHONY: all check unit integration asan bench demo clean deps fuzz browser-test
+.PHONY: all check unit integration asan bench demo clean deps fuzz browser-test validate
 all: $(DAEMON)
 
 HEADERS := $(wildcard */*.h server/*/*.h)
@@ -97,6 +99,11 @@ $(BUILD)/tests/%: tests/unit/%.c $$(TEST_DEPS_$$*) $(wildcard tests/unit/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(CHECK_CFLAGS) -Itests/unit -o $@ $< $(TEST_DEPS_$*) $(CHECK_LIBS) $(LIBS)
 
+# Integration tests look into the store with it (tests/tools/store_tool.c).
+$(STORE_TOOL): tests/tools/store_tool.c $(BUILD)/storage/store.o
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) -o $@ $^ -llmdb
+
 $(SHIM_TEST): tests/shim_test.c $(SHIM_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(SAN) -std=c11 -D_GNU_SOURCE -g -Ishim $(CHECK_CFLAGS) -c tests/shim_test.c -o $@.o
@@ -108,18 +115,19 @@ deps:
 unit: $(UNIT_TESTS)
 	@bash tests/run_all.sh $(BUILD) unit
 
-integration: $(DAEMON) $(SHIM_TEST)
+integration: $(DAEMON) $(SHIM_TEST) $(STORE_TOOL)
 	@bash tests/run_all.sh $(BUILD) integration
 
 # The README's test command: sets up (packages), builds, runs every suite.
 check: deps
-	@$(MAKE) --no-print-directory all $(UNIT_TESTS) $(SHIM_TEST)
+	@$(MAKE) --no-print-directory all $(UNIT_TESTS) $(SHIM_TEST) $(STORE_TOOL)
 	@bash tests/run_all.sh $(BUILD)
 
 asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
 	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	    build-asan/deepeverestd $(patsubst $(BUILD)/%,build-asan/%,$(UNIT_TESTS)) build-asan/tests/shim_test
+	    build-asan/deepeverestd $(patsubst $(BUILD)/%,build-asan/%,$(UNIT_TESTS)) build-asan/tests/shim_test \
+	    build-asan/tests/store_tool
 	@ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	    bash tests/run_all.sh build-asan
 
@@ -129,6 +137,13 @@ browser-test: all
 	bash scripts/install-deps.sh browser
 	bash tests/browser/run.sh $(BUILD)
 
+# Offline validation of the project's documents with maintained npm
+# packages (tests/tools/package.json): the OpenAPI document.
+validate:
+	bash scripts/install-deps.sh node
+	@cd tests/tools && { [ -d node_modules/@apidevtools ] || npm ci --no-audit --no-fund >/dev/null; }
+	node tests/tools/validate_openapi.mjs
+
 # libFuzzer (clang) over every parser that reads outside bytes; FUZZ_SECONDS
 # each (default 60). New corpus entries go to build-fuzz/corpus, the seeds
 # in tests/fuzz/corpus stay as committed.
@@ -137,13 +152,13 @@ FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined
 FUZZERS := proto dsread route
 FUZZ_SRC_proto  := proto/jspec.c proto/proto.c
 FUZZ_SRC_dsread := storage/dsread.c
-FUZZ_SRC_route  := server/http/route.c
+FUZZ_SRC_route  := server/http/route.c proto/jspec.c proto/proto.c
 fuzz:
 	bash scripts/install-deps.sh fuzz
 	@mkdir -p build-fuzz
 	@for f in $(FUZZERS); do \
 	  case $$f in proto) src="$(FUZZ_SRC_proto)"; libs=-ljansson;; dsread) src="$(FUZZ_SRC_dsread)"; libs=-lz;; \
-	              route) src="$(FUZZ_SRC_route)"; libs=;; esac; \
+	              route) src="$(FUZZ_SRC_route)"; libs=-ljansson;; esac; \
 	  clang $(FUZZ_CFLAGS) -o build-fuzz/fuzz_$$f tests/fuzz/fuzz_$$f.c $$src $$libs || exit 1; \
 	  mkdir -p build-fuzz/corpus/$$f; \
 	  echo "== fuzz_$$f ($(FUZZ_SECONDS) s)"; \

@@ -250,11 +250,8 @@ typedef struct owned_ctx {
     int oom;
 } owned_ctx;
 
-static int collect_owned(const store_index *ix, void *arg)
+static int push_id(owned_ctx *c, uint32_t id)
 {
-    owned_ctx *c = arg;
-    if (!((c->model && strcmp(ix->model, c->model) == 0) || (c->dataset && strcmp(ix->dataset, c->dataset) == 0)))
-        return 0;
     if (c->n == c->cap) {
         size_t cap = c->cap ? c->cap * 2 : 64;
         uint32_t *g = realloc(c->ids, cap * sizeof *g);
@@ -265,24 +262,48 @@ static int collect_owned(const store_index *ix, void *arg)
         c->ids = g;
         c->cap = cap;
     }
-    c->ids[c->n++] = ix->id;
+    c->ids[c->n++] = id;
     return 0;
 }
 
-/* Deletes, in the write txn t, every index built from the model or dataset
- * (however many), listing them in out. */
-static int delete_owned(store_txn *t, const char *model, const char *dataset, catalog_deleted *out)
+static int collect_owned(const store_index *ix, void *arg)
 {
-    owned_ctx c = {.model = model, .dataset = dataset};
-    int rc = store_index_each(t, collect_owned, &c);
-    if (rc == STORE_OK && c.oom) rc = STORE_ERROR;
+    owned_ctx *c = arg;
+    if ((c->model && strcmp(ix->model, c->model) == 0) || (c->dataset && strcmp(ix->dataset, c->dataset) == 0))
+        return push_id(c, ix->id);
+    return 0;
+}
+
+/* The ids of every index built from the model or dataset, in txn t. */
+static int owned_ids(store_txn *t, const char *model, const char *dataset, owned_ctx *c)
+{
+    memset(c, 0, sizeof *c);
+    c->model = model;
+    c->dataset = dataset;
+    int rc = store_index_each(t, collect_owned, c);
+    if (rc == STORE_OK && c->oom) rc = STORE_ERROR;
+    return rc;
+}
+
+/* Deletes, in the write txn t, every index built from the model or dataset
+ * (however many). out->indexes lists them with those of `listed` (the ones
+ * there before the delete stopped their builds, which removed some). */
+static int delete_owned(store_txn *t, const char *model, const char *dataset, owned_ctx *listed,
+                        catalog_deleted *out)
+{
+    owned_ctx c;
+    int rc = owned_ids(t, model, dataset, &c);
     for (size_t i = 0; i < c.n && rc == STORE_OK; i++) rc = store_index_del(t, c.ids[i]);
-    if (rc == STORE_OK) {
-        out->indexes = c.ids;
-        out->nindexes = c.n;
-    } else {
-        free(c.ids);
+    for (size_t i = 0; i < c.n && rc == STORE_OK; i++) { /* the union, for the reply */
+        size_t k = 0;
+        while (k < listed->n && listed->ids[k] != c.ids[i]) k++;
+        if (k == listed->n && push_id(listed, c.ids[i])) rc = STORE_ERROR;
     }
+    free(c.ids);
+    if (rc != STORE_OK) return rc;
+    out->indexes = listed->ids;
+    out->nindexes = listed->n;
+    listed->ids = NULL;
     return rc;
 }
 
@@ -291,6 +312,7 @@ int catalog_delete_model(app *a, const char *name, catalog_deleted *out, proto_e
     memset(out, 0, sizeof *out);
     store_txn *t;
     store_model rec;
+    owned_ctx listed = {0};
     int rc, ret = -1;
     catalog_lock();
     if ((rc = store_txn_begin(a->st, 1, &t)) != STORE_OK) {
@@ -300,6 +322,7 @@ int catalog_delete_model(app *a, const char *name, catalog_deleted *out, proto_e
     rc = store_model_get(t, name, &rec);
     name_list l = {0};
     if (rc == STORE_NOTFOUND) store_model_each(t, add_model_name, &l);
+    if (rc == STORE_OK) rc = owned_ids(t, name, NULL, &listed);
     store_txn_abort(t);
     if (rc == STORE_NOTFOUND) {
         proto_fail(e, 404, "unknown_model", "model '%s' is not registered; registered models: %s", name,
@@ -321,7 +344,7 @@ int catalog_delete_model(app *a, const char *name, catalog_deleted *out, proto_e
         goto out;
     }
     rc = store_model_del(t, name);
-    if (rc == STORE_OK) rc = delete_owned(t, name, NULL, out);
+    if (rc == STORE_OK) rc = delete_owned(t, name, NULL, &listed, out);
     if (rc == STORE_OK)
         rc = store_txn_commit(t);
     else
@@ -334,6 +357,7 @@ int catalog_delete_model(app *a, const char *name, catalog_deleted *out, proto_e
     ret = 0;
 out:
     catalog_unlock();
+    free(listed.ids);
     if (ret) catalog_deleted_free(out);
     return ret;
 }
@@ -343,6 +367,7 @@ int catalog_delete_dataset(app *a, const char *name, catalog_deleted *out, proto
     memset(out, 0, sizeof *out);
     store_txn *t;
     store_dataset d;
+    owned_ctx listed = {0};
     int rc, ret = -1;
     catalog_lock();
     /* DELETING first: queries and new builds stop seeing it. */
@@ -360,6 +385,7 @@ int catalog_delete_dataset(app *a, const char *name, catalog_deleted *out, proto
         goto out;
     }
     d.state = STORE_DELETING;
+    if (rc == STORE_OK) rc = owned_ids(t, NULL, name, &listed);
     if (rc == STORE_OK) rc = store_dataset_put(t, &d, 0);
     if (rc == STORE_OK)
         rc = store_txn_commit(t);
@@ -379,7 +405,7 @@ int catalog_delete_dataset(app *a, const char *name, catalog_deleted *out, proto
         catalog_store_fail(rc, NULL, e);
         goto out;
     }
-    rc = delete_owned(t, NULL, name, out);
+    rc = delete_owned(t, NULL, name, &listed, out);
     if (rc == STORE_OK) rc = store_dataset_del(t, name);
     if (rc == STORE_OK)
         rc = store_txn_commit(t);
@@ -393,6 +419,7 @@ int catalog_delete_dataset(app *a, const char *name, catalog_deleted *out, proto
     ret = 0;
 out:
     catalog_unlock();
+    free(listed.ids);
     if (ret) catalog_deleted_free(out);
     return ret;
 }

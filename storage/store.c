@@ -744,10 +744,7 @@ static int check_schema(store *s, const char *dir)
             return STORE_ERROR;
         }
     }
-    if (s->readonly) {
-        mdb_txn_abort(txn);
-        return STORE_OK;
-    }
+    /* committed even when read-only: an aborted txn would close the handles */
     return map_rc(mdb_txn_commit(txn), "commit");
 }
 

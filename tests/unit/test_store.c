@@ -999,6 +999,142 @@ START_TEST(test_concurrent_readers)
 }
 END_TEST
 
+/* One process owns a directory; --stat's read-only open runs beside it,
+ * sees what is committed and cannot write. */
+START_TEST(test_one_owner_and_readonly)
+{
+    make_dir();
+    store *s = open_store(0), *t2 = NULL, *ro = NULL;
+    char err[512] = "";
+    ck_assert_int_eq(store_open(tmpdir, 0, &t2, err, sizeof err), STORE_ERROR);
+    ck_assert_msg(strstr(err, "in use by another process") && strstr(err, "pid"), "%s", err);
+    store_txn *t = begin(s, 0);
+    store_model m = sample_model("m");
+    ck_assert_int_eq(store_model_put(t, &m, 1), STORE_OK);
+    store_dataset d = sample_dataset("half", 3, STORE_PENDING);
+    ck_assert_int_eq(store_dataset_put(t, &d, 1), STORE_OK);
+    commit(t);
+    ck_assert_int_eq(store_open_readonly(tmpdir, &ro, err, sizeof err), STORE_OK);
+    t = begin(ro, 1);
+    store_model got;
+    ck_assert_int_eq(store_model_get(t, "m", &got), STORE_OK);
+    store_dataset gd;
+    ck_assert_int_eq(store_dataset_get(t, "half", &gd), STORE_OK); /* no sweep: still there, still PENDING */
+    ck_assert_int_eq(gd.state, STORE_PENDING);
+    uint64_t bytes, n;
+    ck_assert_int_eq(store_db_bytes(t, "models", &bytes, &n), STORE_OK);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_uint_gt(bytes, 0);
+    store_txn_abort(t);
+    store_txn *w = NULL;
+    ck_assert_int_eq(store_txn_begin(ro, 0, &w), STORE_ERROR);
+    store_close(ro);
+    store_close(s);
+    /* the lock goes with the owner */
+    s = open_store(0);
+    store_close(s);
+    ck_assert_int_eq(store_open_readonly("/nonexistent/de", &ro, err, sizeof err), STORE_ERROR);
+    rm_tree(tmpdir);
+}
+END_TEST
+
+/* A record written by the previous version (without the fields version 2
+ * appended) still decodes, its new fields zero; it is rewritten as v2. */
+START_TEST(test_version1_records_decode)
+{
+    make_dir();
+    store *s = open_store(0);
+    store_txn *t = begin(s, 0);
+    store_model m = sample_model("old");
+    m.batch = 64;
+    ck_assert_int_eq(store_model_put(t, &m, 1), STORE_OK);
+    const void *blob;
+    size_t len;
+    commit(t);
+    store_close(s);
+    /* the raw v2 record, cut back to v1: drop the trailing batch, version byte 1 */
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    MDB_val k = {3, "old"}, v;
+    uint8_t raw[4096];
+    ck_assert_int_eq(mdb_env_create(&env), 0);
+    mdb_env_set_maxdbs(env, 16);
+    ck_assert_int_eq(mdb_env_open(env, tmpdir, MDB_RDONLY, 0664), 0);
+    ck_assert_int_eq(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+    ck_assert_int_eq(mdb_dbi_open(txn, "models", 0, &dbi), 0);
+    ck_assert_int_eq(mdb_get(txn, dbi, &k, &v), 0);
+    len = v.mv_size;
+    memcpy(raw, v.mv_data, len);
+    mdb_txn_abort(txn);
+    mdb_env_close(env);
+    ck_assert_int_eq(raw[0], 2);
+    raw[0] = 1;
+    raw_put("models", "old", 3, raw, len - 4);
+    s = open_store(0);
+    t = begin(s, 1);
+    store_model got;
+    ck_assert_int_eq(store_model_get(t, "old", &got), STORE_OK);
+    ck_assert_str_eq(got.path, m.path);
+    ck_assert_uint_eq(got.batch, 0);
+    store_txn_abort(t);
+    /* a blob of odd length between others still comes back 4-aligned */
+    t = begin(s, 0);
+    uint8_t odd[7] = {1, 2, 3, 4, 5, 6, 7};
+    for (uint32_t n = 0; n < 8; n++) ck_assert_int_eq(store_neuron_put(t, 5, n, odd, 3 + n), STORE_OK);
+    commit(t);
+    t = begin(s, 1);
+    for (uint32_t n = 0; n < 8; n++) {
+        ck_assert_int_eq(store_neuron_get(t, 5, n, &blob, &len), STORE_OK);
+        ck_assert_uint_eq((uintptr_t)blob % 4, 0);
+        ck_assert_uint_eq(len, 3 + n);
+        ck_assert_int_eq(memcmp(blob, odd, len < 7 ? len : 7), 0);
+    }
+    store_txn_abort(t);
+    store_close(s);
+    rm_tree(tmpdir);
+}
+END_TEST
+
+/* A delete interrupted between "DELETING" and its last transaction: the
+ * next start removes the dataset, its inputs and its indexes. */
+START_TEST(test_deleting_dataset_swept)
+{
+    make_dir();
+    store *s = open_store(0);
+    store_txn *t = begin(s, 0);
+    store_dataset d = sample_dataset("gone", 7, STORE_DELETING), keep = sample_dataset("keep", 8, STORE_READY);
+    ck_assert_int_eq(store_dataset_put(t, &d, 1), STORE_OK);
+    ck_assert_int_eq(store_dataset_put(t, &keep, 1), STORE_OK);
+    uint8_t in[4] = {0};
+    ck_assert_int_eq(store_inputs_put(t, 7, 0, 1, in, 4), STORE_OK);
+    store_index x = sample_index(3, STORE_READY), y = sample_index(4, STORE_READY);
+    snprintf(x.dataset, sizeof x.dataset, "gone");
+    snprintf(y.dataset, sizeof y.dataset, "keep");
+    ck_assert_int_eq(store_index_put(t, &x), STORE_OK);
+    ck_assert_int_eq(store_index_put(t, &y), STORE_OK);
+    ck_assert_int_eq(store_neuron_put(t, 3, 0, in, 4), STORE_OK);
+    commit(t);
+    store_close(s);
+    s = open_store(0);
+    t = begin(s, 1);
+    store_dataset g;
+    store_index gx;
+    ck_assert_int_eq(store_dataset_get(t, "gone", &g), STORE_NOTFOUND);
+    ck_assert_int_eq(store_dataset_get(t, "keep", &g), STORE_OK);
+    ck_assert_int_eq(store_index_get(t, 3, &gx), STORE_NOTFOUND);
+    ck_assert_int_eq(store_index_get(t, 4, &gx), STORE_OK);
+    store_txn_abort(t);
+    store_close(s);
+    uint8_t pre[4];
+    be32(pre, 7);
+    ck_assert_uint_eq(count_prefix("inputs", pre, 4), 0);
+    be32(pre, 3);
+    ck_assert_uint_eq(count_prefix("neurons", pre, 4), 0);
+    rm_tree(tmpdir);
+}
+END_TEST
+
 int main(void)
 {
     snprintf(basedir, sizeof basedir, "/tmp/test_store.XXXXXX");
@@ -1023,6 +1159,9 @@ int main(void)
     tcase_add_test(tc, test_damaged_records_rejected);
     tcase_add_test(tc, test_open_errors);
     tcase_add_test(tc, test_concurrent_readers);
+    tcase_add_test(tc, test_one_owner_and_readonly);
+    tcase_add_test(tc, test_version1_records_decode);
+    tcase_add_test(tc, test_deleting_dataset_swept);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

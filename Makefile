@@ -6,6 +6,7 @@
 #   make asan       the same suites built and run under ASan + UBSan (build-asan/)
 #   make browser-test  the explorer page in headless Chromium
 #   make validate   the OpenAPI document (and manifests) checked offline
+#   make lint       no compiler warning, cppcheck clean
 #   make bench      benchmarks (scripts/bench.sh)
 #   make demo       install what is missing, build, start a demo daemon
 #   make clean
@@ -58,7 +59,7 @@ UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/t
 SHIM_TEST  := $(BUILD)/tests/shim_test
 STORE_TOOL := $(BUILD)/tests/store_tool
 
-.PHONY: all check unit integration asan bench demo clean deps fuzz browser-test validate
+.PHONY: all check unit integration asan bench demo clean deps fuzz browser-test validate lint
 all: $(DAEMON)
 
 HEADERS := $(wildcard */*.h server/*/*.h)
@@ -137,6 +138,14 @@ browser-test: all
 	bash scripts/install-deps.sh browser
 	bash tests/browser/run.sh $(BUILD)
 
+# No compiler warning (-Werror) and no cppcheck finding; the findings that
+# are false positives are suppressed where they stand, with the reason.
+lint:
+	bash scripts/install-deps.sh lint
+	@$(MAKE) --no-print-directory BUILD=build-lint OPT=-O2 CC="$(CC) -Werror" CXX="$(CXX) -Werror" build-lint/deepeverestd
+	cppcheck --enable=warning,performance,portability --inline-suppr --error-exitcode=1 -q \
+	    -Iproto -Istorage -Iserver -Iserver/engine -Iserver/builder -Iserver/http -Ishim server storage proto shim
+
 # Offline validation of the project's documents with maintained npm
 # packages (tests/tools/package.json): the OpenAPI document.
 validate:
@@ -175,4 +184,4 @@ demo: deps
 	bash scripts/demo.sh
 
 clean:
-	rm -rf build build-asan build-fuzz
+	rm -rf build build-asan build-fuzz build-lint

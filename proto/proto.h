@@ -1,4 +1,4 @@
-/* proto.h -- the JSON requests of the HTTP API (DESIGN.md section 4) as C
+/* proto.h -- the JSON requests of the HTTP API (README.md, "HTTP API") as C
  * structs, and the error body.
  *
  * Knows JSON (jansson), not HTTP, LMDB or torch. Every proto_parse_* takes the

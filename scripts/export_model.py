@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Turns any torch.nn.Module into deepeverest's model convention, form 1
-(DESIGN.md section 5): a TorchScript module whose forward(x) returns
+(README.md, "The model convention"): a TorchScript module whose forward(x) returns
 Dict[str, Tensor] with the outputs of the submodules you name, in forward
 order, plus forward_to(x, layer) that stops computing after `layer` (the
 daemon uses it to truncate inference), plus the archive's deepeverest.json

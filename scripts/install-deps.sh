@@ -6,6 +6,7 @@
 #   install-deps.sh fuzz      + clang and its sanitizer runtimes (make fuzz)
 #   install-deps.sh browser   + chromium and node/npm (the explorer's browser test)
 #   install-deps.sh node      + node/npm (make validate)
+#   install-deps.sh lint      + cppcheck (make lint)
 #   install-deps.sh bench     + matplotlib (make bench's chart)
 set -euo pipefail
 PKGS=(build-essential pkg-config libtorch-dev libmicrohttpd-dev libjansson-dev
@@ -17,6 +18,7 @@ for group in "$@"; do
     browser) PKGS+=(chromium)
              command -v node >/dev/null && command -v npm >/dev/null || PKGS+=(nodejs npm) ;;
     bench) PKGS+=(python3-matplotlib) ;;
+    lint) PKGS+=(cppcheck) ;;
     node) command -v node >/dev/null && command -v npm >/dev/null || PKGS+=(nodejs npm) ;;
     *) echo "install-deps: unknown group '$group'" >&2; exit 2 ;;
   esac

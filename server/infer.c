@@ -124,21 +124,6 @@ static int consecutive(const uint32_t *ids, size_t n)
     return 1;
 }
 
-size_t infer_forwards(const registry_model *m, const uint32_t *ids, size_t n)
-{
-    size_t B = m->batch;
-    if (n == 0) return 0;
-    if (!ids) return (n + B - 1) / B;
-    if (consecutive(ids, n)) return (size_t)((ids[n - 1] / B) - (ids[0] / B)) + 1;
-    size_t count[REGISTRY_MAX_CLASSES] = {0}, f = 0;
-    for (size_t i = 0; i < n; i++) count[m->slot_class[ids[i] % B]]++;
-    for (int c = 0; c < m->nclass; c++) {
-        size_t fc = (count[c] + m->class_slots[c] - 1) / m->class_slots[c];
-        if (fc > f) f = fc;
-    }
-    return f;
-}
-
 int infer_run(app *a, registry_model *m, const uint32_t *ids, const float *in, size_t n, const infer_out *outs,
               int nouts, char *err, size_t errlen)
 {

@@ -51,7 +51,5 @@ typedef struct infer_out {
 int infer_run(app *a, registry_model *m, const uint32_t *ids, const float *in, size_t n, const infer_out *outs,
               int nouts, char *err, size_t errlen);
 
-/* Forwards infer_run would need for these ids (class by class). */
-size_t infer_forwards(const registry_model *m, const uint32_t *ids, size_t n);
 
 #endif

@@ -42,8 +42,11 @@ std::string short_message(const std::string &what)
     size_t p = what.rfind("RuntimeError: ");
     std::string s = p != std::string::npos ? what.substr(p + 14) : what;
     size_t nl = s.find('\n');
-    if (nl != std::string::npos) s = s.substr(0, nl);
-    if (s.size() > 400) s = s.substr(0, 400) + "...";
+    if (nl != std::string::npos) s.resize(nl);
+    if (s.size() > 400) {
+        s.resize(400);
+        s += "...";
+    }
     return s;
 }
 

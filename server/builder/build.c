@@ -41,12 +41,6 @@ void build_params_for_budget(double budget, build_params *out)
     out->mai_ratio = mai;
 }
 
-double build_params_ratio(const build_params *p, uint64_t n)
-{
-    uint32_t m = npi_mai_count((uint32_t)n, p->mai_ratio);
-    return (double)npi_blob_size((uint32_t)n, p->partitions, m) / (4.0 * (double)n);
-}
-
 /* ---- a build job ---- */
 
 typedef struct build_job {
@@ -499,7 +493,7 @@ int build_submit(app *a, const char *model, const char *dataset, const char *con
         goto out;
     }
     for (int l = 0; l < nlayers; l++) {
-        store_index same;
+        store_index same = {0};
         float ratio = p->kind == STORE_INDEX_FULL ? 1.0f : (float)p->mai_ratio;
         if (catalog_find_same(t, model, dataset, layers[l], p->kind, p->partitions, ratio, &same)) {
             out->ids[l] = same.id;

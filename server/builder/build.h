@@ -31,8 +31,6 @@ typedef struct build_params {
 /* Picks partitions and mai_ratio for a storage budget (fraction of full
  * materialization): id bits take ~60% of it, the MAI the rest. */
 void build_params_for_budget(double budget, build_params *out);
-/* The size a build would have, as a fraction of 4*N*neurons. */
-double build_params_ratio(const build_params *p, uint64_t n);
 
 /* What build_submit did, layer by layer. */
 typedef struct build_submitted {

@@ -808,7 +808,8 @@ void bcore_plan_budgets(size_t total, int nlayers, const uint64_t *layer_bytes, 
         for (int l = 0; l < nlayers; l++)
             if (!done[l] && (best < 0 || layer_bytes[l] > layer_bytes[best]))
                 best = l;
-        done[best] = 1;
+        /* best >= 0: `step` layers are done, so one of the nlayers is not */
+        done[best] = 1; // cppcheck-suppress negativeIndex
         order_left--;
         uint64_t keep = (uint64_t)reserve * (uint64_t)order_left;
         if (layer_bytes[best] + keep <= remaining) {

@@ -1,5 +1,5 @@
 /* engine.c -- exact top-k and kNN over a neuron group: full scan, the Neural
- * Threshold Algorithm and cell bounds (see engine.h, DESIGN.md sections 1-2).
+ * Threshold Algorithm and cell bounds (see engine.h and README.md here).
  *
  * Exactness rests on two rules:
  *   1. every exact value comes from eng_score, and every bound (NTA threshold,
@@ -766,7 +766,8 @@ static uint64_t xorshift(uint64_t *x)
  * and a tie of bound and k-th score can be settled by id (run_bounds). */
 static inline int key_lt(const double *key, uint32_t a, uint32_t b)
 {
-    return key[a] < key[b] || (key[a] == key[b] && a < b);
+    /* a < b orders ids of equal keys; it is no bounds check */
+    return key[a] < key[b] || (key[a] == key[b] && a < b); // cppcheck-suppress arrayIndexThenCheck
 }
 
 static int key_cmp(const void *x, const void *y, void *arg)

@@ -1,4 +1,4 @@
-/* engine.h -- exact top-k and kNN over a neuron group (DESIGN.md sections 1-2).
+/* engine.h -- exact top-k and kNN over a neuron group (server/engine/README.md).
  *
  * Pure C: the engine sees activations only through an activation source
  * (compute the values of these neurons for these inputs), and the index only

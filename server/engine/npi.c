@@ -164,7 +164,7 @@ static inline uint32_t desc_key(float v)
     b &= 0u - (uint32_t)(b != 0x80000000u); /* -0.0 ties with +0.0 */
     /* ascending key: positives get the sign bit set, negatives are inverted;
      * descending is its complement. NaN: below everything. */
-    uint32_t neg = (uint32_t)((int32_t)b >> 31);
+    uint32_t neg = 0u - (b >> 31);
     return (b ^ (0x7fffffffu & ~neg)) | is_nan;
 }
 
@@ -538,8 +538,14 @@ int npi_build(const float *values, uint32_t n, uint32_t partitions, uint32_t mai
     hdr[3] = m;
     hdr[4] = bits;
     hdr[5] = 0;
+    /* The blob is sections of 4-byte words, each u32 or IEEE float by the
+     * layout of npi.h: the casts step between sections, they never
+     * reinterpret a value. */
+    // cppcheck-suppress invalidPointerCast
     float *lower = (float *)(hdr + HDR_WORDS), *upper = lower + P;
+    // cppcheck-suppress invalidPointerCast
     uint32_t *mai_ids = (uint32_t *)(upper + P);
+    // cppcheck-suppress invalidPointerCast
     float *mai_values = (float *)(mai_ids + m);
     uint8_t *pids = (uint8_t *)(mai_values + m);
     for (uint32_t p = 0; p < P; p++) {
@@ -646,9 +652,13 @@ int npi_decode(const void *blob, size_t len, npi_view *v)
     v->partitions = P;
     v->mai_count = m;
     v->bits = bits;
+    /* section boundaries of the layout, as in npi_build */
+    // cppcheck-suppress invalidPointerCast
     v->lower = (const float *)(hdr + HDR_WORDS);
     v->upper = v->lower + P;
+    // cppcheck-suppress invalidPointerCast
     v->mai_ids = (const uint32_t *)(v->upper + P);
+    // cppcheck-suppress invalidPointerCast
     v->mai_values = (const float *)(v->mai_ids + m);
     v->pids = (const uint8_t *)(v->mai_values + m);
     return 0;

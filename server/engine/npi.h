@@ -1,4 +1,4 @@
-/* npi.h -- one neuron's entry of the partition index (DESIGN.md section 2):
+/* npi.h -- one neuron's entry of the partition index (server/engine/README.md):
  * its Maximum Activation Index and its Neural Partition Index, as one blob.
  *
  * Ordering: inputs are ranked by value descending, ties by smaller input id

@@ -104,11 +104,6 @@ void http_reply_bytes(http_req *r, int status, const char *ctype, void *data, si
     queue(r, status, resp, ctype);
 }
 
-void http_reply_text(http_req *r, int status, const char *ctype, const char *text)
-{
-    http_reply_bytes(r, status, ctype, (void *)text, strlen(text), 0);
-}
-
 void http_reply_json(http_req *r, int status, json_t *body)
 {
     char *s = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;

@@ -52,7 +52,6 @@ void http_reply_error(http_req *r, int status, const char *code, const char *fmt
     __attribute__((format(printf, 4, 5)));
 void http_reply_bytes(http_req *r, int status, const char *content_type, void *data, size_t len,
                       int take);                                    /* take: free data after */
-void http_reply_text(http_req *r, int status, const char *content_type, const char *text);
 
 /* Starts the daemon on cfg.listen_host:listen_port; 0 or -1 with err. */
 int http_start(app *a, char *err, size_t errlen);

@@ -1,5 +1,5 @@
 // api.js -- the explorer's only door to the daemon: the public JSON API
-// (DESIGN.md section 4), same origin, nothing else.
+// (README.md, "HTTP API"), same origin, nothing else.
 
 export class ApiError extends Error {
   constructor(status, code, message, path) {

@@ -196,7 +196,7 @@ static int synth_fetch(void *ctx, const uint32_t *ids, size_t n, const uint32_t 
 
 /* ---- brute force ----------------------------------------------------- */
 
-/* The definition of DESIGN.md section 1, written out directly: any NaN in
+/* The definition of server/engine/README.md, written out directly: any NaN in
  * the computation makes the input the worst possible. */
 static double bf_value(const eng_query *q, const float *row)
 {
@@ -806,7 +806,7 @@ START_TEST(test_corrupt_partition_ids)
 }
 END_TEST
 
-/* Scores by hand for a few vectors (definitions of DESIGN.md section 1). */
+/* Scores by hand for a few vectors (the definitions of server/engine/README.md). */
 START_TEST(test_score_definitions)
 {
     uint32_t nn[3] = {0, 1, 2};

@@ -68,6 +68,7 @@ export const api = {
   buildIndex: (model, dataset, layer) => call('POST', '/v1/indexes', { model, dataset, layer }),
   job: (id) => call('GET', `/v1/jobs/${enc(id)}`),
   input: (ds, id) => call('GET', `/v1/datasets/${enc(ds)}/inputs/${enc(id)}`),
+  inputs: (ds, offset, limit) => call('GET', `/v1/datasets/${enc(ds)}/inputs?offset=${enc(offset)}&limit=${enc(limit)}`),
   activations: (ds, id, model, layer, top) =>
     call('GET', `/v1/datasets/${enc(ds)}/inputs/${enc(id)}/activations?model=${enc(model)}&layer=${enc(layer)}&top=${enc(top)}`),
   activationsOf: (ds, id, model, layer, neurons) =>

@@ -116,6 +116,8 @@ function resolve(r) {
   if (r.model && !c.m) c.problem = `model '${r.model}' is not registered`;
   else if (c.m && !c.m.layers) c.problem = `model '${r.model}' is registered but unavailable (${c.m.path}); register it again`;
   else if (r.dataset && !c.ds) c.problem = `dataset '${r.dataset}' does not exist`;
+  else if (c.m && c.ds && !L.fitsModel(c.m, c.ds))
+    c.problem = `dataset '${r.dataset}' has inputs [${c.ds.shape.join('×')}]; model '${r.model}' takes [${c.m.input_shape.join('×')}]`;
   else if (r.layer && !c.ly) c.problem = `model '${r.model}' has no layer '${r.layer}'`;
   c.ok = !!(c.m && c.ds && c.ly && !c.problem);
   return c;
@@ -139,11 +141,17 @@ function fillPicker(r) {
   sm.replaceChildren(option('', '— model —', !r.model));
   for (const m of S.models || [])
     sm.append(option(m.name, m.layers ? m.name : `${m.name} (unavailable)`, m.name === r.model, !m.layers));
-  sd.replaceChildren(option('', '— dataset —', !r.dataset));
-  for (const d of S.datasets || [])
-    sd.append(option(d.name, `${d.name} (${d.count})`, d.name === r.dataset));
-  sl.replaceChildren(option('', '— layer —', !r.layer));
   const m = (S.models || []).find((x) => x.name === r.model);
+  sd.replaceChildren(option('', '— dataset —', !r.dataset));
+  // A dataset the model cannot take is listed, marked, and not selectable.
+  for (const d of S.datasets || []) {
+    const fits = L.fitsModel(m, d);
+    const o = option(d.name, fits ? `${d.name} (${d.count})` : `${d.name} (${d.count}) ⚠ inputs [${d.shape.join('×')}] do not fit`,
+      d.name === r.dataset, !fits);
+    if (!fits) { o.title = `model ${m.name} takes inputs [${m.input_shape.join('×')}]`; o.dataset.fits = 'no'; }
+    sd.append(o);
+  }
+  sl.replaceChildren(option('', '— layer —', !r.layer));
   for (const l of (m && m.layers) || [])
     sl.append(option(l.name, `${l.name} [${l.shape.join('×')}]`, l.name === r.layer));
   sd.disabled = !r.model;
@@ -375,7 +383,9 @@ function inputCard(c, id, seq) {
     } else {
       S.acts.set(key, rows);
       const sel = new Set(S.selection);
-      chart.replaceChildren(barChart(rows, { shape: c.ly.shape, selected: sel, onToggle: (n) => toggleNeuron(c, n) }));
+      chart.replaceChildren(barChart(rows, { shape: c.ly.shape, selected: sel, onToggle: (n) => toggleNeuron(c, n) }),
+        h('p', { class: 'hist-links', id: 'hist-links' }, 'Activation histogram of ',
+          rows.slice(0, 5).map((row, i) => [i ? ' · ' : '', h('a', { href: L.neuronHash(c, row.neuron, id), class: 'hist-link' }, L.neuronLabel(row.neuron, c.ly.shape))])));
     }
     card.dataset.ready = '1';
   })();
@@ -403,7 +413,10 @@ function queryPanel(c, r) {
     },
     onblur: () => { if (!$('#neurons-error').textContent) neurons.value = S.selection.join(', '); },
   });
-  const k = h('input', { id: 'k', type: 'number', min: 1, max: c.ds.count, step: 1, value: S.form.k, onchange: () => { S.form.k = Number(k.value); } });
+  const k = h('input', {
+    id: 'k', type: 'number', min: 1, max: c.ds.count, step: 1, value: S.form.k, 'aria-describedby': 'k-error',
+    onchange: () => { S.form.k = Number(k.value); $('#k-error').textContent = ''; },
+  });
   const agg = h('select', { id: 'agg', onchange: () => { S.form.agg = agg.value; } },
     L.AGGS.map((a) => option(a, a, a === S.form.agg)));
   const metric = h('select', { id: 'metric', onchange: () => { S.form.metric = metric.value; } },
@@ -425,7 +438,9 @@ function queryPanel(c, r) {
       return;
     }
     const kv = Number(k.value);
-    if (!Number.isInteger(kv) || kv < 1) { $('#neurons-error').textContent = 'k must be an integer ≥ 1'; k.focus(); return; }
+    if (!Number.isInteger(kv) || kv < 1) { $('#k-error').textContent = 'k must be an integer ≥ 1'; k.focus(); return; }
+    if (kv > c.ds.count) { $('#k-error').textContent = `k is at most ${c.ds.count} (the dataset's inputs)`; k.focus(); return; }
+    $('#k-error').textContent = '';
     const labs = L.parseLabelList(labels.value);
     if (labs === null) { $('#labels-error').textContent = 'labels: integers separated by commas'; labels.focus(); return; }
     setSelection(c, p.neurons, { updateUrl: false });
@@ -441,11 +456,13 @@ function queryPanel(c, r) {
     h('label', { class: 'field' }, h('span', {}, 'Neurons ', h('span', { id: 'sel-count', class: 'muted' }, S.selection.length ? `${S.selection.length} selected` : 'none selected')), neurons),
     h('div', { id: 'neurons-error', class: 'field-error', role: 'status' }),
     h('div', { id: 'chips', class: 'chips' }),
+    h('p', { class: 'hint' }, 'A chip opens that neuron\'s activation histogram and top inputs.'),
     h('h2', {}, 'Query'),
     h('div', { class: 'row' },
       h('label', { class: 'field' }, h('span', {}, 'k'), k),
       h('label', { class: 'field' }, h('span', {}, 'top-k agg'), agg),
       h('label', { class: 'field' }, h('span', {}, 'kNN metric'), metric)),
+    h('div', { id: 'k-error', class: 'field-error', role: 'status' }),
     h('label', { class: 'field' }, h('span', {}, 'Label filter'), labels),
     h('div', { id: 'labels-error', class: 'field-error', role: 'status' }),
     h('div', { class: 'row buttons' },
@@ -492,9 +509,7 @@ async function viewBrowse(c, r, seq) {
   const count = c.ds.count;
   const pages = Math.max(1, Math.ceil(count / L.PAGE_SIZE));
   const cur = r.view === 'input' ? r.input : null;
-  let page = Number(r.params.get('page'));
-  if (!Number.isInteger(page) || page < 0 || r.params.get('page') === null) page = cur !== null ? Math.floor(cur / L.PAGE_SIZE) : 0;
-  page = Math.min(page, pages - 1);
+  const page = L.pageFromParams(r.params, pages, cur !== null ? Math.min(pages - 1, Math.floor(cur / L.PAGE_SIZE)) : 0);
   const first = page * L.PAGE_SIZE, last = Math.min(count, first + L.PAGE_SIZE);
   const figs = [];
   for (let id = first; id < last; id++) figs.push(thumb(c, id, { highlight: id === cur }));
@@ -506,7 +521,19 @@ async function viewBrowse(c, r, seq) {
       ? 'Open an input to see its most active neurons, select some, then run top-k or kNN.'
       : `Input #${cur} is outlined; open another one, or use the selected neurons on the left.`),
     h('div', { class: 'grid', id: 'browse', dataset: { page } }, figs));
-  await fillLabels(c, figs, seq);
+  // One request for the page's labels (the listing), not one per input.
+  try {
+    const listing = await api.inputs(c.dataset, first, last - first);
+    if (seq !== S.seq) return;
+    for (const x of listing.inputs) {
+      const lab = x.label === undefined ? null : x.label;
+      S.labels.set(labelKey(c.dataset, x.id), lab);
+      const f = figs[x.id - first];
+      if (f && lab !== null) $('.label', f).textContent = `label ${lab}`;
+    }
+  } catch (e) {
+    showError(e, 'loading labels');
+  }
 }
 
 function statsBlock(stats) {
@@ -528,7 +555,10 @@ async function viewQuery(c, r, seq) {
   const q = parsed.q;
   const bad = q.neurons.find((n) => n >= c.ly.neurons);
   if (!q.neurons.length) { content.append(errorBlock(new Error('no neurons: add neurons=3,17 or select some'), 'this URL')); return; }
-  if (bad !== undefined) { content.append(errorBlock(new Error(`neuron ${bad} is out of range: layer ${c.layer} has 0..${c.ly.neurons - 1}`), 'this URL')); return; }
+  if (bad !== undefined) {
+    content.append(errorBlock(new Error(`neuron ${bad} is out of range: layer ${c.layer} has 0..${c.ly.neurons - 1}; the others stay selected, run the query again`), 'this URL'));
+    return;
+  }
   const body = L.queryBody(c, q);
   const group = q.neurons.map((n) => L.neuronLabel(n, c.ly.shape)).join(', ');
   const title = q.kind === 'knn'
@@ -538,7 +568,9 @@ async function viewQuery(c, r, seq) {
   const results = h('div', { class: 'grid', id: 'results', dataset: { state: 'running' } });
   content.append(
     h('div', { class: 'viewhead' }, h('h2', {}, title),
-      h('p', { class: 'muted' }, `layer ${c.layer} · neurons ${group}` + (q.labels.length ? ` · labels ${q.labels.join(', ')}` : ''))),
+      h('p', { class: 'muted' }, `layer ${c.layer} · neurons ${group}` + (q.labels.length ? ` · labels ${q.labels.join(', ')}` : '')),
+      h('p', { class: 'hist-links' }, 'Histograms: ', q.neurons.slice(0, 12).map((n, i) => [i ? ' · ' : '',
+        h('a', { href: L.neuronHash(c, n, q.kind === 'knn' ? q.target : undefined), class: 'hist-link' }, L.neuronLabel(n, c.ly.shape))]))),
     status, results);
   let res;
   try {
@@ -721,10 +753,12 @@ async function render() {
   // Views that name their neurons set the selection from the URL.
   let neurons = null;
   if (r.view === 'input' || r.view === 'topk' || r.view === 'knn') {
-    const list = L.parseIntList(r.params.get('neurons'));
-    if (list && list.length && list.every((n) => n < c.ly.neurons)) neurons = list;
+    const split = L.splitNeurons(L.parseIntList(r.params.get('neurons')), c.ly.neurons);
+    if (split.valid.length) neurons = split.valid;
+    if (split.dropped.length && r.view === 'input')
+      showError(new Error(`neuron${split.dropped.length > 1 ? 's' : ''} ${split.dropped.join(', ')} out of range (layer ${c.layer} has 0..${c.ly.neurons - 1}): left out`), 'this URL');
   }
-  if (neurons) S.selection = [...new Set(neurons)];
+  if (neurons) S.selection = neurons;
   if (r.view === 'topk' || r.view === 'knn') {
     const p = L.queryFromParams(r.view, r.params);
     if (p.q) {

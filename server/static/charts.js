@@ -1,6 +1,6 @@
 // charts.js -- the two SVG charts: an input's most active neurons (horizontal
 // bars, clickable) and a neuron's activation histogram.
-import { fmt, histogramBins, neuronLabel } from './logic.js';
+import { fmt, histogramBins, logTicks, neuronLabel, niceTicks } from './logic.js';
 
 const NS = 'http://www.w3.org/2000/svg';
 
@@ -60,23 +60,30 @@ export function histogram(entry, { mark, log } = {}) {
     svg.append(el('text', { x: width / 2, y: height / 2, 'text-anchor': 'middle' }, 'no values'));
     return svg;
   }
-  const ys = (c) => (log ? Math.log10(1 + c) : c);
   const cmax = Math.max(...h.bins.map((b) => b.mai + b.rest));
-  const ymax = ys(cmax) || 1;
+  // A log axis starts at 1 input (it has no 0); a linear one at 0.
+  const yticks = log ? logTicks(cmax) : niceTicks(0, cmax, 4);
+  const top = Math.max(cmax, yticks[yticks.length - 1] || 1);
+  const ys = (c) => (log ? (c >= 1 ? Math.log10(c) : 0) : c);
+  const ymax = ys(top) || 1;
   const pw = width - padL - padR, ph = height - padT - padB;
   const x = (v) => padL + ((v - h.lo) / (h.hi - h.lo)) * pw;
   const y = (c) => padT + ph - (ys(c) / ymax) * ph;
   svg.setAttribute('aria-label', `activation histogram over ${h.total} inputs, from ${fmt(h.lo)} to ${fmt(h.hi)}`);
-  // axes
+  // grid and axes
+  for (const t of yticks) {
+    const ty = y(t);
+    svg.append(el('line', { x1: padL, x2: padL + pw, y1: ty, y2: ty, class: 'gridline' }));
+    svg.append(el('text', { x: padL - 4, y: ty + 3, 'text-anchor': 'end', class: 'tick ytick' }, fmt(t, 0)));
+  }
   svg.append(el('line', { x1: padL, x2: padL + pw, y1: padT + ph, y2: padT + ph, class: 'axis' }));
   svg.append(el('line', { x1: padL, x2: padL, y1: padT, y2: padT + ph, class: 'axis' }));
-  for (const t of [0, 0.5, 1]) {
-    const v = h.lo + t * (h.hi - h.lo);
-    svg.append(el('text', { x: x(v), y: padT + ph + 14, 'text-anchor': t === 0 ? 'start' : t === 1 ? 'end' : 'middle', class: 'tick' }, fmt(v, 3)));
+  for (const v of niceTicks(h.lo, h.hi, 6)) {
+    const tx = x(v);
+    svg.append(el('line', { x1: tx, x2: tx, y1: padT + ph, y2: padT + ph + 4, class: 'axis' }));
+    svg.append(el('text', { x: tx, y: padT + ph + 15, 'text-anchor': 'middle', class: 'tick xtick' }, fmt(v, 3)));
   }
   svg.append(el('text', { x: padL + pw / 2, y: height - 4, 'text-anchor': 'middle', class: 'tick' }, 'activation'));
-  svg.append(el('text', { x: padL - 4, y: padT + 8, 'text-anchor': 'end', class: 'tick' }, String(Math.round(cmax))));
-  svg.append(el('text', { x: padL - 4, y: padT + ph, 'text-anchor': 'end', class: 'tick' }, '0'));
   svg.append(el('text', {
     x: 12, y: padT + ph / 2, 'text-anchor': 'middle', class: 'tick',
     transform: `rotate(-90 12 ${padT + ph / 2})`,

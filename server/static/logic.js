@@ -10,7 +10,7 @@ export { AGGS, METRICS };
 
 // ---- routes ----
 // #/                                            pick a model, dataset, layer
-// #/m/{model}/d/{ds}/l/{layer}?page=P            browse the dataset
+// #/m/{model}/d/{ds}/l/{layer}?page=P            browse the dataset (P from 1, as shown)
 // #/m/.../l/{layer}/input/{id}?neurons=..        one input, its top neurons
 // #/m/.../l/{layer}/neuron/{n}?input=ID          one neuron: histogram + top inputs
 // #/m/.../l/{layer}/topk?neurons=..&k=&agg=&labels=
@@ -69,8 +69,15 @@ function withQuery(base, params) {
   return parts.length ? `${base}?${parts.join('&')}` : base;
 }
 
+// page: 0-based here, 1-based in the URL (the number the pager shows).
 export function browseHash(ctx, page) {
-  return withQuery(layerPath(ctx.model, ctx.dataset, ctx.layer), { page: page ? page : undefined });
+  return withQuery(layerPath(ctx.model, ctx.dataset, ctx.layer), { page: page ? page + 1 : undefined });
+}
+// The 0-based page of a browse URL (its page=P counts from 1), or `dflt`.
+export function pageFromParams(params, pages, dflt) {
+  const t = params.get('page');
+  if (t === null || !/^\d+$/.test(t) || Number(t) < 1) return dflt;
+  return Math.min(Number(t), pages) - 1;
 }
 export function inputHash(ctx, id, neurons) {
   return withQuery(`${layerPath(ctx.model, ctx.dataset, ctx.layer)}/input/${id}`, { neurons });
@@ -169,6 +176,44 @@ export function parseNeurons(text, shape, count) {
     }
   }
   return { neurons: out };
+}
+
+// A URL's neuron list against the layer: the ones it has, and the others
+// (shown as a warning rather than dropping the whole list).
+export function splitNeurons(list, count) {
+  const valid = [], dropped = [];
+  for (const n of list || []) (n < count ? valid : dropped).push(n);
+  return { valid: [...new Set(valid)], dropped };
+}
+
+// Whether a model takes a dataset's inputs: the same number of elements per
+// input (the daemon's rule; [N,H,W] datasets are [1,H,W]).
+export function fitsModel(model, dataset) {
+  if (!model || !model.input_shape || !dataset || !dataset.shape) return true;
+  const n = (s) => s.reduce((a, b) => a * b, 1);
+  return n(model.input_shape) === n(dataset.shape);
+}
+
+// ---- axes ----
+
+// About `n` round values covering [lo, hi] (steps of 1, 2 or 5 x 10^k).
+export function niceTicks(lo, hi, n = 5) {
+  if (!Number.isFinite(lo) || !Number.isFinite(hi)) return [];
+  if (hi === lo) return [lo];
+  const raw = (hi - lo) / Math.max(1, n);
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw * 0.7) || 10 * mag;
+  const out = [];
+  for (let i = Math.ceil(lo / step - 1e-9); i * step <= hi + step * 1e-9; i++) out.push(i === 0 ? 0 : Number((i * step).toPrecision(12)));
+  return out;
+}
+
+// Powers of ten from 1 up to the first one >= max: the ticks of a log axis
+// (which has no 0).
+export function logTicks(max) {
+  const out = [1];
+  while (out[out.length - 1] < max) out.push(out[out.length - 1] * 10);
+  return out;
 }
 
 // ---- query requests: built from a route, the exact body sent to the API ----

@@ -92,6 +92,13 @@ await step('API setup: register the model and import Fashion-MNIST', async () =>
     format: 'idx', scale: 1 / 255, mean: 0.2860, std: 0.3530,
   });
   assert.equal(d.count, 10000);
+  // A dataset the model cannot take ([3,4,4] inputs), to see it marked.
+  const hdr = "{'descr': '|u1', 'fortran_order': False, 'shape': (2, 3, 4, 4), }";
+  const pad = hdr + ' '.repeat(64 - ((10 + hdr.length + 1) % 64)) + '\n';
+  const npy = Buffer.concat([Buffer.from([0x93]), Buffer.from('NUMPY\x01\x00'), Buffer.from([pad.length & 255, pad.length >> 8]),
+    Buffer.from(pad), Buffer.alloc(2 * 48)]);
+  const r = await fetch(`${BASE}/v1/datasets/rgb`, { method: 'PUT', body: npy });
+  assert.equal(r.status, 201, await r.text());
 });
 
 const browser = await chromium.launch({
@@ -145,6 +152,14 @@ await step('choose model, dataset and layer fc1: shape, neurons, index state', a
   assert.equal(await page.textContent('#layer-shape'), `[${layerInfo.shape.join(', ')}]`);
   assert.equal(await page.getAttribute('#index-state', 'data-state'), 'none');
   assert.equal(await page.isVisible('#build-index'), true);
+  // The dataset of [3,4,4] inputs is offered, marked and not selectable.
+  const rgb = await page.$eval('#sel-dataset option[value="rgb"]', (o) => ({ text: o.textContent, disabled: o.disabled }));
+  assert.ok(rgb.disabled && /do not fit/.test(rgb.text), JSON.stringify(rgb));
+  await page.goto(`${BASE}/#/m/cnn/d/rgb/l/fc1`);
+  await page.waitForSelector('#content[data-ready="1"]');
+  assert.match(await page.textContent('#content .error.inline'), /dataset 'rgb' has inputs \[3×4×4\]; model 'cnn' takes \[1×28×28\]/);
+  await page.goto(`${BASE}/#/m/cnn/d/fmnist/l/fc1`);
+  await page.waitForSelector('#content[data-view="browse"]');
   // Without an index, a neuron's view says so (no histogram to draw).
   await page.goto(`${BASE}/#/m/cnn/d/fmnist/l/fc1/neuron/0`);
   await page.waitForSelector('#neuron-view[data-state="none"]');
@@ -195,8 +210,15 @@ await step('browse: a page of 48 thumbnails with labels', async () => {
   label0 = (await apiCall('GET', `/v1/datasets/${DATASET}/inputs/0`)).label;
   await page.waitForFunction((l) => document.querySelector('#browse .thumb[data-input="0"] .label').textContent === `label ${l}`, label0);
   await page.click('.pager a[aria-label="next page"]');
-  await page.waitForFunction(() => location.hash.endsWith('?page=1'));
+  // the URL counts pages as the pager shows them: the second page is page=2
+  await page.waitForFunction(() => location.hash.endsWith('?page=2'));
   assert.equal((await shownIds(page, '#browse .thumb'))[0], 48);
+  assert.equal(await page.$eval('.pagefield', (f) => f.value), '2');
+  await page.goto(`${BASE}/#/m/cnn/d/fmnist/l/fc1?page=3`);
+  await page.waitForFunction(() => document.querySelector('#browse .thumb')?.dataset.input === '96');
+  assert.equal(await page.$eval('.pagefield', (f) => f.value), '3');
+  await page.goto(`${BASE}/#/m/cnn/d/fmnist/l/fc1?page=2`);
+  await page.waitForSelector('#browse .thumb[data-input="48"]');
   await page.click('.pager a[aria-label="previous page"]');
   await page.waitForSelector('#browse .thumb[data-input="0"]');
   await shot(page, '03-browse');
@@ -326,6 +348,39 @@ await step('neuron view: histogram from the index and its top inputs (MAI)', asy
     await imagesLoaded(page, '#mai .thumb img', 6);
   }
   await shot(page, '07-neuron');
+});
+
+await step('histograms: reachable from the input card and the results; round ticks; a log axis has no 0', async () => {
+  await page.goto(`${BASE}/#/m/cnn/d/fmnist/l/fc1/input/0`);
+  await page.waitForSelector('#input-card[data-ready="1"]');
+  const links = await page.$$eval('#hist-links a', (as) => as.map((a) => a.getAttribute('href')));
+  assert.equal(links.length, 5);
+  await page.click('#hist-links a');
+  await page.waitForSelector('#neuron-view[data-state="ready"]');
+  const xt = await page.$$eval('#histogram .xtick', (ts) => ts.map((t) => Number(t.textContent)));
+  assert.ok(xt.length >= 4, `x ticks ${xt}`);
+  const steps = xt.slice(1).map((v, i) => +(v - xt[i]).toPrecision(6));
+  assert.ok(steps.every((d) => d === steps[0]), `evenly spaced x ticks ${xt}`);
+  const yt = async () => page.$$eval('#histogram .ytick', (ts) => ts.map((t) => t.textContent));
+  await page.uncheck('#hist-log').catch(() => {});
+  assert.ok((await yt()).length >= 3, `linear y ticks ${await yt()}`);
+  await page.check('#hist-log');
+  const lt = await yt();
+  assert.ok(!lt.includes('0') && lt[0] === '1' && lt.every((t) => /^10*$/.test(t)), `log y ticks ${lt}`);
+  await shot(page, '07b-histogram');
+});
+
+await step('a URL with one neuron out of range keeps the others; the k error sits under k', async () => {
+  await page.goto(`${BASE}/#/m/cnn/d/fmnist/l/fc1/input/0?neurons=${top[0]},999,${top[1]}`);
+  await page.waitForSelector('#input-card[data-ready="1"]');
+  assert.deepEqual(await page.evaluate(() => window.explorer.S.selection), top.slice(0, 2));
+  assert.match(await page.textContent('#errors'), /999 out of range/);
+  await page.fill('#k', '0');
+  await page.click('#run-topk');
+  assert.match(await page.textContent('#k-error'), /k must be an integer/);
+  assert.equal(await page.textContent('#neurons-error'), '');
+  await page.fill('#k', String(K));
+  await page.$$eval('#errors .close', (bs) => bs.forEach((b) => b.click()));
 });
 
 await step('API errors are shown with their code and message', async () => {

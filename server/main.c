@@ -167,7 +167,7 @@ int main(int argc, char **argv)
         case O_CTIME: if (parse_size(optarg, 1, 86400, &v)) goto bad; c->client_timeout_s = (unsigned)v; break;
         case O_STATIC: c->static_dir = optarg; break;
         case O_MAPGB: if (parse_size(optarg, 4, (size_t)1 << 26, &c->map_mb)) goto bad; break;
-        case O_INFERMEM: if (parse_size(optarg, 16, 1 << 22, &c->infer_memory_mb)) goto bad; break;
+        case O_INFERMEM: if (parse_size(optarg, 1, 1 << 22, &c->infer_memory_mb)) goto bad; break;
         case O_STAT: do_stat = 1; break;
         case O_ROUTES: http_routes_each(print_route, NULL); return 0;
         case O_HELP: usage(stdout); return 0;

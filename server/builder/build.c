@@ -23,22 +23,35 @@
 
 /* ---- parameters ---- */
 
-void build_params_for_budget(double budget, build_params *out)
+void build_params_resolve(const build_params *req, uint64_t n, build_params *out)
 {
-    /* Ids cost bits/32 of full materialization, the MAI 2*mai_ratio (id +
-     * value per entry). Give ids about 62% of the budget (16 partitions at
-     * the default 0.2, the paper's setting) and the MAI what is left, in
-     * whole percent, keeping 2% of the budget for headers and bounds. */
-    out->kind = STORE_INDEX_NPI;
-    int bits = (int)floor(budget * 32 * 0.625);
-    if (bits < 1) bits = 1;
-    if (bits > 8) bits = 8;
-    out->partitions = 1u << bits;
-    double mai = (budget * 0.98 - bits / 32.0) / 2;
-    mai = floor(mai * 100 + 1e-9) / 100;
-    if (mai < 0) mai = 0;
-    if (mai > 0.5) mai = 0.5;
-    out->mai_ratio = mai;
+    *out = *req;
+    double budget = req->budget > 0 ? req->budget : 0.2;
+    out->budget = budget;
+    if (req->kind == STORE_INDEX_FULL) return;
+    uint32_t N = n > UINT32_MAX ? UINT32_MAX : (uint32_t)(n ? n : 1);
+    double room = budget * 0.98 * 4.0 * N; /* bytes per neuron, 2% kept for LMDB's keys */
+    if (!req->partitions) {
+        /* ids cost bits/32 of full materialization; give them ~62% of the
+         * budget (16 partitions at 0.2, the paper's setting), fewer bits
+         * where the fixed costs leave less room */
+        int bits = (int)floor(budget * 32 * 0.625);
+        if (bits < 1) bits = 1;
+        if (bits > 8) bits = 8;
+        while (bits > 1 && (double)npi_blob_size(N, 1u << bits, 0) > room) bits--;
+        out->partitions = 1u << bits;
+    }
+    if (req->mai_ratio < 0) {
+        /* the MAI takes what is left: whole percent, tenths below 1% */
+        double left = room - (double)npi_blob_size(N, out->partitions, 0);
+        double mai = left > 0 ? left / 8.0 / N : 0;
+        mai = mai >= 0.01 ? floor(mai * 100 + 1e-9) / 100 : floor(mai * 1000 + 1e-9) / 1000;
+        while (mai > 0 && (double)npi_blob_size(N, out->partitions, npi_mai_count(N, mai)) > room)
+            mai = mai > 0.01 ? mai - 0.01 : mai - 0.001;
+        if (mai < 0) mai = 0;
+        if (mai > 0.5) mai = 0.5;
+        out->mai_ratio = mai;
+    }
 }
 
 /* ---- a build job ---- */
@@ -130,7 +143,6 @@ static int build_pass(app *a, registry_model *m, const store_dataset *d, job *j,
     int rc = -1, nlayers = j->nparts;
     uint32_t n = (uint32_t)d->count;
     size_t numel = inputs_numel(d);
-    size_t chunk = (size_t)m->batch * 4;
     bcore *bc[BUILD_MAX_LAYERS] = {0};
     float *outs[BUILD_MAX_LAYERS] = {0};
     infer_out io[BUILD_MAX_LAYERS];
@@ -144,12 +156,21 @@ static int build_pass(app *a, registry_model *m, const store_dataset *d, job *j,
     int threads = a->cfg.threads > 0 ? a->cfg.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     *store_rc = STORE_OK;
 
-    /* Layers that fit whole stay in memory, the others spill (see bcore_plan_budgets). */
+    /* The rows of one step of the pass (4 forwards, fewer for wide layers:
+     * at most an eighth of the budget, at least one forward) come out of
+     * the budget; the cores share the rest. Layers that fit whole stay in
+     * memory, the others spill (see bcore_plan_budgets). */
+    size_t budget = a->cfg.build_memory_mb << 20, row_bytes = 0;
     uint64_t layer_bytes[BUILD_MAX_LAYERS];
     size_t budgets[BUILD_MAX_LAYERS];
-    for (int l = 0; l < nlayers; l++)
+    for (int l = 0; l < nlayers; l++) {
         layer_bytes[l] = (uint64_t)n * shim_layer_at(m->shim, shim_layers[l])->neurons * sizeof(float);
-    bcore_plan_budgets(a->cfg.build_memory_mb << 20, nlayers, layer_bytes, budgets);
+        row_bytes += (size_t)shim_layer_at(m->shim, shim_layers[l])->neurons * sizeof(float);
+    }
+    size_t chunk = (size_t)m->batch * 4;
+    while (chunk > m->batch && chunk * row_bytes > budget / 8) chunk -= m->batch;
+    size_t rows_bytes = chunk * row_bytes;
+    bcore_plan_budgets(rows_bytes < budget ? budget - rows_bytes : 0, nlayers, layer_bytes, budgets);
     for (int l = 0; l < nlayers; l++) {
         const shim_layer *ly = shim_layer_at(m->shim, shim_layers[l]);
         if (!(outs[l] = malloc(chunk * (size_t)ly->neurons * sizeof(float)))) goto oom;
@@ -466,7 +487,7 @@ static const job_ops MATERIALIZE_OPS = {"materialize", build_run, build_abandon,
 /* ---- submitting ---- */
 
 int build_submit(app *a, const char *model, const char *dataset, const char *const *layers, int nlayers,
-                 const build_params *p, build_submitted *out, proto_err *e)
+                 const build_params *req, build_submitted *out, proto_err *e)
 {
     memset(out, 0, sizeof *out);
     out->nlayers = nlayers;
@@ -479,6 +500,8 @@ int build_submit(app *a, const char *model, const char *dataset, const char *con
     int todo[BUILD_MAX_LAYERS], ntodo = 0;
     if (!m) return -1;
     if (catalog_dataset(a, dataset, &d, e) != 0 || catalog_check_fit(m, &d, e) != 0) goto out;
+    build_params_resolve(req, d.count, &out->params);
+    const build_params *p = &out->params;
     for (int l = 0; l < nlayers; l++) {
         int li = catalog_layer(m, layers[l], e);
         if (li < 0) goto out;
@@ -542,9 +565,11 @@ out:
     return rc;
 }
 
-int build_inline(app *a, registry_model *m, const store_dataset *d, const char *layer, const build_params *p,
+int build_inline(app *a, registry_model *m, const store_dataset *d, const char *layer, const build_params *req,
                  build_answer *ans, const volatile int *cancel, uint32_t *index_id, proto_err *e)
 {
+    build_params resolved, *p = &resolved;
+    build_params_resolve(req, d->count, &resolved);
     int li = catalog_layer(m, layer, e);
     if (li < 0) return -1;
     uint64_t neurons = (uint64_t)shim_layer_at(m->shim, li)->neurons;

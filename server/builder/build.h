@@ -24,13 +24,18 @@
 
 typedef struct build_params {
     int kind;                    /* enum store_index_kind */
-    uint32_t partitions;         /* 2..256 */
-    double mai_ratio;            /* 0..0.5 */
+    uint32_t partitions;         /* 2..256; 0 = chosen from the budget */
+    double mai_ratio;            /* 0..0.5; < 0 = chosen from the budget */
+    double budget;               /* fraction of full materialization (default 0.2) */
 } build_params;
 
-/* Picks partitions and mai_ratio for a storage budget (fraction of full
- * materialization): id bits take ~60% of it, the MAI the rest. */
-void build_params_for_budget(double budget, build_params *out);
+/* The parameters a build over n inputs uses: those given, the others picked
+ * so that one neuron's entry -- fixed costs included (header, partition
+ * bounds, MAI rounding), which weigh more the smaller n is -- takes at most
+ * `budget` of its n floats where that is possible at all (n >= ~60): id bits
+ * get ~62% of the budget, the MAI what is left in whole percent (tenths
+ * below 1%). */
+void build_params_resolve(const build_params *req, uint64_t n, build_params *out);
 
 /* What build_submit did, layer by layer. */
 typedef struct build_submitted {
@@ -38,10 +43,12 @@ typedef struct build_submitted {
     int nlayers;
     uint32_t ids[BUILD_MAX_LAYERS];
     int reused[BUILD_MAX_LAYERS];/* an identical ready or building index answered */
+    build_params params;         /* as resolved for the dataset */
 } build_submitted;
 
 /* Starts a job building the index of each layer that has no identical
- * (same kind, partitions, mai_ratio) ready or building index. Errors: 404
+ * (same kind, partitions, mai_ratio) ready or building index; p as asked
+ * (build_params_resolve fills in what it leaves to the budget). Errors: 404
  * unknown model/dataset/layer (listing the valid ones), 422 shape mismatch,
  * 507 store full. */
 int build_submit(app *a, const char *model, const char *dataset, const char *const *layers, int nlayers,
@@ -60,7 +67,7 @@ typedef struct build_answer {
  * job as build_submit), answering `ans` from the same pass. Returns 0 when
  * the index was built and the answer is complete, -1 with e otherwise
  * (503 query_timeout / query_cancelled, 507, 500). */
-int build_inline(app *a, registry_model *m, const store_dataset *d, const char *layer, const build_params *p,
+int build_inline(app *a, registry_model *m, const store_dataset *d, const char *layer, const build_params *req,
                  build_answer *ans, const volatile int *cancel, uint32_t *index_id, proto_err *e);
 
 #endif

@@ -19,11 +19,10 @@ void api_index_create(http_req *r)
         http_reply_err(r, &e);
         return;
     }
-    build_params p;
-    build_params_for_budget(q.has_budget ? q.storage_budget : 0.2, &p);
-    if (q.has_partitions) p.partitions = q.partitions;
-    if (q.has_mai_ratio) p.mai_ratio = q.mai_ratio;
-    p.kind = q.kind ? STORE_INDEX_FULL : STORE_INDEX_NPI;
+    build_params p = {.kind = q.kind ? STORE_INDEX_FULL : STORE_INDEX_NPI,
+                      .partitions = q.has_partitions ? q.partitions : 0,
+                      .mai_ratio = q.has_mai_ratio ? q.mai_ratio : -1,
+                      .budget = q.has_budget ? q.storage_budget : 0.2};
     const char *names[PROTO_MAX_LAYERS];
     for (int l = 0; l < q.nlayers; l++) names[l] = q.layers[l];
     if (build_submit(r->app, q.model, q.dataset, names, q.nlayers, &p, &s, &e) != 0) {
@@ -38,7 +37,7 @@ void api_index_create(http_req *r)
                                              "reused", s.reused[l]));
     json_t *o = json_pack("{s:I,s:o,s:o,s:I,s:f,s:b}", "id", (json_int_t)s.ids[0], "ids",
                           api_ids_json(s.ids, (size_t)q.nlayers), "layers", per, "partitions",
-                          (json_int_t)p.partitions, "mai_ratio", p.mai_ratio, "reused", all_reused);
+                          (json_int_t)s.params.partitions, "mai_ratio", s.params.mai_ratio, "reused", all_reused);
     /* "job": the job that builds the new indexes; when every layer was
      * reused, the job of the first (possibly still building) index */
     uint32_t job_id = s.job;

@@ -146,8 +146,19 @@ int infer_run(app *a, registry_model *m, const uint32_t *ids, const float *in, s
         }
         width[l] = outs[l].cols ? outs[l].ncols : (size_t)ly->neurons;
     }
-    /* Consecutive ids keep their natural slots (id mod B); no ids, any slot. */
+    /* Consecutive ids keep their natural slots (id mod B) -- unless that
+     * takes more forwards than packing them class by class (a run that
+     * straddles a block boundary); no ids, any slot. */
     int natural = !ids || consecutive(ids, n);
+    if (ids && natural && n) {
+        size_t count[REGISTRY_MAX_CLASSES] = {0}, packed = 0;
+        for (size_t i = 0; i < n; i++) count[m->slot_class[ids[i] % B]]++;
+        for (int c = 0; c < m->nclass; c++) {
+            size_t f = (count[c] + m->class_slots[c] - 1) / m->class_slots[c];
+            if (f > packed) packed = f;
+        }
+        natural = (size_t)(ids[n - 1] / B - ids[0] / B) + 1 <= packed;
+    }
     int C = m->nclass > 0 ? m->nclass : 1;
     bin = malloc(B * numel * sizeof *bin);
     slot_of = malloc(B * sizeof *slot_of);

@@ -20,7 +20,14 @@ void source_init(source_ctx *s, app *a, registry_model *m, const store_dataset *
 
 eng_source source_engine(source_ctx *s)
 {
-    eng_source e = {.ctx = s, .fetch = source_fetch};
+    /* the model's forwards (infer.h), so that the engine fills them */
+    eng_source e = {.ctx = s,
+                    .fetch = source_fetch,
+                    .geo = {.slots = s->m->batch,
+                            .nclass = (uint32_t)s->m->nclass,
+                            .class_of = s->m->slot_class,
+                            .class_slots = s->m->class_slots,
+                            .id_offset = s->d->first}};
     return e;
 }
 

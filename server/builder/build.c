@@ -28,7 +28,11 @@ void build_params_resolve(const build_params *req, uint64_t n, build_params *out
     *out = *req;
     double budget = req->budget > 0 ? req->budget : 0.2;
     out->budget = budget;
-    if (req->kind == STORE_INDEX_FULL) return;
+    if (req->kind == STORE_INDEX_FULL) { /* raw columns: the core wants valid index parameters anyway */
+        out->partitions = 2;
+        out->mai_ratio = 0;
+        return;
+    }
     uint32_t N = n > UINT32_MAX ? UINT32_MAX : (uint32_t)(n ? n : 1);
     double room = budget * 0.98 * 4.0 * N; /* bytes per neuron, 2% kept for LMDB's keys */
     if (!req->partitions) {

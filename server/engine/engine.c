@@ -296,6 +296,7 @@ typedef struct run {
     const eng_query *q;
     const npi_view *idx;
     const eng_source *src;
+    const eng_geometry *geo;  /* NULL: the source said nothing of its forwards */
     eng_stats *st;
     eng_topk *h;
     uint32_t batch;
@@ -344,6 +345,108 @@ static int compute_inputs(run *r, const uint32_t *ids, size_t cnt)
         }
     }
     return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Whole forwards (eng_geometry)                                        */
+
+typedef struct fill {
+    const eng_geometry *g;
+    uint32_t left[ENG_MAX_CLASSES]; /* free slots of each class in the planned forwards */
+    size_t free_total;
+} fill;
+
+static inline uint32_t class_of(const eng_geometry *g, uint32_t id)
+{
+    return g->class_of[((uint64_t)id + g->id_offset) % g->slots];
+}
+
+/* The forwards ids[0..n) need (class by class), and the slots they leave. */
+static void fill_plan(fill *f, const eng_geometry *g, const uint32_t *ids, size_t n)
+{
+    uint32_t count[ENG_MAX_CLASSES] = {0};
+    size_t fw = 0;
+    f->g = g;
+    f->free_total = 0;
+    for (size_t i = 0; i < n; i++)
+        count[class_of(g, ids[i])]++;
+    for (uint32_t c = 0; c < g->nclass; c++) {
+        size_t need = (count[c] + g->class_slots[c] - 1) / g->class_slots[c];
+        if (need > fw)
+            fw = need;
+    }
+    for (uint32_t c = 0; c < g->nclass; c++) {
+        f->left[c] = (uint32_t)(fw * g->class_slots[c] - count[c]);
+        f->free_total += f->left[c];
+    }
+}
+
+/* Puts id in a free slot of its class: 1, or 0 when its class is full. */
+static inline int fill_take(fill *f, uint32_t id)
+{
+    uint32_t c = class_of(f->g, id);
+    if (!f->left[c])
+        return 0;
+    f->left[c]--;
+    f->free_total--;
+    return 1;
+}
+
+/* Computes a round's ids in whole forwards: grouped forward by forward
+ * (each group at most class_slots[c] of class c), fetched a few whole
+ * forwards at a time, so that no fetch splits a forward the round fills. */
+static int compute_forwards(run *r, const uint32_t *ids, size_t cnt, uint32_t *scratch)
+{
+    const eng_geometry *g = r->geo;
+    if (!g)
+        return compute_inputs(r, ids, cnt);
+    size_t start[ENG_MAX_CLASSES + 1] = {0}, fill_at[ENG_MAX_CLASSES] = {0};
+    for (size_t i = 0; i < cnt; i++)
+        start[class_of(g, ids[i]) + 1]++;
+    for (uint32_t c = 0; c < g->nclass; c++)
+        start[c + 1] += start[c];
+    uint32_t *by_class = scratch + cnt; /* the ids class by class, in order */
+    for (size_t i = 0; i < cnt; i++) {
+        uint32_t c = class_of(g, ids[i]);
+        by_class[start[c] + fill_at[c]++] = ids[i];
+    }
+    /* forward by forward, a few whole forwards per fetch */
+    size_t per = r->batch / g->slots ? r->batch / g->slots : 1;
+    size_t n = 0, seg = 0, forwards = 0, taken[ENG_MAX_CLASSES] = {0};
+    while (n < cnt) {
+        for (uint32_t c = 0; c < g->nclass; c++)
+            for (uint32_t k = 0; k < g->class_slots[c] && taken[c] < fill_at[c]; k++)
+                scratch[n++] = by_class[start[c] + taken[c]++];
+        if (++forwards == per || n == cnt) {
+            int rc = compute_inputs(r, scratch + seg, n - seg);
+            if (rc != 0)
+                return rc;
+            seg = n;
+            forwards = 0;
+        }
+    }
+    return 0;
+}
+
+static int check_geometry(const eng_geometry *g, char *err, size_t errlen)
+{
+    if (!g->slots)
+        return 0;
+    if (!g->class_of || !g->class_slots || g->nclass < 1 || g->nclass > ENG_MAX_CLASSES)
+        goto bad;
+    uint32_t count[ENG_MAX_CLASSES] = {0};
+    for (uint32_t p = 0; p < g->slots; p++) {
+        if (g->class_of[p] >= g->nclass)
+            goto bad;
+        count[g->class_of[p]]++;
+    }
+    for (uint32_t c = 0; c < g->nclass; c++)
+        if (count[c] != g->class_slots[c] || !count[c])
+            goto bad;
+    return 0;
+bad:
+    seterr(err, errlen, "the source's forward geometry is inconsistent");
+    return -1;
 }
 
 /* Neurons whose term can change a score or bound: with weights, those with
@@ -522,6 +625,9 @@ typedef struct nta_state {
     uint32_t *counts; /* NPI_MAX_PARTITIONS scratch */
     uint8_t *pid8;    /* unpack scratch for neurons past the budget */
     uint8_t **kept;   /* unpacked ids kept, per active neuron */
+    uint32_t *pending; /* seen by the look-ahead, no slot of their class left: next round */
+    size_t npending;
+    uint32_t *order;   /* compute_forwards scratch: 2 * capgath */
 } nta_state;
 
 /* pid8: n bytes to unpack the ids into (kept by the neuron or scratch). */
@@ -666,7 +772,13 @@ static int run_nta(run *r)
     s.counts = malloc(NPI_MAX_PARTITIONS * sizeof *s.counts);
     s.pid8 = malloc((size_t)q->n + 1);
     s.kept = calloc(nact, sizeof *s.kept);
-    s.capgath = (size_t)r->batch + nact;
+    /* a round: the pending ones, a share per list, and the look-ahead that
+     * fills the round's forwards (at most 32 forwards' worth of sorted
+     * access, at most 16 forwards' worth left pending for the next round) */
+    size_t look = r->geo ? 16 * (size_t)r->geo->slots : 0;
+    s.capgath = (size_t)r->batch + nact + 3 * look;
+    s.pending = look ? malloc(look * sizeof *s.pending) : NULL;
+    s.order = look ? malloc(2 * s.capgath * sizeof *s.order) : NULL;
     s.gath = malloc(s.capgath * sizeof *s.gath);
     if (!s.nn || !s.parts || !s.seen || !s.counts || !s.pid8 || !s.kept || !s.gath) {
         seterr(r->err, r->errlen, "out of memory");
@@ -694,6 +806,11 @@ static int run_nta(run *r)
 
     size_t share = (r->batch + nact - 1) / nact;
     size_t seen = 0;
+    uint32_t lowest = 0; /* no candidate below it is unseen */
+    if (look && (!s.pending || !s.order)) {
+        seterr(r->err, r->errlen, "out of memory");
+        goto done;
+    }
     for (;;) {
         if (cancelled(q)) {
             seterr(r->err, r->errlen, "query cancelled");
@@ -705,7 +822,10 @@ static int run_nta(run *r)
         double tg = now_ms();
         int exhausted = 0;
         s.ngath = 0;
-        for (size_t a = 0; a < nact; a++) {
+        for (size_t i = 0; i < s.npending; i++)
+            s.gath[s.ngath++] = s.pending[i];
+        s.npending = 0;
+        for (size_t a = 0; a < nact && !exhausted; a++) {
             size_t want = share;
             while (want > 0) {
                 uint32_t id;
@@ -719,21 +839,63 @@ static int run_nta(run *r)
                 if (s.seen[id] || !is_candidate(q, id))
                     continue;
                 s.seen[id] = 1;
+                seen++;
                 s.gath[s.ngath++] = id;
                 want--;
             }
         }
+        /* Whole forwards: more sorted access, round robin, into the slots
+         * the round leaves free; what finds its class full waits for the
+         * next round (seen, so it must be computed before any stop). */
+        if (look && !exhausted && s.ngath) {
+            fill f;
+            fill_plan(&f, r->geo, s.gath, s.ngath);
+            for (size_t step = 0, a = 0;
+                 f.free_total > 0 && step < 2 * look && s.npending < look && s.ngath < s.capgath; step++) {
+                uint32_t id;
+                int got = nta_next(r, &s.nn[a], &id);
+                if (got < 0)
+                    goto done;
+                if (got == 0) {
+                    exhausted = 1;
+                    break;
+                }
+                a = (a + 1) % nact;
+                if (s.seen[id] || !is_candidate(q, id))
+                    continue;
+                s.seen[id] = 1;
+                seen++;
+                if (fill_take(&f, id))
+                    s.gath[s.ngath++] = id;
+                else
+                    s.pending[s.npending++] = id;
+            }
+        }
         r->st->cell_ms += now_ms() - tg;
         r->st->rounds++;
-        seen += s.ngath;
-        if ((rc = compute_inputs(r, s.gath, s.ngath)) != 0)
+        if ((rc = compute_forwards(r, s.gath, s.ngath, s.order)) != 0)
             goto done;
         rc = -1;
         /* An exhausted list means every input was visited through it. */
-        if (exhausted || seen == r->ncand)
+        if (exhausted || seen == r->ncand) {
+            if (s.npending && (rc = compute_forwards(r, s.pending, s.npending, s.order)) != 0)
+                goto done;
+            rc = -1;
             break;
-        if (eng_topk_full(r->h) && better(q, eng_topk_worst(r->h), nta_threshold(r, &s)))
+        }
+        if (s.npending || !eng_topk_full(r->h))
+            continue;
+        double worst = eng_topk_worst(r->h), thr = nta_threshold(r, &s);
+        if (better(q, worst, thr))
             break;
+        /* A tie with the threshold: an unseen input could only tie the k-th
+         * too, and loses to it when its id is larger. */
+        if (worst == thr) {
+            while (lowest < q->n && (s.seen[lowest] || !is_candidate(q, lowest)))
+                lowest++;
+            if (lowest > r->h->e[0].input)
+                break;
+        }
     }
     rc = 0;
 done:
@@ -747,6 +909,8 @@ done:
     free(s.counts);
     free(s.pid8);
     free(s.gath);
+    free(s.pending);
+    free(s.order);
     return rc;
 }
 
@@ -862,6 +1026,8 @@ static int run_bounds(run *r)
     /* Unpacking every id pays off unless few inputs are candidates. */
     int dense = ncand >= n / 16;
     uint8_t *pid8 = dense ? malloc((size_t)n + 1) : NULL;
+    uint8_t *computed = NULL;    /* per input: computed already */
+    uint32_t *round_ids = NULL;  /* one forward's inputs */
     if (!bound || !order || !maival || (dense && !pid8)) {
         seterr(r->err, r->errlen, "out of memory");
         goto done;
@@ -928,15 +1094,28 @@ static int run_bounds(run *r)
     r->st->cell_ms += now_ms() - t0;
 
     /* Refine best bound first. Only a prefix is ever sorted: select the best
-     * `chunk` of the rest, sort them, double the chunk when it runs out. */
+     * `chunk` of the rest, sort them, double the chunk when it runs out.
+     * Candidates before `next` are all computed; after it, a forward's free
+     * slots may have taken some (computed[]). */
     uint64_t rng = 0x9e3779b97f4a7c15ull;
     size_t ready = 0, next = 0, chunk = (size_t)r->batch * 4;
-    /* The best-bound candidates usually are the answer: start with a small
-     * batch and double it, so a query rarely computes much past its k. */
+    /* Without a geometry: the best-bound candidates usually are the answer,
+     * start with a small batch and double it. With one: one whole forward a
+     * round, the best candidate and the best of each class in its slots. */
     size_t step = q->first_batch && q->first_batch < r->batch ? q->first_batch : r->batch;
+    size_t window = r->geo ? 8 * (size_t)r->geo->slots : 0;
+    computed = calloc(n ? n : 1, 1);
+    round_ids = r->geo ? malloc(r->geo->slots * sizeof *round_ids) : NULL;
+    if (!computed || (r->geo && !round_ids)) {
+        seterr(r->err, r->errlen, "out of memory");
+        goto done;
+    }
     for (;;) {
-        if (next == ready) {
-            if (ready == ncand)
+        /* the first candidate not computed, its look-ahead window sorted */
+        for (;;) {
+            while (next < ready && computed[order[next]])
+                next++;
+            if (ready == ncand || (next < ready && ready - next > window))
                 break;
             double ts = now_ms();
             size_t take = ncand - ready < chunk ? ncand - ready : chunk;
@@ -946,6 +1125,8 @@ static int run_bounds(run *r)
             chunk *= 2;
             r->st->cell_ms += now_ms() - ts;
         }
+        if (next == ready)
+            break;
         if (eng_topk_full(r->h)) {
             /* Every candidate left comes after order[next] in (bound, id)
              * order: at best it ties the k-th on value, and then loses on id
@@ -956,13 +1137,33 @@ static int run_bounds(run *r)
             if (better(q, worst, nb) || (worst == nb && cid > r->h->e[0].input))
                 break;
         }
-        size_t cnt = ready - next < step ? ready - next : step;
         r->st->rounds++;
-        if ((rc = compute_inputs(r, order + next, cnt)) != 0)
+        if (!r->geo) {
+            size_t cnt = ready - next < step ? ready - next : step;
+            for (size_t i = 0; i < cnt; i++)
+                computed[order[next + i]] = 1;
+            if ((rc = compute_inputs(r, order + next, cnt)) != 0)
+                goto done;
+            rc = -1;
+            next += cnt;
+            step = step * 2 < r->batch ? step * 2 : r->batch;
+            continue;
+        }
+        fill f;
+        size_t nr = 0;
+        round_ids[nr++] = order[next];
+        computed[order[next]] = 1;
+        fill_plan(&f, r->geo, round_ids, 1);
+        for (size_t c = next + 1; c < ready && f.free_total > 0; c++) {
+            uint32_t id = order[c];
+            if (!computed[id] && fill_take(&f, id)) {
+                round_ids[nr++] = id;
+                computed[id] = 1;
+            }
+        }
+        if ((rc = compute_inputs(r, round_ids, nr)) != 0)
             goto done;
         rc = -1;
-        next += cnt;
-        step = step * 2 < r->batch ? step * 2 : r->batch;
     }
     rc = 0;
 done:
@@ -970,6 +1171,8 @@ done:
     free(order);
     free(maival);
     free(pid8);
+    free(computed);
+    free(round_ids);
     return rc;
 }
 
@@ -1047,6 +1250,11 @@ int eng_run(const eng_query *q, const npi_view *idx, const eng_source *src,
     run r = {.q = q, .idx = method == ENG_SCAN ? NULL : idx, .src = src, .st = st,
              .batch = q->batch ? q->batch : ENG_DEFAULT_BATCH, .err = err, .errlen = errlen};
     int rc = -1;
+    if (check_geometry(&src->geo, err, errlen) != 0)
+        return -1;
+    r.geo = src->geo.slots ? &src->geo : NULL;
+    if (r.geo && r.batch < r.geo->slots)
+        r.batch = r.geo->slots; /* a fetch holds at least one whole forward */
     if (r.idx)
         for (size_t j = 0; j < q->gsize; j++)
             if (check_view(&r, j) != 0)

@@ -17,6 +17,9 @@
  *              first in batches; stop when the k-th best beats the next bound.
  *   ENG_AUTO   BOUNDS when an index is given (it never computes an input
  *              NTA would skip, beyond batch rounding), else SCAN.
+ * A top-k or kNN whose k-th best ties the best bound left stops as soon as
+ * every input that could still tie it has a larger id (NTA: every input not
+ * yet seen; BOUNDS: every one not yet computed).
  *
  * Scores (double): top-k sum = sum w_i x_i (w = 1 when unweighted), mean =
  * sum/|G|, max, min; kNN l2 = sqrt(sum w_i d_i^2), l1 = sum w_i |d_i|,
@@ -44,12 +47,29 @@ typedef struct eng_fetch_stats {
     double inference_ms;    /* time spent in the model */
 } eng_fetch_stats;
 
+/* How a source computes inputs, when it says (optional): in forwards of
+ * `slots` inputs, where input id can only take a slot of class
+ * class_of[(id + id_offset) % slots] and class c has class_slots[c] slots
+ * per forward. A forward costs the same however many of its slots hold an
+ * input, so with it the engine makes every fetch whole forwards: the inputs
+ * it must compute, then, in the free slots, the best candidates left of
+ * each slot's class (BOUNDS), or more of the sorted lists (NTA). */
+#define ENG_MAX_CLASSES 64
+typedef struct eng_geometry {
+    uint32_t slots;              /* 0 = not given: fetches of any size */
+    uint32_t nclass;
+    const uint16_t *class_of;    /* [slots] */
+    const uint32_t *class_slots; /* [nclass] */
+    uint64_t id_offset;          /* a shard's global id of its input 0 */
+} eng_geometry;
+
 /* The activation source: fill out[i*m + j] with the activation of neuron
  * neurons[j] for input ids[i], for n inputs. Returns 0, or -1 with err. */
 typedef struct eng_source {
     void *ctx;
     int (*fetch)(void *ctx, const uint32_t *ids, size_t n, const uint32_t *neurons,
                  size_t m, float *out, eng_fetch_stats *st, char *err, size_t errlen);
+    eng_geometry geo;
 } eng_source;
 
 typedef struct eng_query {

@@ -37,7 +37,8 @@ void api_index_create(http_req *r)
                                              "reused", s.reused[l]));
     json_t *o = json_pack("{s:I,s:o,s:o,s:I,s:f,s:b}", "id", (json_int_t)s.ids[0], "ids",
                           api_ids_json(s.ids, (size_t)q.nlayers), "layers", per, "partitions",
-                          (json_int_t)s.params.partitions, "mai_ratio", s.params.mai_ratio, "reused", all_reused);
+                          (json_int_t)(p.kind == STORE_INDEX_FULL ? 0 : s.params.partitions), "mai_ratio",
+                          p.kind == STORE_INDEX_FULL ? 1.0 : s.params.mai_ratio, "reused", all_reused);
     /* "job": the job that builds the new indexes; when every layer was
      * reused, the job of the first (possibly still building) index */
     uint32_t job_id = s.job;

@@ -148,6 +148,41 @@ static void ds_free(ds *s)
 
 /* ---- the synthetic activation source ----------------------------------- */
 
+/* A forward geometry for the source (engine.h): slots 0 = none. Random
+ * cases draw one; run_and_compare hands it to the engine. */
+static uint16_t geo_class[64];
+static uint32_t geo_count[ENG_MAX_CLASSES];
+static eng_geometry test_geo;
+
+/* slots, and the pattern of classes: 0 one class, 1 the 0-5/6-11/12-15 of
+ * every 16 measured on the project's CPUs, 2 random classes. */
+static void set_geometry(uint32_t slots, int pattern, uint64_t offset)
+{
+    memset(&test_geo, 0, sizeof test_geo);
+    memset(geo_count, 0, sizeof geo_count);
+    if (!slots)
+        return;
+    uint32_t nclass = pattern == 0 ? 1 : pattern == 1 ? 3 : 1 + rng_below(5);
+    for (uint32_t p = 0; p < slots; p++) {
+        uint32_t c = pattern == 0 ? 0 : pattern == 1 ? (p % 16 < 6 ? 0 : p % 16 < 12 ? 1 : 2) : rng_below(nclass);
+        if (p < nclass)
+            c = p; /* every class has a slot */
+        geo_class[p] = (uint16_t)c;
+        geo_count[c]++;
+    }
+    uint32_t used = 0;
+    for (uint32_t c = 0; c < ENG_MAX_CLASSES; c++)
+        if (geo_count[c])
+            used = c + 1;
+    test_geo = (eng_geometry){.slots = slots, .nclass = used, .class_of = geo_class,
+                              .class_slots = geo_count, .id_offset = offset};
+}
+
+static uint32_t geo_class_of(uint32_t id)
+{
+    return geo_class[((uint64_t)id + test_geo.id_offset) % test_geo.slots];
+}
+
 typedef struct synth {
     const ds *s;
     const eng_query *q;   /* to check that only candidates are asked for */
@@ -158,6 +193,11 @@ typedef struct synth {
     uint64_t fail_call;   /* fail on this call (1-based), 0 = never */
     uint64_t cancel_call; /* set *cancel on this call, 0 = never */
     volatile int *cancel;
+    /* with test_geo: the forwards the fetches cost, and how many of them
+     * left a slot empty while a candidate of its class was still not
+     * computed (full_check: count those) */
+    uint64_t forwards, unfilled;
+    int full_check;
 } synth;
 
 static int synth_fetch(void *ctx, const uint32_t *ids, size_t n, const uint32_t *neurons,
@@ -189,6 +229,28 @@ static int synth_fetch(void *ctx, const uint32_t *ids, size_t n, const uint32_t 
     }
     y->fetched += n;
     st->computed += n;
+    if (test_geo.slots && n) {
+        uint32_t count[ENG_MAX_CLASSES] = {0};
+        uint64_t fw = 0;
+        for (size_t i = 0; i < n; i++)
+            count[geo_class_of(ids[i])]++;
+        for (uint32_t c = 0; c < test_geo.nclass; c++) {
+            uint64_t f = (count[c] + geo_count[c] - 1) / geo_count[c];
+            if (f > fw)
+                fw = f;
+        }
+        y->forwards += fw;
+        for (uint32_t c = 0; y->full_check && c < test_geo.nclass; c++) {
+            if (fw * geo_count[c] == count[c])
+                continue;
+            for (uint32_t id = 0; id < y->s->n; id++) /* a candidate of class c not computed yet? */
+                if (geo_class_of(id) == c && !y->count[id] && (int64_t)id != y->q->exclude &&
+                    (!y->q->allowed || y->q->allowed[id])) {
+                    y->unfilled++;
+                    break;
+                }
+        }
+    }
     if (y->cancel_call && y->calls == y->cancel_call)
         *y->cancel = 1;
     return 0;
@@ -289,7 +351,7 @@ static uint64_t run_and_compare(const ds *s, eng_query *q, int method, const npi
     uint32_t *count = calloc(s->n ? s->n : 1, sizeof *count);
     ck_assert(got && count);
     synth y = {.s = s, .q = q, .count = count};
-    eng_source src = {&y, synth_fetch};
+    eng_source src = {&y, synth_fetch, test_geo};
     eng_stats st;
     char err[256] = "";
     size_t nout = 12345;
@@ -419,20 +481,28 @@ static void random_query(const ds *s, int dist, int qi)
     /* NTA: unpacked ids for every neuron (default), none, or about half */
     r = rng_below(3);
     q.scratch_budget = r == 0 ? 0 : r == 1 ? 1 : (size_t)n * g / 2 + 1;
+    /* half the cases: a source that computes in forwards of slot classes */
+    static const uint32_t slot_choices[] = {1, 4, 16, 64};
+    if (rng_below(2))
+        set_geometry(slot_choices[rng_below(4)], (int)rng_below(3), rng_below(3) ? 0 : rng_below(1000));
+    else
+        set_geometry(0, 0, 0);
 
     size_t nwant = brute_force(s, &q, want);
     char label[256];
     snprintf(label, sizeof label,
              "[query %d: n=%u d=%u dist=%s P=%u m=%u g=%zu kind=%d agg=%d metric=%d w=%d "
-             "filter=%d exclude=%lld k=%zu batch=%u scratch=%zu]",
+             "filter=%d exclude=%lld k=%zu batch=%u scratch=%zu slots=%u classes=%u]",
              qi, n, d, dist_name[dist], s->P, s->m, g, q.kind, q.agg, q.metric, q.weights != NULL,
-             q.allowed != NULL, (long long)q.exclude, q.k, q.batch, q.scratch_budget);
+             q.allowed != NULL, (long long)q.exclude, q.k, q.batch, q.scratch_budget, test_geo.slots,
+             test_geo.nclass);
     T->queries++;
     T->fetched[ENG_SCAN] += run_and_compare(s, &q, ENG_SCAN, gv, want, nwant, label);
     T->fetched[ENG_NTA] += run_and_compare(s, &q, ENG_NTA, gv, want, nwant, label);
     T->fetched[ENG_BOUNDS] += run_and_compare(s, &q, ENG_BOUNDS, gv, want, nwant, label);
     run_and_compare(s, &q, ENG_AUTO, gv, want, nwant, label);
     run_and_compare(s, &q, ENG_AUTO, NULL, want, nwant, label);
+    set_geometry(0, 0, 0);
 
     free(neurons);
     free(weights);
@@ -579,6 +649,100 @@ START_TEST(test_dead_neuron_ties_stop)
 }
 END_TEST
 
+/* With the source's forward geometry, BOUNDS makes every fetch whole
+ * forwards: a slot stays empty only when no candidate of its class is left;
+ * NTA's forwards stay within 1.2x of the forwards its inputs would fill
+ * (plus the last, partial one). Answers stay exact. */
+START_TEST(test_whole_forwards)
+{
+    rng_seed(5150);
+    ds s;
+    ds_make(&s, 6000, 24, D_RELU);
+    ds_index(&s, 16, 0.03);
+    uint32_t *count = calloc(s.n, sizeof *count);
+    eng_result *want = malloc(s.n * sizeof *want), *got = malloc(s.n * sizeof *got);
+    uint64_t bforwards = 0, bcomputed = 0, nforwards = 0, ncomputed = 0;
+    for (int qi = 0; qi < 60; qi++) {
+        set_geometry(qi % 3 ? 64 : 16, 1, (uint64_t)(qi % 5) * 7);
+        uint32_t neurons[10];
+        npi_view gv[10];
+        float target[10];
+        size_t g = 1 + rng_below(10);
+        for (size_t j = 0; j < g; j++) {
+            neurons[j] = (uint32_t)((j * 5 + (size_t)qi) % s.d);
+            gv[j] = s.views[neurons[j]];
+        }
+        uint32_t from = rng_below(s.n);
+        for (size_t j = 0; j < g; j++)
+            target[j] = s.mat[(size_t)from * s.d + neurons[j]];
+        eng_query q = {.kind = qi % 2 ? ENG_KNN : ENG_TOPK, .agg = ENG_SUM, .metric = (int)rng_below(3), .n = s.n,
+                       .k = 1 + rng_below(60), .gsize = g, .neurons = neurons, .target = target,
+                       .exclude = qi % 2 ? (int64_t)from : -1};
+        size_t nwant = brute_force(&s, &q, want);
+        for (int method = ENG_NTA; method <= ENG_BOUNDS; method++) {
+            memset(count, 0, s.n * sizeof *count);
+            synth y = {.s = &s, .q = &q, .count = count, .full_check = method == ENG_BOUNDS};
+            eng_source src = {&y, synth_fetch, test_geo};
+            size_t nout;
+            eng_stats st;
+            char err[256];
+            q.method = method;
+            ck_assert_int_eq(eng_run(&q, gv, &src, got, &nout, &st, err, sizeof err), 0);
+            ck_assert_uint_eq(nout, nwant);
+            for (size_t i = 0; i < nout; i++)
+                ck_assert(got[i].input == want[i].input && got[i].value == want[i].value);
+            ck_assert_uint_eq(y.bad, 0);
+            if (method == ENG_BOUNDS) {
+                ck_assert_msg(y.unfilled == 0, "query %d: %llu bounds forwards left slots empty", qi,
+                              (unsigned long long)y.unfilled);
+                bforwards += y.forwards;
+                bcomputed += y.fetched;
+            } else {
+                uint64_t full = (y.fetched + test_geo.slots - 1) / test_geo.slots;
+                ck_assert_msg((double)y.forwards <= 1.2 * (double)full + 1, "query %d: nta ran %llu forwards for "
+                              "%llu inputs (%u slots)", qi, (unsigned long long)y.forwards,
+                              (unsigned long long)y.fetched, test_geo.slots);
+                nforwards += y.forwards;
+                ncomputed += y.fetched;
+            }
+        }
+    }
+    printf("whole forwards: bounds %llu inputs in %llu forwards, nta %llu inputs in %llu forwards\n",
+           (unsigned long long)bcomputed, (unsigned long long)bforwards, (unsigned long long)ncomputed,
+           (unsigned long long)nforwards);
+    set_geometry(0, 0, 0);
+    free(count);
+    free(want);
+    free(got);
+    ds_free(&s);
+}
+END_TEST
+
+/* NTA over dead neurons: every input ties the threshold; it stops once
+ * every unseen input has a larger id than the k-th (as cell bounds do),
+ * instead of computing every input. */
+START_TEST(test_nta_stops_on_ties)
+{
+    rng_seed(778);
+    ds s;
+    ds_make(&s, 5000, 4, D_RELU);
+    for (uint32_t i = 0; i < s.n; i++)
+        s.mat[(size_t)i * s.d + 1] = s.mat[(size_t)i * s.d + 2] = 0.0f;
+    ds_index(&s, 16, 0.03);
+    uint32_t neurons[2] = {1, 2};
+    npi_view gv[2] = {s.views[1], s.views[2]};
+    float target[2] = {0.0f, 0.0f};
+    for (int a = 0; a < 4; a++) {
+        eng_query q = {.kind = a == 3 ? ENG_KNN : ENG_TOPK, .agg = a == 1 ? ENG_MAX : a == 2 ? ENG_MIN : ENG_SUM,
+                       .metric = ENG_L2, .n = s.n, .k = 10, .gsize = 2, .neurons = neurons, .exclude = a == 3 ? 9 : -1,
+                       .batch = 64, .target = target};
+        uint64_t nta = fetches(&s, &q, ENG_NTA, gv);
+        ck_assert_msg(nta <= 256, "nta computed %llu of 5000 tied inputs", (unsigned long long)nta);
+    }
+    ds_free(&s);
+}
+END_TEST
+
 /* ---- methods, errors, cancellation ----------------------------------------- */
 
 static ds small;
@@ -614,7 +778,7 @@ START_TEST(test_auto_picks)
     size_t nout;
     eng_stats st;
     synth y = {.s = &small};
-    eng_source src = {&y, synth_fetch};
+    eng_source src = {&y, synth_fetch, {0}};
     char err[128];
     ck_assert_int_eq(eng_run(&q, small_gv, &src, out, &nout, &st, err, sizeof err), 0);
     ck_assert_int_eq(st.method, ENG_BOUNDS);
@@ -637,7 +801,7 @@ START_TEST(test_cancel)
         q.method = methods[i];
         q.cancel = &cancel;
         synth y = {.s = &small, .cancel = &cancel, .cancel_call = 2};
-        eng_source src = {&y, synth_fetch};
+        eng_source src = {&y, synth_fetch, {0}};
         size_t nout = 99;
         eng_stats st;
         char err[128] = "";
@@ -662,7 +826,7 @@ START_TEST(test_source_failure)
         eng_query q = small_query();
         q.method = methods[i];
         synth y = {.s = &small, .fail_call = 3};
-        eng_source src = {&y, synth_fetch};
+        eng_source src = {&y, synth_fetch, {0}};
         size_t nout = 99;
         eng_stats st;
         char err[128] = "";
@@ -680,7 +844,7 @@ START_TEST(test_needs_index)
     size_t nout;
     eng_stats st;
     synth y = {.s = &small};
-    eng_source src = {&y, synth_fetch};
+    eng_source src = {&y, synth_fetch, {0}};
     static const int methods[] = {ENG_NTA, ENG_BOUNDS};
     for (int i = 0; i < 2; i++) {
         eng_query q = small_query();
@@ -699,7 +863,7 @@ START_TEST(test_bad_arguments)
     eng_result out[4];
     size_t nout;
     synth y = {.s = &small};
-    eng_source src = {&y, synth_fetch};
+    eng_source src = {&y, synth_fetch, {0}};
     char err[128];
     eng_query q = small_query();
     q.k = 0;
@@ -752,7 +916,7 @@ START_TEST(test_corrupt_index)
     eng_result out[4];
     size_t nout;
     synth y = {.s = &small};
-    eng_source src = {&y, synth_fetch};
+    eng_source src = {&y, synth_fetch, {0}};
     char err[128] = "";
     ck_assert_int_eq(eng_run(&q, gv, &src, out, &nout, NULL, err, sizeof err), -1);
     ck_assert_ptr_nonnull(strstr(err, "corrupt"));
@@ -786,7 +950,7 @@ START_TEST(test_corrupt_partition_ids)
     eng_result out[10];
     size_t nout;
     synth y = {.s = &small};
-    eng_source src = {&y, synth_fetch};
+    eng_source src = {&y, synth_fetch, {0}};
     char err[128] = "";
     q.method = ENG_NTA;
     ck_assert_int_eq(eng_run(&q, gv, &src, out, &nout, NULL, err, sizeof err), -1);
@@ -910,6 +1074,8 @@ int main(void)
     tcase_add_loop_test(tc, test_larger_n, 0, 6);
     tcase_add_test(tc, test_fetch_counts);
     tcase_add_test(tc, test_dead_neuron_ties_stop);
+    tcase_add_test(tc, test_whole_forwards);
+    tcase_add_test(tc, test_nta_stops_on_ties);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("behaviour");

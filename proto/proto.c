@@ -279,6 +279,8 @@ static int get_layers(const json_t *v, proto_index_req *r, proto_err *e)
     return 0;
 }
 
+const char *const proto_eager_names[] = {"none", "before", "fit", "all", NULL};
+
 int proto_parse_index(const char *body, size_t len, proto_index_req *r, proto_err *e)
 {
     memset(r, 0, sizeof *r);
@@ -296,6 +298,7 @@ int proto_parse_index(const char *body, size_t len, proto_index_req *r, proto_er
          .dmax = 0.5},
         {.name = "storage_budget", .type = JS_JSON, .dest = &budget},
         {.name = "kind", .type = JS_ENUM, .dest = &r->kind, .choices = kinds},
+        {.name = "eager", .type = JS_ENUM, .dest = &r->eager, .present = &r->has_eager, .choices = proto_eager_names},
         {0},
     };
     json_t *root = load_object(body, len, e);
@@ -551,7 +554,7 @@ int proto_parse_query(const char *body, size_t len, int knn, proto_query_req *r,
     uint64_t batch = 0;
     /* One table per endpoint: a top-k "target" or a kNN "agg" is a mistake to
      * report, not a field to ignore. */
-    jspec specs[16];
+    jspec specs[20];
     int n = 0;
     specs[n++] = (jspec){.name = "model", .type = JS_NAME, .required = 1, .dest = r->model};
     specs[n++] = (jspec){.name = "dataset", .type = JS_NAME, .required = 1, .dest = r->dataset};
@@ -571,6 +574,8 @@ int proto_parse_query(const char *body, size_t len, int knn, proto_query_req *r,
     specs[n++] = (jspec){.name = "filter", .type = JS_JSON, .dest = &filter};
     specs[n++] = (jspec){.name = "batch", .type = JS_UINT, .dest = &batch, .min = 1, .max = PROTO_MAX_BATCH};
     specs[n++] = (jspec){.name = "timeout_s", .type = JS_JSON, .dest = &timeout};
+    specs[n++] = (jspec){.name = "eager", .type = JS_ENUM, .dest = &r->eager, .present = &r->has_eager,
+                         .choices = proto_eager_names};
     specs[n++] = (jspec){0};
 
     json_t *root = load_object(body, len, e);

@@ -68,7 +68,15 @@ typedef struct proto_index_req {
     double storage_budget;             /* (0, 1] fraction of full materialization */
     int kind;                          /* "kind": "npi" (default) = 0, "full" = 1
                                           (full materialization, the PreprocessAll baseline) */
+    int has_eager;
+    int eager;                         /* "eager": enum proto_eager */
 } proto_index_req;
+
+/* Which other layers a pass that builds an index indexes too (README:
+ * "Incremental indexing"): none, the earlier ones it computes anyway and
+ * that fit in memory, those and cheap deeper ones, or every layer. */
+enum proto_eager { EAGER_NONE = 0, EAGER_BEFORE, EAGER_FIT, EAGER_ALL };
+extern const char *const proto_eager_names[];
 
 /* A neuron group as sent: flat indices, or coordinate arrays of one rank. */
 typedef struct proto_neurons {
@@ -115,6 +123,8 @@ typedef struct proto_query_req {
     int include_target;
     uint32_t batch;                    /* 0 = server default */
     double timeout_s;                  /* 0 = server default */
+    int has_eager;                     /* the query builds its layer's index: */
+    int eager;                         /* which other layers too (enum proto_eager) */
 } proto_query_req;
 
 int proto_parse_model(const char *body, size_t len, proto_model_req *r, proto_err *e);

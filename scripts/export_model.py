@@ -54,8 +54,15 @@ def _build_source(graph, layers):
         elif node.op == "call_function":
             fn = node.target
             mod = getattr(fn, "__module__", None) or "torch"
-            qual = {"_operator": "operator", "torch._C._nn": "torch._C._nn"}.get(mod, mod)
-            lines.append("%s = %s.%s(%s)" % (v, qual, fn.__name__, args))
+            infix = {"add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//", "matmul": "@"}
+            if mod == "_operator" and fn.__name__ in infix and len(node.args) == 2 and not node.kwargs:
+                # TorchScript compiles operators, not the operator module (residual adds)
+                lines.append("%s = %s %s %s" % (v, arg(node.args[0]), infix[fn.__name__], arg(node.args[1])))
+            elif mod == "_operator" and fn.__name__ == "getitem":
+                lines.append("%s = %s[%s]" % (v, arg(node.args[0]), arg(node.args[1])))
+            else:
+                qual = {"_operator": "operator", "torch._C._nn": "torch._C._nn"}.get(mod, mod)
+                lines.append("%s = %s.%s(%s)" % (v, qual, fn.__name__, args))
         elif node.op == "call_method":
             lines.append("%s = %s.%s(%s)" % (v, arg(node.args[0]), node.target,
                                               ", ".join([arg(a) for a in node.args[1:]] +

@@ -178,7 +178,13 @@ def cmd_resnet18(args):
     torch.manual_seed(3)
     m = torchvision.models.resnet18(num_classes=10)
     xs, ys = fmnist("train")
-    train(m, xs, ys, 192, seed=4, limit=args.train, batch=32, lr=0.02)
+    weights = os.path.join(args.out, "resnet18_fmnist192.weights")
+    if os.path.exists(weights):  # trained already (seeded): only export again
+        m.load_state_dict(torch.load(weights))
+        m.eval()
+    else:
+        train(m, xs, ys, 192, seed=4, limit=args.train, batch=32, lr=0.02)
+        torch.save(m.state_dict(), weights)
     tx, ty = fmnist("test")
     print("resnet18: test accuracy %.3f" % accuracy(m, tx, ty, 192, n=500))
     layers = ["relu", "layer1", "layer3", "fc"]

@@ -32,6 +32,7 @@ typedef struct app_config {
     char *token;                 /* loaded bearer token, NULL = open */
     size_t build_memory_mb;      /* activations a build may hold */
     size_t infer_memory_mb;      /* what one forward may hold: bounds a model's batch */
+    int eager_layers;            /* enum proto_eager: what a query-built index pass indexes too */
     uint32_t batch;              /* inference batch size (at most; see infer.h) */
     const char *import_root;     /* path imports confined here; NULL = anywhere */
     size_t max_body_mb;          /* cap of a JSON body; raw uploads: max_upload_mb */

@@ -23,7 +23,8 @@
 
 /* Measures m's slot classes at m->batch (two probe inputs in every slot).
  * Wide layers are compared on a sample of neurons (the accumulation order of
- * a slot shows in most of them). */
+ * a slot shows in most of them). Then times one forward to each layer
+ * (m->layer_ms): the cost of stopping there. */
 int infer_calibrate(registry_model *m, char *err, size_t errlen);
 
 /* Estimated bytes one input occupies during a forward of m: its input and

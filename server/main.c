@@ -5,7 +5,7 @@
  *   [--build-memory-mb 2048] [--import-root DIR] [--max-body-mb 64]
  *   [--max-upload-mb 4096] [--query-timeout-s 300] [--max-builds 1]
  *   [--static DIR] [--map-mb 65536] [--client-timeout-s 60]
- *   [--infer-memory-mb 2048]
+ *   [--infer-memory-mb 2048] [--eager-layers fit]
  * deepeverestd --data DIR --stat      print the catalog and indexes, exit
  *                                     (read-only, beside a running daemon)
  * deepeverestd --routes               print the API's routes, exit
@@ -32,7 +32,7 @@ static void usage(FILE *f)
             "                    [--build-memory-mb N] [--import-root DIR] [--max-body-mb N]\n"
             "                    [--max-upload-mb N] [--query-timeout-s S] [--max-builds N]\n"
             "                    [--static DIR] [--map-mb N] [--client-timeout-s S]\n"
-            "                    [--infer-memory-mb N]\n"
+            "                    [--infer-memory-mb N] [--eager-layers none|before|fit|all]\n"
             "       deepeverestd --data DIR --stat\n"
             "       deepeverestd --routes\n");
 }
@@ -113,10 +113,11 @@ int main(int argc, char **argv)
     c->client_timeout_s = 60;
     c->map_mb = 64 << 10;
     c->infer_memory_mb = 2048;
+    c->eager_layers = 2; /* fit */
 
     enum { O_DATA = 1, O_LISTEN, O_DEVICE, O_CACHE, O_THREADS, O_TOKEN, O_BATCH, O_BUILDMEM,
            O_IMPORT, O_MAXBODY, O_MAXUP, O_QTIME, O_MAXBUILDS, O_STATIC, O_STAT, O_MAPGB, O_CTIME, O_INFERMEM,
-           O_ROUTES, O_HELP };
+           O_ROUTES, O_EAGER, O_HELP };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},
         {"listen", required_argument, 0, O_LISTEN},
@@ -137,6 +138,7 @@ int main(int argc, char **argv)
         {"infer-memory-mb", required_argument, 0, O_INFERMEM},
         {"stat", no_argument, 0, O_STAT},
         {"routes", no_argument, 0, O_ROUTES},
+        {"eager-layers", required_argument, 0, O_EAGER},
         {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0}};
     int o;
@@ -170,6 +172,18 @@ int main(int argc, char **argv)
         case O_INFERMEM: if (parse_size(optarg, 1, 1 << 22, &c->infer_memory_mb)) goto bad; break;
         case O_STAT: do_stat = 1; break;
         case O_ROUTES: http_routes_each(print_route, NULL); return 0;
+        case O_EAGER: {
+            static const char *modes[] = {"none", "before", "fit", "all"};
+            int found = -1;
+            for (int i = 0; i < 4; i++)
+                if (strcmp(optarg, modes[i]) == 0) found = i;
+            if (found < 0) {
+                fprintf(stderr, "--eager-layers is none, before, fit or all\n");
+                return 2;
+            }
+            c->eager_layers = found;
+            break;
+        }
         case O_HELP: usage(stdout); return 0;
         default: usage(stderr); return 2;
         }

@@ -249,7 +249,8 @@ static int execute(qctx *c, eng_query *eq, query_answer *out, proto_err *e)
         /* No index: the pass that answers builds it (incremental indexing). */
         store_txn_abort(c->t); /* a long read txn would keep LMDB from reusing pages */
         c->t = NULL;
-        build_params p = {.kind = STORE_INDEX_NPI, .mai_ratio = -1, .budget = 0.2};
+        build_params p = {.kind = STORE_INDEX_NPI, .mai_ratio = -1, .budget = 0.2,
+                          .eager = q->has_eager ? q->eager : c->a->cfg.eager_layers};
         if (!(c->heap = eng_topk_new(q->k, q->knn))) return oom(e);
         build_answer ans = {.q = eq, .heap = c->heap, .deadline_ms = c->src.deadline_ms};
         double tb = clock_ms();

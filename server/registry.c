@@ -37,6 +37,7 @@ static void model_destroy(registry_model *m)
     pthread_mutex_destroy(&m->turn_lock);
     pthread_cond_destroy(&m->turn_cv);
     free(m->slot_class);
+    free(m->layer_ms);
     free(m);
 }
 

@@ -33,6 +33,8 @@ typedef struct registry_model {
     int nclass;
     uint32_t class_slots[REGISTRY_MAX_CLASSES]; /* slots of each class in one forward */
     size_t input_bytes;          /* estimated bytes one input takes in a forward */
+    double *layer_ms;            /* [layers]: one forward of `batch` inputs to each layer,
+                                    timed at load (what a pass to it costs, relatively) */
     /* Turns at the model (infer_turn_begin/end): tickets, first come first served. */
     pthread_mutex_t turn_lock;
     pthread_cond_t turn_cv;

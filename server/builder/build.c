@@ -488,6 +488,58 @@ static void build_run(app *a, job *j)
 static const job_ops BUILD_OPS = {"index", build_run, build_abandon, build_job_free};
 static const job_ops MATERIALIZE_OPS = {"materialize", build_run, build_abandon, build_job_free};
 
+/* ---- eager layers ---- */
+
+typedef struct eager_pick {
+    int layer;
+    uint64_t bytes;
+} eager_pick;
+
+static int by_bytes(const void *a, const void *b)
+{
+    const eager_pick *x = a, *y = b;
+    if (x->bytes != y->bytes) return x->bytes < y->bytes ? -1 : 1;
+    return x->layer - y->layer;
+}
+
+/* Adds to layers[0..*n) (the asked ones, as shim indexes) the layers the
+ * policy p->eager indexes in the same pass (see build.h). */
+static void pick_eager(app *a, registry_model *m, const store_dataset *d, const build_params *p, int *layers, int *n)
+{
+    if (p->eager == EAGER_NONE || p->kind != STORE_INDEX_NPI) return;
+    int L = shim_layer_count(m->shim), deepest = 0;
+    uint64_t used = 0, budget = (uint64_t)a->cfg.build_memory_mb << 20;
+    for (int i = 0; i < *n; i++) {
+        if (layers[i] > deepest) deepest = layers[i];
+        used += d->count * (uint64_t)shim_layer_at(m->shim, layers[i])->neurons * 4;
+    }
+    eager_pick cand[256];
+    int nc = 0;
+    store_txn *t;
+    if (store_txn_begin(a->st, 1, &t) != STORE_OK) return;
+    for (int l = 0; l < L && nc < 256; l++) {
+        int asked = 0;
+        for (int i = 0; i < *n; i++) asked |= layers[i] == l;
+        if (asked) continue;
+        if (l > deepest && p->eager == EAGER_BEFORE) continue;
+        if (l > deepest && p->eager == EAGER_FIT && !(m->layer_ms && m->layer_ms[l] <= 1.25 * m->layer_ms[deepest]))
+            continue;
+        store_index same = {0};
+        if (catalog_find_same(t, m->name, d->name, shim_layer_at(m->shim, l)->name, p->kind, p->partitions,
+                              (float)p->mai_ratio, &same))
+            continue;
+        cand[nc++] = (eager_pick){l, d->count * (uint64_t)shim_layer_at(m->shim, l)->neurons * 4};
+    }
+    store_txn_abort(t);
+    qsort(cand, (size_t)nc, sizeof *cand, by_bytes);
+    for (int i = 0; i < nc && *n < BUILD_MAX_LAYERS; i++) {
+        /* in memory beside the others (an eighth kept for the pass's rows), unless "all" */
+        if (p->eager != EAGER_ALL && used + cand[i].bytes > budget - budget / 8) continue;
+        used += cand[i].bytes;
+        layers[(*n)++] = cand[i].layer;
+    }
+}
+
 /* ---- submitting ---- */
 
 int build_submit(app *a, const char *model, const char *dataset, const char *const *layers, int nlayers,
@@ -500,17 +552,13 @@ int build_submit(app *a, const char *model, const char *dataset, const char *con
     job *j = NULL;
     build_job *bj = NULL;
     int rc = -1;
-    uint64_t neurons[BUILD_MAX_LAYERS];
     int todo[BUILD_MAX_LAYERS], ntodo = 0;
     if (!m) return -1;
     if (catalog_dataset(a, dataset, &d, e) != 0 || catalog_check_fit(m, &d, e) != 0) goto out;
     build_params_resolve(req, d.count, &out->params);
     const build_params *p = &out->params;
-    for (int l = 0; l < nlayers; l++) {
-        int li = catalog_layer(m, layers[l], e);
-        if (li < 0) goto out;
-        neurons[l] = (uint64_t)shim_layer_at(m->shim, li)->neurons;
-    }
+    for (int l = 0; l < nlayers; l++)
+        if (catalog_layer(m, layers[l], e) < 0) goto out;
     catalog_lock();
     store_txn *t;
     int src = store_txn_begin(a->st, 1, &t);
@@ -530,6 +578,10 @@ int build_submit(app *a, const char *model, const char *dataset, const char *con
         }
     }
     store_txn_abort(t);
+    /* the layers a pass for these would index too (only "eager" given) */
+    int shim_todo[BUILD_MAX_LAYERS], nshim = 0;
+    for (int i = 0; i < ntodo; i++) shim_todo[nshim++] = shim_layer_find(m->shim, layers[todo[i]]);
+    if (ntodo) pick_eager(a, m, &d, p, shim_todo, &nshim);
     if (ntodo == 0) {
         catalog_unlock();
         rc = 0;
@@ -543,14 +595,14 @@ int build_submit(app *a, const char *model, const char *dataset, const char *con
         goto out;
     }
     uint64_t todo_neurons[BUILD_MAX_LAYERS];
-    for (int i = 0; i < ntodo; i++) {
-        snprintf(bj->layers[i], sizeof bj->layers[i], "%s", layers[todo[i]]);
-        todo_neurons[i] = neurons[todo[i]];
+    for (int i = 0; i < nshim; i++) {
+        snprintf(bj->layers[i], sizeof bj->layers[i], "%s", shim_layer_at(m->shim, shim_todo[i])->name);
+        todo_neurons[i] = (uint64_t)shim_layer_at(m->shim, shim_todo[i])->neurons;
     }
     bj->p = *p;
     j->payload = bj;
     bj = NULL;
-    j->nparts = ntodo;
+    j->nparts = nshim;
     atomic_store(&j->total, d.count);
     if (create_records(a, m, &d, j, j->payload, todo_neurons, JOB_QUEUED, e) != 0) {
         catalog_unlock();
@@ -558,6 +610,8 @@ int build_submit(app *a, const char *model, const char *dataset, const char *con
     }
     for (int i = 0; i < ntodo; i++) out->ids[todo[i]] = j->parts[i];
     out->job = j->id;
+    out->neager = nshim - ntodo;
+    for (int i = ntodo; i < nshim; i++) out->eager_ids[i - ntodo] = j->parts[i];
     jobs_submit(a, j);
     catalog_unlock();
     j = NULL;
@@ -576,7 +630,10 @@ int build_inline(app *a, registry_model *m, const store_dataset *d, const char *
     build_params_resolve(req, d->count, &resolved);
     int li = catalog_layer(m, layer, e);
     if (li < 0) return -1;
-    uint64_t neurons = (uint64_t)shim_layer_at(m->shim, li)->neurons;
+    /* the asked layer first: the pass answers the query from part 0 */
+    int layers[BUILD_MAX_LAYERS] = {li}, nl = 1;
+    pick_eager(a, m, d, p, layers, &nl);
+    uint64_t neurons[BUILD_MAX_LAYERS];
     job *j = jobs_new(&BUILD_OPS, m->name, d->name);
     build_job *bj = calloc(1, sizeof *bj);
     if (!j || !bj) {
@@ -584,13 +641,16 @@ int build_inline(app *a, registry_model *m, const store_dataset *d, const char *
         free(bj);
         return proto_fail(e, 500, "internal", "out of memory");
     }
-    snprintf(bj->layers[0], sizeof bj->layers[0], "%s", layer);
+    for (int l = 0; l < nl; l++) {
+        snprintf(bj->layers[l], sizeof bj->layers[l], "%s", shim_layer_at(m->shim, layers[l])->name);
+        neurons[l] = (uint64_t)shim_layer_at(m->shim, layers[l])->neurons;
+    }
     bj->p = *p;
     j->payload = bj;
-    j->nparts = 1;
+    j->nparts = nl;
     atomic_store(&j->total, d->count);
     catalog_lock();
-    if (create_records(a, m, d, j, bj, &neurons, JOB_RUNNING, e) != 0) {
+    if (create_records(a, m, d, j, bj, neurons, JOB_RUNNING, e) != 0) {
         catalog_unlock();
         jobs_free(j);
         return -1;
@@ -601,10 +661,15 @@ int build_inline(app *a, registry_model *m, const store_dataset *d, const char *
 
     char err[512] = "";
     int store_rc;
-    layer_out out[1] = {0};
+    layer_out out[BUILD_MAX_LAYERS] = {0};
     double t0 = clock_ms();
-    int ok = build_pass(a, m, d, j, bj, &li, ans, cancel, out, &store_rc, err, sizeof err) == 0 && out[0].ok;
-    int cancelled = (jobs_cancelled(a, j) && !atomic_load(&a->stopping)) || (jobs_dropped(j) & 1u);
+    if (nl > 1) log_msg("job %u: the pass for layer '%s' indexes %d more layers (eager: %s)", j->id, layer, nl - 1,
+                        proto_eager_names[p->eager]);
+    int ok = build_pass(a, m, d, j, bj, layers, ans, cancel, out, &store_rc, err, sizeof err) == 0 && out[0].ok;
+    /* a query that stopped (time limit, cancelled, its index deleted) keeps
+     * none of the indexes its pass was making */
+    int cancelled = (jobs_cancelled(a, j) && !atomic_load(&a->stopping)) || (jobs_dropped(j) & 1u) ||
+                    ans->timed_out || (cancel && *cancel);
     double secs = (clock_ms() - t0) / 1000;
     finish_records(a, j, out, cancelled, out[0].error[0] ? out[0].error : err, secs);
     log_msg("job %u: inline index build of %s/%s/%s %s in %.2f s", j->id, m->name, d->name, layer,

@@ -10,6 +10,19 @@
  *
  * Dropping one index of a multi-layer build frees its core and goes on with
  * the others; cancelling the build deletes every index it was making.
+ *
+ * Eager layers: the pass to a layer computes every earlier one anyway, so
+ * it can index more layers of the model than asked -- layers without an
+ * identical index yet, by policy (enum proto_eager):
+ *   none    only the layers asked;
+ *   before  and the earlier layers whose activations fit in memory beside
+ *           them (within --build-memory-mb, smallest first): no inference
+ *           more, no spill;
+ *   fit     and, likewise, deeper layers whose forward (timed at load)
+ *           costs at most 1.25x the forward to the deepest layer asked;
+ *   all     every layer of the model, spilling what does not fit.
+ * Queries that build an index use --eager-layers (default fit) or their
+ * "eager" field; POST /v1/indexes builds what it names unless "eager".
  */
 #ifndef DE_BUILD_H
 #define DE_BUILD_H
@@ -27,6 +40,7 @@ typedef struct build_params {
     uint32_t partitions;         /* 2..256; 0 = chosen from the budget */
     double mai_ratio;            /* 0..0.5; < 0 = chosen from the budget */
     double budget;               /* fraction of full materialization (default 0.2) */
+    int eager;                   /* enum proto_eager: other layers the pass indexes too */
 } build_params;
 
 /* The parameters a build over n inputs uses: those given, the others picked
@@ -44,6 +58,8 @@ typedef struct build_submitted {
     uint32_t ids[BUILD_MAX_LAYERS];
     int reused[BUILD_MAX_LAYERS];/* an identical ready or building index answered */
     build_params params;         /* as resolved for the dataset */
+    int neager;                  /* indexes of other layers the job builds too (eager) */
+    uint32_t eager_ids[BUILD_MAX_LAYERS];
 } build_submitted;
 
 /* Starts a job building the index of each layer that has no identical

@@ -22,7 +22,8 @@ void api_index_create(http_req *r)
     build_params p = {.kind = q.kind ? STORE_INDEX_FULL : STORE_INDEX_NPI,
                       .partitions = q.has_partitions ? q.partitions : 0,
                       .mai_ratio = q.has_mai_ratio ? q.mai_ratio : -1,
-                      .budget = q.has_budget ? q.storage_budget : 0.2};
+                      .budget = q.has_budget ? q.storage_budget : 0.2,
+                      .eager = q.has_eager ? q.eager : EAGER_NONE};
     const char *names[PROTO_MAX_LAYERS];
     for (int l = 0; l < q.nlayers; l++) names[l] = q.layers[l];
     if (build_submit(r->app, q.model, q.dataset, names, q.nlayers, &p, &s, &e) != 0) {
@@ -47,6 +48,7 @@ void api_index_create(http_req *r)
         if (catalog_get_index(r->app, s.ids[0], &ix, &e) == 0) job_id = ix.job;
     }
     json_object_set_new(o, "job", json_integer(job_id));
+    if (s.neager) json_object_set_new(o, "eager_ids", api_ids_json(s.eager_ids, (size_t)s.neager));
     proto_free_index(&q);
     http_reply_json(r, all_reused ? 200 : 202, o);
 }

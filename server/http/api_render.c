@@ -39,13 +39,16 @@ json_t *api_dataset_json(const store_dataset *d)
     return o;
 }
 
-static json_t *layers_json(const shim_model *m)
+static json_t *layers_json(const registry_model *rm)
 {
+    const shim_model *m = rm->shim;
     json_t *layers = json_array();
     for (int i = 0; i < shim_layer_count(m); i++) {
         const shim_layer *l = shim_layer_at(m, i);
-        json_array_append_new(layers, json_pack("{s:s,s:o,s:I}", "name", l->name, "shape",
-                                                api_shape_json(l->shape, l->ndim), "neurons", (json_int_t)l->neurons));
+        /* forward_ms: one forward of `batch` inputs to this layer, timed at load */
+        json_array_append_new(layers, json_pack("{s:s,s:o,s:I,s:f}", "name", l->name, "shape",
+                                                api_shape_json(l->shape, l->ndim), "neurons", (json_int_t)l->neurons,
+                                                "forward_ms", rm->layer_ms ? rm->layer_ms[i] : 0.0));
     }
     return layers;
 }
@@ -57,7 +60,7 @@ json_t *api_model_json(const registry_model *m)
     /* batch_slot_classes: how many arithmetic variants of a forward the
      * batch slots showed at load (infer.h); inputs stay within one */
     return json_pack("{s:s,s:s,s:s,s:o,s:o,s:I,s:i,s:i,s:I}", "name", m->name, "path", m->rec.path, "device",
-                     shim_device(m->shim), "input_shape", api_shape_json(shape, nd), "layers", layers_json(m->shim),
+                     shim_device(m->shim), "input_shape", api_shape_json(shape, nd), "layers", layers_json(m),
                      "created", (json_int_t)m->rec.created, "batch_slot_classes", m->nclass, "batch", (int)m->batch,
                      "forward_bytes_per_input", (json_int_t)m->input_bytes);
 }

@@ -154,6 +154,29 @@ def test_incremental_index_built_by_the_query():
     second = q("topk", dict(body, neurons=[6, 7]))
     assert second["stats"]["index"] == "used"
     assert [x["state"] for x in D.ok("GET", "/v1/indexes")["indexes"] if x["layer"] == "conv4"] == ["ready"]
+    # eager layers (default fit): conv4's pass computed the earlier layers;
+    # those that fit in memory were indexed by it, no other layer's pass ran
+    job = [x for x in D.ok("GET", "/v1/indexes")["indexes"] if x["layer"] == "conv4"][0]["job"]
+    by_job = [x for x in D.ok("GET", "/v1/indexes")["indexes"] if x["job"] == job]
+    eager = {x["layer"] for x in by_job} - {"conv4"}
+    assert eager and all(x["state"] == "ready" for x in by_job), by_job
+    assert eager <= {"conv1", "conv2", "pool1", "conv3", "pool2", "fc1", "logits"}
+    for layer in sorted(eager):
+        got = q("topk", {"layer": layer, "neurons": [1, 2], "k": 10})
+        assert got["stats"]["index"] == "used", (layer, got["stats"])
+        assert got["results"] == q("topk", {"layer": layer, "neurons": [1, 2], "k": 10, "method": "scan"})["results"]
+    # "eager": "none" on a query builds its own layer only
+    d2 = H.Daemon(extra=["--eager-layers", "none"]).start()
+    try:
+        d2.setup_demo()
+        body = {"model": "cnn", "dataset": "fmnist", "layer": "pool2", "neurons": [3], "k": 3}
+        assert d2.ok("POST", "/v1/query/topk", body)["stats"]["index"] == "built"
+        assert [x["layer"] for x in d2.ok("GET", "/v1/indexes")["indexes"]] == ["pool2"]
+        assert d2.ok("POST", "/v1/query/topk", dict(body, layer="fc1", eager="before"))["stats"]["index"] == "built"
+        layers = sorted(x["layer"] for x in d2.ok("GET", "/v1/indexes")["indexes"])
+        assert "fc1" in layers and len(layers) > 2 and "logits" not in layers, layers
+    finally:
+        d2.close()
 
 
 def test_second_identical_query_computes_nothing():

@@ -28,6 +28,8 @@ typedef struct qctx {
     uint32_t *neurons;
     uint8_t *allowed;            /* [N] or NULL = every input */
     float *target;               /* kNN: the target's group activations */
+    int target_is_input;         /* kNN by input id: the engine computes target_input */
+    uint32_t target_input;
     int64_t exclude;             /* local id that is no candidate, or -1 */
     source_ctx src;
     double t0, limit_s;
@@ -136,10 +138,11 @@ static int target(qctx *c, proto_err *e)
                               "activations as target",
                               (unsigned long long)id, (unsigned long long)c->d.first,
                               (unsigned long long)(c->d.first + c->N - 1), c->d.name);
+        /* computed by the engine, in the same forward as the candidates its
+         * cell says are nearest (or, for an index build, before the pass) */
         uint32_t tid = (uint32_t)(id - c->d.first);
-        if (source_fetch(&c->src, &tid, 1, c->neurons, c->G, c->target, &c->tstats, err, sizeof err) != 0)
-            return c->src.cancel ? proto_fail(e, 503, "query_timeout", "the query passed its time limit")
-                                 : proto_fail(e, 500, "inference_failed", "%s", err);
+        c->target_is_input = 1;
+        c->target_input = tid;
         if (!q->include_target) c->exclude = tid;
     } else {
         size_t numel = inputs_numel(&c->d);
@@ -252,6 +255,13 @@ static int execute(qctx *c, eng_query *eq, query_answer *out, proto_err *e)
         build_params p = {.kind = STORE_INDEX_NPI, .mai_ratio = -1, .budget = 0.2,
                           .eager = q->has_eager ? q->eager : c->a->cfg.eager_layers};
         if (!(c->heap = eng_topk_new(q->k, q->knn))) return oom(e);
+        if (eq->kind == ENG_KNN && !eq->target) { /* the pass needs the target first */
+            if (source_fetch(&c->src, &c->target_input, 1, c->neurons, c->G, c->target, &c->tstats, err,
+                             sizeof err) != 0)
+                return c->src.cancel ? proto_fail(e, 503, "query_timeout", "the query passed its time limit")
+                                     : proto_fail(e, 500, "inference_failed", "%s", err);
+            eq->target = c->target;
+        }
         build_answer ans = {.q = eq, .heap = c->heap, .deadline_ms = c->src.deadline_ms};
         double tb = clock_ms();
         if (build_inline(c->a, c->m, &c->d, q->layer, &p, &ans, &c->src.cancel, &out->index_id, e) != 0) return -1;
@@ -329,7 +339,9 @@ int query_run(app *a, const proto_query_req *q, query_answer *out, proto_err *e)
             .gsize = c.G,
             .neurons = c.neurons,
             .weights = weights,
-            .target = c.target,
+            .target = c.target_is_input ? NULL : c.target,
+            .target_is_input = c.target_is_input,
+            .target_input = c.target_input,
             .exclude = c.exclude,
             .allowed = c.allowed,
             .batch = q->batch ? q->batch : QUERY_BATCH,

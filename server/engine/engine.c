@@ -294,6 +294,8 @@ void eng_topk_free(eng_topk *h)
 
 typedef struct run {
     const eng_query *q;
+    eng_query *lq;            /* the same, writable (the engine may learn the target) */
+    float *tbuf;              /* [gsize]: a target the engine computes itself */
     const npi_view *idx;
     const eng_source *src;
     const eng_geometry *geo;  /* NULL: the source said nothing of its forwards */
@@ -1013,35 +1015,16 @@ static void select_smallest(uint32_t *a, size_t len, size_t kk, const double *ke
         bound[id] = COMBINE;                                                         \
     }
 
-static int run_bounds(run *r)
+/* Fills bound[id] (the key: smaller is better) of every candidate in
+ * order[0..ncand) from the cells and q->target. maival[n] must be all NaN
+ * (left so); pid8[n+1] is unpack scratch or NULL (packed reads). */
+static int cell_bounds(run *r, const uint32_t *order, size_t ncand, double *bound, float *maival, uint8_t *pid8)
 {
     const eng_query *q = r->q;
     const uint32_t n = q->n;
-    const size_t ncand = r->ncand;
-    int rc = -1;
-    double t0 = now_ms();
-    double *bound = malloc((size_t)n * sizeof *bound);
-    uint32_t *order = malloc(ncand * sizeof *order);
-    float *maival = malloc((size_t)n * sizeof *maival);
-    /* Unpacking every id pays off unless few inputs are candidates. */
-    int dense = ncand >= n / 16;
-    uint8_t *pid8 = dense ? malloc((size_t)n + 1) : NULL;
-    uint8_t *computed = NULL;    /* per input: computed already */
-    uint32_t *round_ids = NULL;  /* one forward's inputs */
-    if (!bound || !order || !maival || (dense && !pid8)) {
-        seterr(r->err, r->errlen, "out of memory");
-        goto done;
-    }
-    for (size_t i = 0; i < n; i++)
-        maival[i] = NAN; /* NaN: no exact value (unknown, best bound) */
-    size_t c0 = 0;
     double init = combine_init(q);
-    for (uint32_t id = 0; id < n; id++)
-        if (is_candidate(q, id)) {
-            order[c0++] = id;
-            bound[id] = init;
-        }
-
+    for (size_t c = 0; c < ncand; c++)
+        bound[order[c]] = init;
     int ck = combine_kind(q);
     for (size_t j = 0; j < q->gsize; j++) {
         if (!neuron_active(q, j))
@@ -1061,17 +1044,16 @@ static int run_bounds(run *r)
         }
         for (uint32_t i = 0; i < v->mai_count; i++) {
             if (v->mai_ids[i] >= n) {
-                seterr(r->err, r->errlen, "index of neuron %u is corrupt (MAI id)",
-                       q->neurons[j]);
-                goto done;
+                seterr(r->err, r->errlen, "index of neuron %u is corrupt (MAI id)", q->neurons[j]);
+                return -1;
             }
             maival[v->mai_ids[i]] = v->mai_values[i];
         }
-        if (dense)
+        if (pid8)
             npi_unpack(v, pid8);
-        if (dense && ck == CMB_SUM) {
+        if (pid8 && ck == CMB_SUM) {
             BOUNDS_LOOP(pid8[id], bound[id] + t)
-        } else if (dense) {
+        } else if (pid8) {
             BOUNDS_LOOP(pid8[id], combine(ck, bound[id], t))
         } else {
             BOUNDS_LOOP(npi_pid(v, id), combine(ck, bound[id], t))
@@ -1079,7 +1061,6 @@ static int run_bounds(run *r)
         for (uint32_t i = 0; i < v->mai_count; i++)
             maival[v->mai_ids[i]] = NAN;
     }
-    /* key: smaller is better (a top-k bound is negated, exactly) */
     for (size_t c = 0; c < ncand; c++) {
         uint32_t id = order[c];
         double b = finish_value(q, bound[id]);
@@ -1087,6 +1068,116 @@ static int run_bounds(run *r)
             b = best_value(q);
         bound[id] = q->kind == ENG_TOPK ? -b : b;
     }
+    return 0;
+}
+
+/* A kNN whose target is an input of the dataset (q->target_input) and not
+ * known yet: its forward also computes the candidates nearest to where its
+ * cell says it is (its MAI values, else the middle of its partitions) --
+ * likely its neighbours -- so that a query often needs that one forward.
+ * Afterwards r->tbuf holds the target and q->target points to it; the
+ * candidates computed are pushed and marked. */
+static int target_round(run *r, eng_query *q, uint32_t *order, size_t ncand, double *bound, float *maival,
+                        uint8_t *pid8, uint8_t *computed)
+{
+    const eng_geometry *g = r->geo;
+    uint32_t tid = (uint32_t)q->target_input;
+    for (size_t j = 0; j < q->gsize; j++) {
+        const npi_view *v = &r->idx[j];
+        uint32_t p = npi_pid(v, tid);
+        float guess = NAN;
+        if (p == 0) {
+            for (uint32_t i = 0; i < v->mai_count; i++)
+                if (v->mai_ids[i] == tid)
+                    guess = v->mai_values[i];
+        } else if (p < v->partitions && v->lower[p] <= v->upper[p]) {
+            guess = (float)(((double)v->lower[p] + (double)v->upper[p]) / 2);
+        }
+        r->tbuf[j] = guess == guess && isfinite(guess) ? guess : 0.0f;
+    }
+    q->target = r->tbuf;
+    if (cell_bounds(r, order, ncand, bound, maival, pid8) != 0)
+        return -1;
+    size_t slots = g ? g->slots : r->batch, take = ncand < 8 * slots ? ncand : 8 * slots;
+    uint64_t rng = 0x2545f4914f6cdd1dull;
+    select_smallest(order, ncand, take, bound, &rng);
+    qsort_r(order, take, sizeof *order, key_cmp, bound);
+    uint32_t *ids = malloc((slots + 1) * sizeof *ids);
+    float *rows = malloc((slots + 1) * q->gsize * sizeof *rows);
+    if (!ids || !rows) {
+        free(ids);
+        free(rows);
+        seterr(r->err, r->errlen, "out of memory");
+        return -1;
+    }
+    size_t nids = 0;
+    ids[nids++] = tid;
+    if (g) {
+        fill f;
+        fill_plan(&f, g, ids, 1);
+        for (size_t c = 0; c < take && f.free_total > 0; c++)
+            if (order[c] != tid && fill_take(&f, order[c]))
+                ids[nids++] = order[c];
+    } else {
+        for (size_t c = 0; c < take && nids < slots; c++)
+            if (order[c] != tid)
+                ids[nids++] = order[c];
+    }
+    if (r->err && r->errlen)
+        r->err[0] = '\0';
+    int rc = r->src->fetch(r->src->ctx, ids, nids, q->neurons, q->gsize, rows, &r->st->fetch, r->err, r->errlen);
+    r->st->inputs_fetched += nids;
+    r->st->rounds++;
+    if (rc == 0) {
+        memcpy(r->tbuf, rows, q->gsize * sizeof *rows); /* the exact target from here on */
+        for (size_t i = 1; i < nids; i++) {
+            eng_topk_push(r->h, ids[i], eng_score(q, rows + i * q->gsize));
+            computed[ids[i]] = 1;
+        }
+        if (is_candidate(q, tid) && !computed[tid]) {
+            eng_topk_push(r->h, tid, eng_score(q, rows));
+            computed[tid] = 1;
+        }
+    } else if (r->err && r->errlen && !r->err[0]) {
+        seterr(r->err, r->errlen, "activation source failed");
+    }
+    free(ids);
+    free(rows);
+    return rc == 0 ? 0 : -1;
+}
+
+static int run_bounds(run *r)
+{
+    eng_query *q = r->lq;
+    const uint32_t n = q->n;
+    const size_t ncand = r->ncand;
+    int rc = -1;
+    double t0 = now_ms();
+    double *bound = malloc((size_t)n * sizeof *bound);
+    uint32_t *order = malloc(ncand * sizeof *order);
+    float *maival = malloc((size_t)n * sizeof *maival);
+    /* Unpacking every id pays off unless few inputs are candidates. */
+    int dense = ncand >= n / 16;
+    uint8_t *pid8 = dense ? malloc((size_t)n + 1) : NULL;
+    uint8_t *computed = calloc(n ? n : 1, 1);  /* per input: computed already */
+    uint32_t *round_ids = NULL;  /* one forward's inputs */
+    if (!bound || !order || !maival || (dense && !pid8) || !computed) {
+        seterr(r->err, r->errlen, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++)
+        maival[i] = NAN; /* NaN: no exact value (unknown, best bound) */
+    size_t c0 = 0;
+    for (uint32_t id = 0; id < n; id++)
+        if (is_candidate(q, id))
+            order[c0++] = id;
+    if (q->kind == ENG_KNN && !q->target) {
+        if ((rc = target_round(r, q, order, ncand, bound, maival, pid8, computed)) != 0)
+            goto done;
+        rc = -1;
+    }
+    if (cell_bounds(r, order, ncand, bound, maival, pid8) != 0)
+        goto done;
     free(maival);
     maival = NULL;
     free(pid8);
@@ -1104,9 +1195,8 @@ static int run_bounds(run *r)
      * round, the best candidate and the best of each class in its slots. */
     size_t step = q->first_batch && q->first_batch < r->batch ? q->first_batch : r->batch;
     size_t window = r->geo ? 8 * (size_t)r->geo->slots : 0;
-    computed = calloc(n ? n : 1, 1);
     round_ids = r->geo ? malloc(r->geo->slots * sizeof *round_ids) : NULL;
-    if (!computed || (r->geo && !round_ids)) {
+    if (r->geo && !round_ids) {
         seterr(r->err, r->errlen, "out of memory");
         goto done;
     }
@@ -1139,9 +1229,15 @@ static int run_bounds(run *r)
         }
         r->st->rounds++;
         if (!r->geo) {
-            size_t cnt = ready - next < step ? ready - next : step;
-            for (size_t i = 0; i < cnt; i++)
-                computed[order[next + i]] = 1;
+            /* the next `step` not computed yet (moved to the front of the run) */
+            size_t cnt = 0;
+            for (size_t c = next; c < ready && cnt < step; c++)
+                if (!computed[order[c]]) {
+                    uint32_t t = order[next + cnt];
+                    order[next + cnt] = order[c];
+                    order[c] = t;
+                    computed[order[next + cnt++]] = 1;
+                }
             if ((rc = compute_inputs(r, order + next, cnt)) != 0)
                 goto done;
             rc = -1;
@@ -1209,7 +1305,7 @@ static int check_query(const eng_query *q, const eng_source *src, eng_result *ou
         seterr(err, errlen, "the neuron group is empty");
         return -1;
     }
-    if (q->kind == ENG_KNN && !q->target) {
+    if (q->kind == ENG_KNN && !q->target && !(q->target_is_input && q->target_input < q->n)) {
         seterr(err, errlen, "kNN needs a target");
         return -1;
     }
@@ -1247,7 +1343,8 @@ int eng_run(const eng_query *q, const npi_view *idx, const eng_source *src,
         return -1;
     }
 
-    run r = {.q = q, .idx = method == ENG_SCAN ? NULL : idx, .src = src, .st = st,
+    eng_query lq = *q;
+    run r = {.q = &lq, .lq = &lq, .idx = method == ENG_SCAN ? NULL : idx, .src = src, .st = st,
              .batch = q->batch ? q->batch : ENG_DEFAULT_BATCH, .err = err, .errlen = errlen};
     int rc = -1;
     if (check_geometry(&src->geo, err, errlen) != 0)
@@ -1268,9 +1365,22 @@ int eng_run(const eng_query *q, const npi_view *idx, const eng_source *src,
     size_t k = q->k < r.ncand ? q->k : r.ncand;
     r.h = eng_topk_new(k, q->kind == ENG_KNN);
     r.rows = malloc((size_t)r.batch * q->gsize * sizeof *r.rows);
-    if (!r.h || !r.rows) {
+    r.tbuf = malloc(q->gsize * sizeof *r.tbuf);
+    if (!r.h || !r.rows || !r.tbuf) {
         seterr(err, errlen, "out of memory");
         goto done;
+    }
+    if (lq.kind == ENG_KNN && !lq.target && method != ENG_BOUNDS) {
+        /* the target alone first (BOUNDS shares its forward, run_bounds) */
+        if (err && errlen)
+            err[0] = '\0';
+        if (src->fetch(src->ctx, &lq.target_input, 1, lq.neurons, lq.gsize, r.tbuf, &st->fetch, err, errlen) != 0) {
+            if (!err[0])
+                seterr(err, errlen, "activation source failed");
+            goto done;
+        }
+        st->inputs_fetched++;
+        lq.target = r.tbuf;
     }
     if (method == ENG_SCAN)
         rc = run_scan(&r);
@@ -1283,6 +1393,7 @@ int eng_run(const eng_query *q, const npi_view *idx, const eng_source *src,
 done:
     eng_topk_free(r.h);
     free(r.rows);
+    free(r.tbuf);
     st->elapsed_ms = now_ms() - t0;
     return rc;
 }

@@ -82,7 +82,10 @@ typedef struct eng_query {
     size_t gsize;                /* neurons in the group, >= 1 */
     const uint32_t *neurons;     /* [gsize] flat neuron indices in the layer */
     const double *weights;       /* [gsize] >= 0, or NULL */
-    const float *target;         /* kNN: the target's activations [gsize] */
+    const float *target;         /* kNN: the target's activations [gsize], or NULL with: */
+    int target_is_input;         /* the target is input target_input of the dataset: */
+    uint32_t target_input;       /*   the engine computes it (BOUNDS: in one forward with
+                                      the candidates its cell says are nearest) */
     int64_t exclude;             /* input id that is not a candidate, or -1 */
     const uint8_t *allowed;      /* [n] nonzero = candidate; NULL = all */
     uint32_t batch;              /* inputs per fetch, 0 = 256 */

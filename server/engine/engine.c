@@ -28,6 +28,7 @@
 #pragma GCC optimize("fp-contract=off")
 #endif
 
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -121,9 +122,15 @@ static inline double worst_value(const eng_query *q)
     return q->kind == ENG_KNN ? INFINITY : -INFINITY;
 }
 
+static inline int is_cosine(const eng_query *q)
+{
+    return q->kind == ENG_KNN && q->metric == ENG_COSINE;
+}
+
+/* A cosine distance may round below 0 (x = t): its best is below any. */
 static inline double best_value(const eng_query *q)
 {
-    return q->kind == ENG_KNN ? 0.0 : INFINITY;
+    return q->kind == ENG_KNN ? (is_cosine(q) ? -INFINITY : 0.0) : INFINITY;
 }
 
 /* a strictly better than b */
@@ -132,8 +139,34 @@ static inline int better(const eng_query *q, double a, double b)
     return q->kind == ENG_KNN ? a < b : a > b;
 }
 
+static inline double weight_of(const eng_query *q, size_t j)
+{
+    return q->weights ? q->weights[j] : 1.0;
+}
+
+/* 1 - cos(x, t) with weights; 1 when a norm is 0; NaN taints. */
+static double cosine_distance(const eng_query *q, const float *x)
+{
+    double dot = 0, nx = 0, nt = 0;
+    for (size_t j = 0; j < q->gsize; j++) {
+        double w = weight_of(q, j), xv = (double)x[j], tv = (double)q->target[j];
+        dot += w * (xv * tv);
+        nx += w * (xv * xv);
+        nt += w * (tv * tv);
+    }
+    if (dot != dot || nx != nx || nt != nt)
+        return NAN;
+    if (nx == 0.0 || nt == 0.0)
+        return 1.0;
+    return 1.0 - dot / (sqrt(nx) * sqrt(nt));
+}
+
 double eng_score(const eng_query *q, const float *x)
 {
+    if (is_cosine(q)) {
+        double d = cosine_distance(q, x);
+        return d != d || isinf(d) ? worst_value(q) : d;
+    }
     int ck = combine_kind(q);
     double s = combine_init(q);
     for (size_t j = 0; j < q->gsize; j++) {
@@ -163,6 +196,61 @@ static inline double box_distance(float lo, float hi, double t)
 static inline double exact_value(const eng_query *q, size_t j, float v)
 {
     return q->kind == ENG_KNN ? fabs((double)v - (double)q->target[j]) : (double)v;
+}
+
+/* Cosine bounds. A set of inputs is described, per neuron j, by what it
+ * allows of x_j; summed with the weights over the group they give
+ *   u >= x.t (the dot product), l <= |x|^2 <= m, and a = sum |u_j|
+ * (the dot's magnitude, for its rounding error). cos_bound turns them into
+ * a lower bound of every member's cosine distance as eng_score computes it:
+ *   x.t > 0:  cos <= u / (sqrt(l) |t|)   (1 when l may be 0)
+ *   x.t <= 0: cos <= u / (sqrt(m) |t|)   (0 when l may be 0: x = 0 scores 1)
+ * Floating point: the sums carry a relative error of at most g = 2(n+2)eps
+ * of their magnitude, and so does a score's cosine (Cauchy-Schwarz bounds
+ * |x.t| by |x||t|); the bound widens u, l, m and |t| by it, decides the sign
+ * of u on its widened value, and gives up 2g plus a few ulps at the end. */
+typedef struct cos_acc {
+    double u, l, m, a;
+} cos_acc;
+
+static double cos_bound(const eng_query *q, const cos_acc *c, double nt2)
+{
+    if (c->u != c->u || c->l != c->l || c->m != c->m || c->a != c->a || nt2 != nt2 || isinf(c->a) ||
+        isinf(c->m) || isinf(nt2))
+        return best_value(q);
+    if (nt2 == 0.0)
+        return 1.0; /* every distance is exactly 1 */
+    const double g = 2.0 * ((double)q->gsize + 2.0) * DBL_EPSILON;
+    double uhi = c->u + g * c->a, llo = c->l * (1.0 - g), mhi = c->m * (1.0 + g);
+    double cmax;
+    if (uhi > 0.0)
+        cmax = llo <= 0.0 ? 1.0 : uhi / (sqrt(llo) * sqrt(nt2 * (1.0 - g)));
+    else
+        cmax = llo <= 0.0 ? 0.0 : uhi / (sqrt(mhi) * sqrt(nt2 * (1.0 + g)));
+    if (cmax > 1.0)
+        cmax = 1.0;
+    cmax += 8.0 * DBL_EPSILON * fabs(cmax);
+    return 1.0 - cmax - 2.0 * g - 8.0 * DBL_EPSILON;
+}
+
+/* Adds neuron j's share for x_j anywhere in [lo, hi] (lo == hi: exact). */
+static inline void cos_add_range(cos_acc *c, double w, double lo, double hi, double t)
+{
+    double a = lo * t, b = hi * t, u = a > b ? a : b;
+    double z = lo > 0.0 ? lo : hi < 0.0 ? -hi : 0.0; /* nearest to 0 */
+    double big = fabs(lo) > fabs(hi) ? fabs(lo) : fabs(hi);
+    c->u += w * u;
+    c->a += w * (fabs(a) > fabs(b) ? fabs(a) : fabs(b));
+    c->l += w * (z * z);
+    c->m += w * (big * big);
+}
+
+static double target_norm2(const eng_query *q)
+{
+    double nt = 0;
+    for (size_t j = 0; j < q->gsize; j++)
+        nt += weight_of(q, j) * ((double)q->target[j] * (double)q->target[j]);
+    return nt;
 }
 
 /* ------------------------------------------------------------------ */
@@ -456,7 +544,13 @@ bad:
  * non-finite one makes the score NaN, i.e. the worst). */
 static int neuron_active(const eng_query *q, size_t j)
 {
-    return !weighted(q) || q->weights[j] > 0.0;
+    return !weighted(q) || q->weights[j] != 0.0;
+}
+
+/* A top-k neuron of negative weight: its best inputs are its lowest values. */
+static inline int neg_weight(const eng_query *q, size_t j)
+{
+    return q->kind == ENG_TOPK && weighted(q) && q->weights[j] < 0.0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -551,7 +645,17 @@ typedef struct nta_neuron {
     uint32_t nparts, pc;
     uint32_t pos, found; /* scan position and members found in parts[pc] */
     uint8_t *pid8;      /* unpacked partition ids, or NULL: scan the packed ones */
+    int neg;            /* top-k, negative weight: lowest values first; keys are -value */
+    float gmin, gmax;   /* every value of the list lies in [gmin, gmax] (NaN: unknown) */
+    uint32_t mnan;      /* MAI entries before its NaN ones (rank order puts NaN last) */
 } nta_neuron;
+
+/* The MAI rank a top-k cursor at i stands on: rank order, or for a negative
+ * weight from the lowest value up, its NaN entries last. */
+static inline uint32_t mai_rank(const nta_neuron *nn, uint32_t i)
+{
+    return !nn->neg || i >= nn->mnan ? i : nn->mnan - 1 - i;
+}
 
 enum { HEAD_NONE, HEAD_LEFT, HEAD_RIGHT, HEAD_PART };
 
@@ -578,7 +682,7 @@ static inline double nta_mai_key(const eng_query *q, const nta_neuron *nn, uint3
     float v = nn->v->mai_values[rank];
     if (v != v)
         return worst_value(q);
-    double k = q->kind == ENG_KNN ? fabs((double)v - nn->t) : (double)v;
+    double k = q->kind == ENG_KNN ? fabs((double)v - nn->t) : nn->neg ? -(double)v : (double)v;
     return k != k ? worst_value(q) : k; /* kNN with a non-finite target */
 }
 
@@ -591,7 +695,7 @@ static int nta_head(const eng_query *q, const nta_neuron *nn, double *key)
     if (q->kind == ENG_TOPK) {
         if (nn->ml < m) {
             which = HEAD_LEFT;
-            best = nta_mai_key(q, nn, nn->ml);
+            best = nta_mai_key(q, nn, mai_rank(nn, nn->ml));
         }
     } else {
         if (nn->ml > 0) {
@@ -640,6 +744,10 @@ static int nta_setup_neuron(run *r, nta_state *s, nta_neuron *nn, size_t j, uint
     nn->v = v;
     nn->j = j;
     nn->t = q->kind == ENG_KNN ? (double)q->target[j] : 0.0;
+    nn->neg = neg_weight(q, j);
+    nn->mnan = 0;
+    while (nn->mnan < v->mai_count && v->mai_values[nn->mnan] == v->mai_values[nn->mnan])
+        nn->mnan++;
     if (check_mai(r, j) != 0)
         return -1;
 
@@ -655,12 +763,25 @@ static int nta_setup_neuron(run *r, nta_state *s, nta_neuron *nn, size_t j, uint
         goto corrupt; /* a pid-0 input outside the MAI would never be visited */
 
     nn->nparts = 0;
+    nn->gmin = INFINITY;
+    nn->gmax = -INFINITY;
+    for (uint32_t i = 0; i < nn->mnan; i++) {
+        float x = v->mai_values[i];
+        nn->gmin = x < nn->gmin ? x : nn->gmin;
+        nn->gmax = x > nn->gmax ? x : nn->gmax;
+    }
     for (uint32_t p = 1; p < v->partitions; p++) {
         if (!s->counts[p])
             continue;
+        if (!(v->lower[p] <= v->upper[p])) {
+            nn->gmin = nn->gmax = NAN;
+        } else if (nn->gmin == nn->gmin) {
+            nn->gmin = v->lower[p] < nn->gmin ? v->lower[p] : nn->gmin;
+            nn->gmax = v->upper[p] > nn->gmax ? v->upper[p] : nn->gmax;
+        }
         double key;
         if (q->kind == ENG_TOPK) {
-            key = (double)v->upper[p];
+            key = nn->neg ? -(double)v->lower[p] : (double)v->upper[p];
             if (key != key || !(v->lower[p] <= v->upper[p]))
                 key = INFINITY; /* unknown: visit early, bound nothing */
         } else {
@@ -703,7 +824,7 @@ static int nta_next(run *r, nta_neuron *nn, uint32_t *id)
     case HEAD_NONE:
         return 0;
     case HEAD_LEFT:
-        *id = r->q->kind == ENG_TOPK ? nn->v->mai_ids[nn->ml++] : nn->v->mai_ids[--nn->ml];
+        *id = r->q->kind == ENG_TOPK ? nn->v->mai_ids[mai_rank(nn, nn->ml++)] : nn->v->mai_ids[--nn->ml];
         return 1;
     case HEAD_RIGHT:
         *id = nn->v->mai_ids[nn->mr++];
@@ -738,17 +859,66 @@ static int nta_next(run *r, nta_neuron *nn, uint32_t *id)
     return 1;
 }
 
+/* Cosine: an unseen input's x_j lies in [gmin, gmax] and at least the head
+ * key from t_j, i.e. in up to two intervals; the set's shares (cos_acc) are
+ * the worst of theirs. The excluded gap is narrowed by a few ulps: the key
+ * was rounded. */
+static double nta_threshold_cosine(const run *r, const nta_state *s)
+{
+    const eng_query *q = r->q;
+    cos_acc c = {0, 0, 0, 0};
+    for (size_t a = 0; a < s->nact; a++) {
+        const nta_neuron *nn = &s->nn[a];
+        double key;
+        if (nta_head(q, nn, &key) == HEAD_NONE)
+            return best_value(q);
+        double t = nn->t, lo = (double)nn->gmin, hi = (double)nn->gmax, w = weight_of(q, nn->j);
+        if (!(lo <= hi) || !isfinite(lo) || !isfinite(hi) || !isfinite(t) || !(key >= 0) || isinf(key))
+            return best_value(q);
+        double margin = 4.0 * DBL_EPSILON * (fabs(t) + key);
+        double gl = t - key + margin, gh = t + key - margin; /* no unseen value strictly inside */
+        double iv[2][2];
+        int ni = 0;
+        if (!(gl < gh)) {
+            iv[ni][0] = lo, iv[ni++][1] = hi;
+        } else {
+            if (lo <= (gl < hi ? gl : hi))
+                iv[ni][0] = lo, iv[ni][1] = gl < hi ? gl : hi, ni++;
+            if ((gh > lo ? gh : lo) <= hi)
+                iv[ni][0] = gh > lo ? gh : lo, iv[ni][1] = hi, ni++;
+        }
+        if (!ni)
+            return best_value(q);
+        cos_acc best = {-INFINITY, -INFINITY, INFINITY, -INFINITY};
+        for (int i = 0; i < ni; i++) {
+            cos_acc one = {0, 0, 0, 0};
+            cos_add_range(&one, w, iv[i][0], iv[i][1], t);
+            best.u = one.u > best.u ? one.u : best.u;
+            best.a = one.a > best.a ? one.a : best.a;
+            best.l = one.l < best.l ? one.l : best.l;
+            best.m = one.m > best.m ? one.m : best.m;
+        }
+        c.u += best.u;
+        c.a += best.a;
+        c.l += best.l;
+        c.m += best.m;
+    }
+    return cos_bound(q, &c, target_norm2(q));
+}
+
 /* Best score an input not yet seen could reach. */
 static double nta_threshold(const run *r, const nta_state *s)
 {
     const eng_query *q = r->q;
+    if (is_cosine(q))
+        return nta_threshold_cosine(r, s);
     int ck = combine_kind(q);
     double acc = combine_init(q);
     for (size_t a = 0; a < s->nact; a++) {
         double key;
         if (nta_head(q, &s->nn[a], &key) == HEAD_NONE)
             return best_value(q); /* never reached: an exhausted list ends the query */
-        acc = combine(ck, acc, term_of(q, s->nn[a].j, key));
+        acc = combine(ck, acc, term_of(q, s->nn[a].j, s->nn[a].neg ? -key : key));
     }
     acc = finish_value(q, acc);
     return acc != acc ? best_value(q) : acc;
@@ -1015,13 +1185,89 @@ static void select_smallest(uint32_t *a, size_t len, size_t kk, const double *ke
         bound[id] = COMBINE;                                                         \
     }
 
+static int load_mai(run *r, size_t j, float *maival)
+{
+    const npi_view *v = &r->idx[j];
+    for (uint32_t i = 0; i < v->mai_count; i++) {
+        if (v->mai_ids[i] >= r->q->n) {
+            seterr(r->err, r->errlen, "index of neuron %u is corrupt (MAI id)", r->q->neurons[j]);
+            return -1;
+        }
+        maival[v->mai_ids[i]] = v->mai_values[i];
+    }
+    return 0;
+}
+
+static void clear_mai(const npi_view *v, float *maival)
+{
+    for (uint32_t i = 0; i < v->mai_count; i++)
+        maival[v->mai_ids[i]] = NAN;
+}
+
+/* Neuron j's cosine share for x_j in [lo, hi]; NaN when unknown. */
+static cos_acc cos_share(double w, float lo, float hi, double t)
+{
+    cos_acc c = {0, 0, 0, 0};
+    if (!(lo <= hi) || !isfinite(lo) || !isfinite(hi)) {
+        c.u = NAN;
+        return c;
+    }
+    cos_add_range(&c, w, (double)lo, (double)hi, t);
+    return c;
+}
+
+/* cell_bounds for the cosine metric: per candidate, the sums of its cell's
+ * shares (cos_acc), then cos_bound. */
+static int cell_bounds_cosine(run *r, const uint32_t *order, size_t ncand, double *bound, float *maival,
+                              uint8_t *pid8)
+{
+    const eng_query *q = r->q;
+    cos_acc *acc = calloc(q->n ? q->n : 1, sizeof *acc);
+    if (!acc) {
+        seterr(r->err, r->errlen, "out of memory");
+        return -1;
+    }
+    for (size_t j = 0; j < q->gsize; j++) {
+        if (!neuron_active(q, j))
+            continue;
+        const npi_view *v = &r->idx[j];
+        double w = weight_of(q, j), tj = (double)q->target[j];
+        cos_acc tab[NPI_MAX_PARTITIONS];
+        for (uint32_t p = 0; p < NPI_MAX_PARTITIONS; p++)
+            tab[p] = p > 0 && p < v->partitions ? cos_share(w, v->lower[p], v->upper[p], tj)
+                                                : (cos_acc){NAN, 0, 0, 0};
+        if (load_mai(r, j, maival) != 0) {
+            free(acc);
+            return -1;
+        }
+        if (pid8)
+            npi_unpack(v, pid8);
+        for (size_t c = 0; c < ncand; c++) {
+            uint32_t id = order[c];
+            uint32_t p = pid8 ? pid8[id] : npi_pid(v, id);
+            cos_acc t = p ? tab[p] : cos_share(w, maival[id], maival[id], tj);
+            acc[id].u += t.u;
+            acc[id].a += t.a;
+            acc[id].l += t.l;
+            acc[id].m += t.m;
+        }
+        clear_mai(v, maival);
+    }
+    double nt2 = target_norm2(q);
+    for (size_t c = 0; c < ncand; c++)
+        bound[order[c]] = cos_bound(q, &acc[order[c]], nt2);
+    free(acc);
+    return 0;
+}
+
 /* Fills bound[id] (the key: smaller is better) of every candidate in
  * order[0..ncand) from the cells and q->target. maival[n] must be all NaN
  * (left so); pid8[n+1] is unpack scratch or NULL (packed reads). */
 static int cell_bounds(run *r, const uint32_t *order, size_t ncand, double *bound, float *maival, uint8_t *pid8)
 {
     const eng_query *q = r->q;
-    const uint32_t n = q->n;
+    if (is_cosine(q))
+        return cell_bounds_cosine(r, order, ncand, bound, maival, pid8);
     double init = combine_init(q);
     for (size_t c = 0; c < ncand; c++)
         bound[order[c]] = init;
@@ -1035,20 +1281,15 @@ static int cell_bounds(run *r, const uint32_t *order, size_t ncand, double *boun
         for (uint32_t p = 0; p < NPI_MAX_PARTITIONS; p++) {
             double b = NAN; /* pid 0 (MAI) and ids past P: unknown */
             if (p > 0 && p < v->partitions) {
-                if (q->kind == ENG_TOPK)
-                    b = v->lower[p] <= v->upper[p] ? (double)v->upper[p] : NAN;
+                if (q->kind == ENG_TOPK) /* the end that bounds w*x from above */
+                    b = v->lower[p] <= v->upper[p] ? (double)(neg_weight(q, j) ? v->lower[p] : v->upper[p]) : NAN;
                 else
                     b = box_distance(v->lower[p], v->upper[p], tj);
             }
             tab[p] = term_of(q, j, b);
         }
-        for (uint32_t i = 0; i < v->mai_count; i++) {
-            if (v->mai_ids[i] >= n) {
-                seterr(r->err, r->errlen, "index of neuron %u is corrupt (MAI id)", q->neurons[j]);
-                return -1;
-            }
-            maival[v->mai_ids[i]] = v->mai_values[i];
-        }
+        if (load_mai(r, j, maival) != 0)
+            return -1;
         if (pid8)
             npi_unpack(v, pid8);
         if (pid8 && ck == CMB_SUM) {
@@ -1058,8 +1299,7 @@ static int cell_bounds(run *r, const uint32_t *order, size_t ncand, double *boun
         } else {
             BOUNDS_LOOP(npi_pid(v, id), combine(ck, bound[id], t))
         }
-        for (uint32_t i = 0; i < v->mai_count; i++)
-            maival[v->mai_ids[i]] = NAN;
+        clear_mai(v, maival);
     }
     for (size_t c = 0; c < ncand; c++) {
         uint32_t id = order[c];
@@ -1289,7 +1529,7 @@ static int check_query(const eng_query *q, const eng_source *src, eng_result *ou
         seterr(err, errlen, "unknown aggregation %d", q->agg);
         return -1;
     }
-    if (q->kind == ENG_KNN && (q->metric < ENG_L2 || q->metric > ENG_LINF)) {
+    if (q->kind == ENG_KNN && (q->metric < ENG_L2 || q->metric > ENG_COSINE)) {
         seterr(err, errlen, "unknown metric %d", q->metric);
         return -1;
     }
@@ -1309,10 +1549,12 @@ static int check_query(const eng_query *q, const eng_source *src, eng_result *ou
         seterr(err, errlen, "kNN needs a target");
         return -1;
     }
+    /* signed weights: a top-k weighted sum only */
+    int signed_ok = q->kind == ENG_TOPK && q->agg == ENG_SUM;
     if (q->weights)
         for (size_t j = 0; j < q->gsize; j++)
-            if (!(q->weights[j] >= 0.0) || isinf(q->weights[j])) {
-                seterr(err, errlen, "weight %zu must be finite and >= 0", j);
+            if (!isfinite(q->weights[j]) || (!signed_ok && q->weights[j] < 0.0)) {
+                seterr(err, errlen, "weight %zu must be finite%s", j, signed_ok ? "" : " and >= 0");
                 return -1;
             }
     return 0;

@@ -26,6 +26,11 @@
  * linf = max w_i |d_i|, with d_i = x_i - t_i, all accumulated in group order.
  * Bounds use the same operations in the same order, so floating-point
  * rounding (monotone) cannot make a bound unsound.
+ * kNN cosine = 1 - sum w_i x_i t_i / (sqrt(sum w_i x_i^2) sqrt(sum w_i t_i^2)),
+ * 1 when either norm is 0. It is not a sum of per-neuron terms: its bounds
+ * (a cell or NTA's frontier as a set of values per neuron) bound the dot
+ * product from above and the norm from below and above, and give up a
+ * rounding margin derived from the group size (cos_bound in engine.c).
  */
 #ifndef DE_ENGINE_H
 #define DE_ENGINE_H
@@ -37,7 +42,7 @@
 
 enum eng_kind { ENG_TOPK = 0, ENG_KNN = 1 };
 enum eng_agg { ENG_SUM = 0, ENG_MEAN, ENG_MAX, ENG_MIN };
-enum eng_metric { ENG_L2 = 0, ENG_L1, ENG_LINF };
+enum eng_metric { ENG_L2 = 0, ENG_L1, ENG_LINF, ENG_COSINE };
 enum eng_method { ENG_AUTO = 0, ENG_NTA, ENG_BOUNDS, ENG_SCAN };
 
 /* Counters that a source adds to while a query runs. */
@@ -45,6 +50,7 @@ typedef struct eng_fetch_stats {
     uint64_t computed;      /* inputs run through the model */
     uint64_t cache_hits;    /* inputs served from the activation cache */
     double inference_ms;    /* time spent in the model */
+    uint64_t forwards;      /* model forwards run */
 } eng_fetch_stats;
 
 /* How a source computes inputs, when it says (optional): in forwards of
@@ -81,7 +87,7 @@ typedef struct eng_query {
     size_t k;                    /* >= 1; more than candidates returns them all */
     size_t gsize;                /* neurons in the group, >= 1 */
     const uint32_t *neurons;     /* [gsize] flat neuron indices in the layer */
-    const double *weights;       /* [gsize] >= 0, or NULL */
+    const double *weights;       /* [gsize] or NULL; >= 0 except in a top-k sum */
     const float *target;         /* kNN: the target's activations [gsize], or NULL with: */
     int target_is_input;         /* the target is input target_input of the dataset: */
     uint32_t target_input;       /*   the engine computes it (BOUNDS: in one forward with

@@ -287,6 +287,23 @@ static double bf_value(const eng_query *q, const float *row)
             acc /= (double)g;
         return isnan(acc) ? -INFINITY : acc;
     }
+    if (q->metric == ENG_COSINE) {
+        /* 1 - cos: the products rounded one by one, summed in group order */
+        double dot = 0.0, nx = 0.0, nt = 0.0;
+        for (size_t j = 0; j < g; j++) {
+            double w = q->weights ? q->weights[j] : 1.0;
+            double x = row[q->neurons[j]], t = q->target[j];
+            dot += w * (x * t);
+            nx += w * (x * x);
+            nt += w * (t * t);
+        }
+        if (isnan(dot) || isnan(nx) || isnan(nt))
+            return INFINITY;
+        if (nx == 0.0 || nt == 0.0)
+            return 1.0;
+        double c = 1.0 - dot / (sqrt(nx) * sqrt(nt));
+        return isnan(c) || isinf(c) ? INFINITY : c;
+    }
     double acc = 0.0;
     for (size_t j = 0; j < g; j++) {
         double d = (double)row[q->neurons[j]] - (double)q->target[j];
@@ -430,15 +447,17 @@ static void random_query(const ds *s, int dist, int qi)
 
     q.kind = rng_below(2) ? ENG_KNN : ENG_TOPK;
     q.agg = (int)rng_below(4);
-    q.metric = (int)rng_below(3);
+    q.metric = (int)rng_below(4);
     q.n = n;
     q.gsize = g;
     q.neurons = neurons;
     q.exclude = -1;
     if (rng_below(3) == 0) {
         int allzero = rng_below(20) == 0;
+        /* signed weights with a top-k sum: "A high while B low" */
+        int sign = q.kind == ENG_TOPK && q.agg == ENG_SUM && rng_below(2);
         for (size_t j = 0; j < g; j++)
-            weights[j] = allzero || rng_below(10) < 3 ? 0.0 : 2.0 * rng_unit();
+            weights[j] = allzero || rng_below(10) < 3 ? 0.0 : sign && rng_below(2) ? -2.0 * rng_unit() : 2.0 * rng_unit();
         q.weights = weights;
     }
     /* filter */
@@ -684,7 +703,7 @@ START_TEST(test_whole_forwards)
         uint32_t from = rng_below(s.n);
         for (size_t j = 0; j < g; j++)
             target[j] = s.mat[(size_t)from * s.d + neurons[j]];
-        eng_query q = {.kind = qi % 2 ? ENG_KNN : ENG_TOPK, .agg = ENG_SUM, .metric = (int)rng_below(3), .n = s.n,
+        eng_query q = {.kind = qi % 2 ? ENG_KNN : ENG_TOPK, .agg = ENG_SUM, .metric = (int)rng_below(4), .n = s.n,
                        .k = 1 + rng_below(60), .gsize = g, .neurons = neurons, .target = target,
                        .exclude = qi % 2 ? (int64_t)from : -1};
         size_t nwant = brute_force(&s, &q, want);
@@ -887,8 +906,12 @@ START_TEST(test_bad_arguments)
     q.k = 4;
     double w[4] = {1, -0.5, 1, 1};
     q.weights = w;
+    q.agg = ENG_MAX; /* signed weights go with a top-k sum only */
     ck_assert_int_eq(eng_run(&q, small_gv, &src, out, &nout, NULL, err, sizeof err), -1);
     ck_assert_ptr_nonnull(strstr(err, "weight"));
+    q.agg = ENG_SUM;
+    ck_assert_int_eq(eng_run(&q, small_gv, &src, out, &nout, NULL, err, sizeof err), 0);
+    y.calls = 0;
     w[1] = NAN;
     ck_assert_int_eq(eng_run(&q, small_gv, &src, out, &nout, NULL, err, sizeof err), -1);
     q = small_query();

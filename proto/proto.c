@@ -154,12 +154,59 @@ static int get_channels(const json_t *v, const char *field, int positive, double
     return 0;
 }
 
+/* "classes": an array of 1..PROTO_MAX_CLASSES names (strings, 1..128 bytes). */
+static int get_classes(const json_t *v, proto_classes *r, proto_err *e)
+{
+    if (!json_is_array(v))
+        return proto_fail(e, 400, "invalid_type", "field 'classes' must be an array of names, not %s",
+                          jspec_type_name(v));
+    size_t n = json_array_size(v);
+    if (n == 0 || n > PROTO_MAX_CLASSES)
+        return proto_fail(e, 422, "invalid_value", "field 'classes' must hold 1 to %d names; it holds %zu",
+                          PROTO_MAX_CLASSES, n);
+    if (!(r->names = calloc(n, sizeof *r->names))) return proto_fail(e, 500, "internal", "out of memory");
+    r->n = n;
+    for (size_t i = 0; i < n; i++) {
+        const json_t *x = json_array_get(v, i);
+        if (!json_is_string(x))
+            return proto_fail(e, 400, "invalid_type", "field 'classes[%zu]' must be a string, not %s", i,
+                              jspec_type_name(x));
+        size_t l = json_string_length(x);
+        if (l == 0 || l > PROTO_CLASS_MAX || strlen(json_string_value(x)) != l)
+            return proto_fail(e, 422, "invalid_value", "field 'classes[%zu]' must be 1 to %d bytes without NUL", i,
+                              PROTO_CLASS_MAX);
+        if (!(r->names[i] = strdup(json_string_value(x)))) return proto_fail(e, 500, "internal", "out of memory");
+    }
+    return 0;
+}
+
+void proto_free_classes(proto_classes *r)
+{
+    for (size_t i = 0; r->names && i < r->n; i++) free(r->names[i]);
+    free(r->names);
+    r->names = NULL;
+    r->n = 0;
+}
+
+int proto_parse_classes(const char *body, size_t len, proto_classes *r, proto_err *e)
+{
+    memset(r, 0, sizeof *r);
+    json_t *classes = NULL;
+    const jspec specs[] = {{.name = "classes", .type = JS_JSON, .required = 1, .dest = &classes}, {0}};
+    json_t *root = load_object(body, len, e);
+    if (!root) return -1;
+    int rc = jspec_parse(root, specs, e) == 0 && get_classes(classes, r, e) == 0 ? 0 : -1;
+    json_decref(root);
+    if (rc) proto_free_classes(r);
+    return rc;
+}
+
 int proto_parse_dataset(const char *body, size_t len, proto_dataset_req *r, proto_err *e)
 {
     memset(r, 0, sizeof *r);
     static const char *const formats[] = {"npy", "idx", NULL};
     int format = 0, has_format = 0;
-    json_t *scale = NULL, *mean = NULL, *std = NULL;
+    json_t *scale = NULL, *mean = NULL, *std = NULL, *classes = NULL;
     const jspec specs[] = {
         {.name = "name", .type = JS_NAME, .required = 1, .dest = r->name},
         {.name = "path", .type = JS_STRING, .required = 1, .dest = &r->path, .max = PROTO_PATH_MAX},
@@ -168,11 +215,13 @@ int proto_parse_dataset(const char *body, size_t len, proto_dataset_req *r, prot
         {.name = "scale", .type = JS_JSON, .dest = &scale},
         {.name = "mean", .type = JS_JSON, .dest = &mean},
         {.name = "std", .type = JS_JSON, .dest = &std},
+        {.name = "classes", .type = JS_JSON, .dest = &classes},
         {0},
     };
     json_t *root = load_object(body, len, e);
     if (!root) return -1;
     if (jspec_parse(root, specs, e) != 0) goto fail;
+    if (classes && get_classes(classes, &r->classes, e) != 0) goto fail;
     /* The enum's index is 0-based; PROTO_FMT_AUTO (0) means absent. */
     r->format = has_format ? (format == 0 ? PROTO_FMT_NPY : PROTO_FMT_IDX) : PROTO_FMT_AUTO;
     if (scale) {
@@ -194,6 +243,7 @@ void proto_free_dataset(proto_dataset_req *r)
     free(r->path);
     free(r->labels_path);
     r->path = r->labels_path = NULL;
+    proto_free_classes(&r->classes);
 }
 
 /* A query-string number: digits, sign, '.', exponent only (strtod alone would
@@ -488,24 +538,51 @@ static int parse_target(const json_t *v, proto_query_req *r, proto_err *e)
     return get_floats(acts, "target.activations", PROTO_MAX_GROUP, &r->activations, &r->nactivations, e);
 }
 
-/* "filter": {"ids":[...], "labels":[...]}, at least one of the two. */
+/* An array of 1..PROTO_MAX_FILTER integers into *out. */
+static int get_int_list(const json_t *v, const char *field, int64_t **out, size_t *n, proto_err *e)
+{
+    if (!json_is_array(v))
+        return proto_fail(e, 400, "invalid_type", "field '%s' must be an array of integers, not %s", field,
+                          jspec_type_name(v));
+    size_t len = json_array_size(v);
+    if (len == 0 || len > PROTO_MAX_FILTER)
+        return proto_fail(e, 422, "invalid_value", "field '%s' must hold 1 to %d integers; it holds %zu", field,
+                          PROTO_MAX_FILTER, len);
+    if (!(*out = malloc(len * sizeof **out))) return proto_fail(e, 500, "internal", "out of memory");
+    for (size_t i = 0; i < len; i++) {
+        const json_t *x = json_array_get(v, i);
+        if (!json_is_integer(x))
+            return proto_fail(e, 400, "invalid_type", "field '%s[%zu]' must be an integer, not %s", field, i,
+                              jspec_type_name(x));
+        (*out)[i] = (int64_t)json_integer_value(x);
+    }
+    *n = len;
+    return 0;
+}
+
+/* "filter": {"ids":[...], "labels":[...], "predicted":[...], "misclassified":true}, at least one. */
 static int parse_filter(const json_t *v, proto_query_req *r, proto_err *e)
 {
     if (!json_is_object(v))
         return proto_fail(e, 400, "invalid_type",
                           "field 'filter' must be an object {\"ids\": [...], \"labels\": [...]}, not %s", jspec_type_name(v));
     jspec_uints ids = {0};
-    json_t *labels = NULL;
+    json_t *labels = NULL, *predicted = NULL;
     const jspec specs[] = {
         {.name = "ids", .type = JS_UINTS, .dest = &ids, .min = 0, .max = INT64_MAX, .maxn = PROTO_MAX_FILTER},
         {.name = "labels", .type = JS_JSON, .dest = &labels},
+        {.name = "predicted", .type = JS_JSON, .dest = &predicted},
+        {.name = "misclassified", .type = JS_BOOL, .dest = &r->filter_misclassified},
         {0},
     };
     if (parse_nested(v, specs, "filter", e) != 0) goto fail;
-    if (!ids.n && !labels) {
-        proto_fail(e, 400, "missing_field", "field 'filter' must hold 'ids', 'labels' or both");
+    if (!ids.n && !labels && !predicted && !r->filter_misclassified) {
+        proto_fail(e, 400, "missing_field",
+                   "field 'filter' must hold 'ids', 'labels', 'predicted' or 'misclassified': true");
         goto fail;
     }
+    if (predicted && get_int_list(predicted, "filter.predicted", &r->filter_predicted, &r->nfilter_predicted, e) != 0)
+        goto fail;
     if (labels) {
         if (!json_is_array(labels)) {
             proto_fail(e, 400, "invalid_type", "field 'filter.labels' must be an array of integers, not %s",
@@ -547,7 +624,7 @@ int proto_parse_query(const char *body, size_t len, int knn, proto_query_req *r,
     memset(r, 0, sizeof *r);
     r->knn = knn ? 1 : 0;
     static const char *const aggs[] = {"sum", "mean", "max", "min", NULL};
-    static const char *const metrics[] = {"l2", "l1", "linf", NULL};
+    static const char *const metrics[] = {"l2", "l1", "linf", "cosine", NULL};
     static const char *const methods[] = {"auto", "nta", "bounds", "scan", "materialized", NULL};
     json_t *layer = NULL, *neurons = NULL, *target = NULL, *filter = NULL, *timeout = NULL;
     jspec_floats weights = {0};
@@ -569,7 +646,7 @@ int proto_parse_query(const char *body, size_t len, int knn, proto_query_req *r,
         specs[n++] = (jspec){.name = "agg", .type = JS_ENUM, .dest = &r->agg, .choices = aggs};
     }
     specs[n++] = (jspec){.name = "method", .type = JS_ENUM, .dest = &r->method, .choices = methods};
-    specs[n++] = (jspec){.name = "weights", .type = JS_FLOATS, .dest = &weights, .dmin = 0, .dmax = DBL_MAX,
+    specs[n++] = (jspec){.name = "weights", .type = JS_FLOATS, .dest = &weights, .dmin = -DBL_MAX, .dmax = DBL_MAX,
                          .maxn = PROTO_MAX_GROUP};
     specs[n++] = (jspec){.name = "filter", .type = JS_JSON, .dest = &filter};
     specs[n++] = (jspec){.name = "batch", .type = JS_UINT, .dest = &batch, .min = 1, .max = PROTO_MAX_BATCH};
@@ -601,6 +678,14 @@ int proto_parse_query(const char *body, size_t len, int knn, proto_query_req *r,
                        "field 'weights' goes with agg 'sum' (a weighted sum); agg is '%s'", aggs[r->agg]);
             goto fail;
         }
+        /* negative weights: a top-k sum ("A high while B low"); distances need >= 0 */
+        for (size_t i = 0; knn && i < weights.n; i++)
+            if (weights.v[i] < 0) {
+                proto_fail(e, 422, "invalid_value",
+                           "field 'weights[%zu]' is %g; a kNN distance takes weights >= 0 (negative weights go with "
+                           "top-k sums)", i, weights.v[i]);
+                goto fail;
+            }
         r->weights = weights.v;
         r->nweights = weights.n;
         weights.v = NULL;
@@ -631,6 +716,9 @@ void proto_free_query(proto_query_req *r)
     free(r->weights);
     free(r->filter_ids);
     free(r->filter_labels);
+    free(r->filter_predicted);
+    r->filter_predicted = NULL;
+    r->nfilter_predicted = 0;
     free(r->tensor);
     free(r->activations);
     r->activations = NULL;
@@ -798,7 +886,35 @@ void proto_free_activations(proto_activations_req *r)
     r->nneurons = 0;
 }
 
-int proto_parse_inputs(const char *offset, const char *limit, const char *label, proto_inputs_req *r, proto_err *e)
+int proto_parse_predictions(const char *body, size_t len, proto_predictions_req *r, proto_err *e)
+{
+    memset(r, 0, sizeof *r);
+    json_t *layer = NULL;
+    const jspec specs[] = {
+        {.name = "model", .type = JS_NAME, .required = 1, .dest = r->model},
+        {.name = "dataset", .type = JS_NAME, .required = 1, .dest = r->dataset},
+        {.name = "layer", .type = JS_JSON, .dest = &layer},
+        {0},
+    };
+    json_t *root = load_object(body, len, e);
+    if (!root) return -1;
+    int rc = jspec_parse(root, specs, e) == 0 && (!layer || get_layer(layer, "layer", r->layer, e) == 0) ? 0 : -1;
+    json_decref(root);
+    return rc;
+}
+
+/* An integer of int32 range from a query string. */
+static int qs_int32(const char *s, int32_t *out)
+{
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (!*s || *end || v < INT32_MIN || v > INT32_MAX) return -1;
+    *out = (int32_t)v;
+    return 0;
+}
+
+int proto_parse_inputs(const char *offset, const char *limit, const char *label, const char *model,
+                       const char *predicted, const char *misclassified, proto_inputs_req *r, proto_err *e)
 {
     memset(r, 0, sizeof *r);
     r->limit = 100;
@@ -807,12 +923,28 @@ int proto_parse_inputs(const char *offset, const char *limit, const char *label,
     if (limit && qs_uint(limit, 1, 1000, &r->limit) != 0)
         return proto_fail(e, 422, "invalid_value", "query parameter 'limit' must be an integer from 1 to 1000");
     if (label) {
-        char *end;
-        long long v = strtoll(label, &end, 10);
-        if (!*label || *end || v < INT32_MIN || v > INT32_MAX)
+        if (qs_int32(label, &r->label) != 0)
             return proto_fail(e, 422, "invalid_value", "query parameter 'label' must be an integer");
         r->has_label = 1;
-        r->label = (int32_t)v;
+    }
+    if (model) {
+        if (!proto_valid_name(model))
+            return proto_fail(e, 422, "invalid_name", "query parameter 'model' must be 1 to %d characters of "
+                              "[A-Za-z0-9._-]", PROTO_NAME_MAX);
+        memcpy(r->model, model, strlen(model) + 1);
+    }
+    if ((predicted || misclassified) && !model)
+        return proto_fail(e, 422, "missing_field", "'predicted' and 'misclassified' need the query parameter 'model'");
+    if (predicted) {
+        if (qs_int32(predicted, &r->predicted) != 0)
+            return proto_fail(e, 422, "invalid_value", "query parameter 'predicted' must be an integer");
+        r->has_predicted = 1;
+    }
+    if (misclassified) {
+        if (strcmp(misclassified, "1") && strcmp(misclassified, "true") && strcmp(misclassified, "0") &&
+            strcmp(misclassified, "false"))
+            return proto_fail(e, 422, "invalid_value", "query parameter 'misclassified' is 1/true or 0/false");
+        r->misclassified = !strcmp(misclassified, "1") || !strcmp(misclassified, "true");
     }
     return 0;
 }

@@ -34,7 +34,16 @@ typedef struct proto_model_req {
     int64_t input_shape[PROTO_MAX_DIMS];
 } proto_model_req;
 
-/* POST /v1/datasets {"name","path","format"?,"labels_path"?,"scale"?,"mean"?,"std"?}
+/* Class names: names[i] names label i; each 1..PROTO_CLASS_MAX bytes of
+ * UTF-8 without NUL, at most PROTO_MAX_CLASSES of them. */
+#define PROTO_CLASS_MAX 128
+#define PROTO_MAX_CLASSES 100000
+typedef struct proto_classes {
+    size_t n;
+    char **names;
+} proto_classes;
+
+/* POST /v1/datasets {"name","path","format"?,"labels_path"?,"scale"?,"mean"?,"std"?,"classes"?}
  * mean/std: a number or one number per channel. format: "npy"|"idx"|absent
  * (detected from the file). */
 enum { PROTO_FMT_AUTO = 0, PROTO_FMT_NPY = 1, PROTO_FMT_IDX = 2 };
@@ -48,7 +57,12 @@ typedef struct proto_dataset_req {
     int nmean, nstd;                   /* 0 = default (0 and 1) */
     double mean[PROTO_MAX_CHANNELS];
     double std[PROTO_MAX_CHANNELS];
+    proto_classes classes;             /* "classes": names of the labels 0..n-1 (n = 0: none) */
 } proto_dataset_req;
+
+/* PUT /v1/datasets/{name}/classes {"classes": [...]} */
+int proto_parse_classes(const char *body, size_t len, proto_classes *r, proto_err *e);
+void proto_free_classes(proto_classes *r);
 
 /* Query-string form of the same options for PUT /v1/datasets/{name}:
  * "scale", "mean", "std" (comma-separated numbers). value NULL = absent. */
@@ -91,7 +105,7 @@ int proto_neurons_flatten(const proto_neurons *g, const int64_t *shape, int ndim
                           uint32_t *out, proto_err *e);
 
 enum proto_agg { AGG_SUM = 0, AGG_MEAN, AGG_MAX, AGG_MIN };
-enum proto_metric { METRIC_L2 = 0, METRIC_L1, METRIC_LINF };
+enum proto_metric { METRIC_L2 = 0, METRIC_L1, METRIC_LINF, METRIC_COSINE };
 /* METHOD_MATERIALIZED: flat scan over a full materialization of the layer
  * (the PreprocessAll baseline; needs an index of kind "full"). */
 enum proto_method { METHOD_AUTO = 0, METHOD_NTA, METHOD_BOUNDS, METHOD_SCAN, METHOD_MATERIALIZED };
@@ -112,6 +126,8 @@ typedef struct proto_query_req {
     int has_filter;
     size_t nfilter_ids;  uint64_t *filter_ids;
     size_t nfilter_labels; int64_t *filter_labels;
+    size_t nfilter_predicted; int64_t *filter_predicted; /* the model's predicted classes */
+    int filter_misclassified;                           /* predicted != label */
     /* kNN target: an input id, a tensor already in the model's input space,
      * or the group's activation vector itself (one float per neuron) */
     int has_target_id;
@@ -149,13 +165,26 @@ int proto_parse_activations(const char *model, const char *layer, const char *ne
                             proto_activations_req *r, proto_err *e);
 void proto_free_activations(proto_activations_req *r);
 
-/* GET /v1/datasets/{ds}/inputs?offset=0&limit=100[&label=L] */
+/* GET /v1/datasets/{ds}/inputs?offset=0&limit=100[&label=L][&model=M[&predicted=P][&misclassified=1]] */
 typedef struct proto_inputs_req {
     uint64_t offset, limit;            /* limit 1..1000, default 100 */
     int has_label;
     int32_t label;
+    char model[PROTO_NAME_MAX + 1];    /* "" = none: no predictions shown */
+    int has_predicted;
+    int32_t predicted;
+    int misclassified;
 } proto_inputs_req;
-int proto_parse_inputs(const char *offset, const char *limit, const char *label, proto_inputs_req *r, proto_err *e);
+int proto_parse_inputs(const char *offset, const char *limit, const char *label, const char *model,
+                       const char *predicted, const char *misclassified, proto_inputs_req *r, proto_err *e);
+
+/* POST /v1/predictions {"model","dataset","layer"?} */
+typedef struct proto_predictions_req {
+    char model[PROTO_NAME_MAX + 1];
+    char dataset[PROTO_NAME_MAX + 1];
+    char layer[PROTO_LAYER_MAX + 1];   /* "" = the model's last layer */
+} proto_predictions_req;
+int proto_parse_predictions(const char *body, size_t len, proto_predictions_req *r, proto_err *e);
 
 /* {"error":{"code","message"}} as a malloc'd NUL-terminated string. */
 char *proto_error_body(const proto_err *e);

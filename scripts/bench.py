@@ -26,6 +26,7 @@ bench/tmp/results-quick/) and prints the headline tables.
 import argparse
 import gzip
 import json
+import math
 import os
 import random
 import struct
@@ -122,7 +123,8 @@ def rec(ms, js):
     s = js["stats"]
     return {"wall_ms": round(ms, 3), "elapsed_ms": s.get("elapsed_ms"), "inference_ms": s.get("inference_ms"),
             "cell_ms": s.get("cell_ms"), "inputs_computed": s.get("inputs_computed"),
-            "fraction_computed": s.get("fraction_computed"), "ran": s.get("method"), "index": s.get("index")}
+            "fraction_computed": s.get("fraction_computed"), "ran": s.get("method"), "index": s.get("index"),
+            "forwards": s.get("forwards")}
 
 
 def summarize(recs):
@@ -137,6 +139,9 @@ def summarize(recs):
             "inputs_computed_median": median([r["inputs_computed"] for r in recs]),
             "fraction_computed_median": median([r["fraction_computed"] for r in recs]),
             "outside_inference_frac_median": median(outside) if outside else None,
+            "forwards_median": median([r["forwards"] for r in recs if r.get("forwards") is not None]) if any(
+                r.get("forwards") is not None for r in recs) else None,
+            "inputs_computed_sum": sum(r["inputs_computed"] or 0 for r in recs),
             "elapsed_ms_sum": sum(r["elapsed_ms"] or 0 for r in recs),
             "inference_ms_sum": sum(r["inference_ms"] or 0 for r in recs),
             "ran": sorted({r["ran"] for r in recs})}
@@ -357,61 +362,86 @@ def session(d, method, layers, a, log_steps):
     return steps, answers
 
 
+def run_session(binary, img, lab, name, method, prebuild, layers, a, extra=()):
+    """One session in a fresh daemon: (total s, build s, steps, answers, index bytes at the end)."""
+    ddir = os.path.join(a.tmp, "wl-%s" % name)
+    wipe(ddir)
+    d = Daemon(binary, ddir, a.daemon_args + list(extra)).start()
+    try:
+        setup(d, img, lab)
+        log("workload %s (method %s%s)" % (name, method, ", build %s first" % prebuild if prebuild else ""))
+        t0 = time.perf_counter()
+        build_s = 0.0
+        if prebuild:
+            body = {"model": "cnn", "dataset": "fmnist", "layers": sorted(set(layers), key=layers.index)}
+            if prebuild == "full":
+                body["kind"] = "full"
+            js = d.ok("POST", "/v1/indexes", body, want=(202,))
+            j = d.wait_job(js["job"], timeout=a.build_timeout)
+            if j["state"] != "done":
+                raise RuntimeError("workload %s: build failed: %s" % (name, j.get("error")))
+            build_s = time.perf_counter() - t0
+            log("   build of %s (%s): %.1f s" % (",".join(body["layers"]), prebuild, build_s))
+        steps, answers = session(d, method, layers, a, a.verbose)
+        total = time.perf_counter() - t0
+        ixs = d.ok("GET", "/v1/indexes")["indexes"]
+        stored = sum(x["bytes"] for x in ixs if x["state"] == "ready")
+        indexed = sorted(x["layer"] for x in ixs if x["state"] == "ready")
+    finally:
+        d.stop()
+        if not a.keep_tmp:
+            wipe(ddir)
+    return total, build_s, steps, answers, stored, indexed
+
+
+ORDERS = {
+    "deep-to-shallow": None,  # the session layers as given (from the last hidden layer towards the input)
+    "shallow-to-deep": "reverse",
+    "revisits": "revisit",
+}
+
+
+def order_layers(layers, how):
+    if how is None:
+        return list(layers)
+    if how == "reverse":
+        return list(reversed(layers))
+    # deepest, shallowest, deepest again, the middle one, the shallowest again
+    return [layers[0], layers[-1], layers[0]] + layers[1:-1] + [layers[-1]]
+
+
 def part_workloads(binary, img, lab, layers, full_ok, a, res):
     out = res.setdefault("workloads", {})
-    plans = [("deepeverest", "auto", None)]
-    if a.explicit_workload:
-        plans.append(("deepeverest-explicit", "auto", "npi"))
-    plans.append(("ReprocessAll", "scan", None))
-    if full_ok:
-        plans.append(("PreprocessAll", "materialized", "full"))
-    else:
-        out["PreprocessAll"] = {"skipped": "index kind 'full' / method 'materialized' not available"}
-    ref = None
-    for name, method, prebuild in plans:
-        ddir = os.path.join(a.tmp, "wl-%s" % name)
-        wipe(ddir)
-        d = Daemon(binary, ddir, a.daemon_args).start()
-        try:
-            setup(d, img, lab)
-            log("workload %s (method %s%s)" % (name, method, ", build %s first" % prebuild if prebuild else ""))
-            t0 = time.perf_counter()
-            build_s = 0.0
-            if prebuild:
-                body = {"model": "cnn", "dataset": "fmnist", "layers": layers}
-                if prebuild == "full":
-                    body["kind"] = "full"
-                st, js = d.call("POST", "/v1/indexes", body)
-                if prebuild == "full" and 400 <= st < 500:
-                    out[name] = {"skipped": "POST /v1/indexes kind=full -> %d %s" % (st, json.dumps(js))}
-                    log("workload %s skipped: %s" % (name, out[name]["skipped"]))
-                    continue
-                if st != 202:
-                    raise HttpError(st, js, "POST /v1/indexes")
-                j = d.wait_job(js["job"], timeout=a.build_timeout)
-                if j["state"] != "done":
-                    raise RuntimeError("workload %s: build failed: %s" % (name, j.get("error")))
-                build_s = time.perf_counter() - t0
-                log("   build of %s (%s): %.1f s" % (",".join(layers), prebuild, build_s))
-            steps, answers = session(d, method, layers, a, a.verbose)
-            total = time.perf_counter() - t0
-        finally:
-            d.stop()
-            if not a.keep_tmp:
-                wipe(ddir)
-        if ref is None:
-            ref = answers
-        elif answers != ref:
-            bad = [i for i, (u, v) in enumerate(zip(answers, ref)) if u != v]
-            res["failures"].append("workload %s: answers differ from %s at queries %s"
-                                   % (name, plans[0][0], bad[:10]))
-        inline = sum(s["wall_ms"] for s in steps if s.get("index") == "built") / 1e3
-        nq = sum(1 for s in steps if "ran" in s)
-        out[name] = {"method": method, "total_s": round(total, 3), "prebuild_s": round(build_s, 3),
-                     "inline_build_queries_s": round(inline, 3), "queries": nq, "requests": len(steps),
-                     "query_s": round(sum(s["wall_ms"] for s in steps) / 1e3, 3), "steps": steps}
-        log("workload %-20s total %7.1f s (prebuild %.1f s, queries that built an index %.1f s), %d queries"
-            % (name, total, build_s, inline, nq))
+    ref = {}
+    for oname, how in ORDERS.items():
+        ls = order_layers(layers, how)
+        plans = [("deepeverest", "auto", None, ())]
+        if a.explicit_workload and oname == "deep-to-shallow":
+            plans.append(("deepeverest-explicit", "auto", "npi", ()))
+        plans.append(("ReprocessAll", "scan", None, ()))
+        if full_ok:
+            plans.append(("PreprocessAll", "materialized", "full", ()))
+        if oname == "deep-to-shallow":  # the storage and time of each eager-layers policy
+            for pol in ("none", "before", "all"):
+                plans.append(("deepeverest-eager-%s" % pol, "auto", None, ("--eager-layers", pol)))
+        for name, method, prebuild, extra in plans:
+            key = "%s/%s" % (oname, name) if oname != "deep-to-shallow" else name
+            total, build_s, steps, answers, stored, indexed = run_session(binary, img, lab, key.replace("/", "-"),
+                                                                          method, prebuild, ls, a, extra)
+            if oname not in ref:
+                ref[oname] = answers
+            elif answers != ref[oname]:
+                bad = [i for i, (u, v) in enumerate(zip(answers, ref[oname])) if u != v]
+                res["failures"].append("workload %s: answers differ at queries %s" % (key, bad[:10]))
+            inline = sum(s["wall_ms"] for s in steps if s.get("index") == "built") / 1e3
+            nq = sum(1 for s in steps if "ran" in s)
+            out[key] = {"order": oname, "layers": ls, "method": method, "total_s": round(total, 3),
+                        "prebuild_s": round(build_s, 3), "inline_build_queries_s": round(inline, 3), "queries": nq,
+                        "requests": len(steps), "query_s": round(sum(s["wall_ms"] for s in steps) / 1e3, 3),
+                        "index_bytes_at_end": stored, "indexed_layers": indexed, "steps": steps,
+                        "daemon_args": list(extra)}
+            log("workload %-36s total %7.1f s (prebuild %.1f s, queries that built an index %.1f s), %d queries, "
+                "%.1f MB of indexes (%s)" % (key, total, build_s, inline, nq, stored / 1e6, ",".join(indexed)))
 
 
 def wipe(path):
@@ -463,18 +493,60 @@ def targets(res):
                   % (100 * median(outs), 100 * (el - inf) / el if el else 0), "value": round(100 * max(outs), 1),
                   "goal": "<= 15 %", "ok": max(outs) <= 0.15, "all_time_pct": round(100 * (el - inf) / el, 1) if el else None,
                   "worst_config_nta_median_ms": nta[worst]["median_ms"]})
+    # the latency floor: a default query at k=10, groups 1-30, against the
+    # forwards it ran times one full forward of that layer in this run
+    b = res.get("builds", {})
+    floor_rows = []
+    for q in res.get("queries", []):
+        au = q["methods"].get("auto")
+        L = q["layer"]
+        if q["k"] != 10 or not au or au.get("forwards_median") is None or L not in b:
+            continue
+        nf = math.ceil(res["meta"]["n"] / res["meta"].get("batch", 64))
+        t_fwd = b[L]["plain_pass"]["wall_ms"] / nf
+        floor = 1.5 * au["forwards_median"] * t_fwd + 3
+        floor_rows.append((au["median_ms"] <= floor, au["median_ms"], floor, q))
+    if floor_rows:
+        n_ok = sum(r[0] for r in floor_rows)
+        worst = max(floor_rows, key=lambda r: r[1] / r[2])
+        t.append({"target": "default query median latency <= 1.5 x (forwards it ran x one full forward) + 3 ms, "
+                  "k=10, groups 1-30 (%d/%d configs; worst %s %s %s G=%d: %.1f ms vs %.1f ms)"
+                  % (n_ok, len(floor_rows), worst[3]["layer"], worst[3]["query"], worst[3]["selection"],
+                     worst[3]["group"], worst[1], worst[2]),
+                  "value": round(worst[1] / worst[2], 2), "goal": "<= 1 (every config)", "ok": n_ok == len(floor_rows)})
+    for m, goal in (("auto", 0.20), ("nta", 0.20)):
+        rows = [q["methods"][m] for q in res.get("queries", []) if m in q["methods"]
+                and q["methods"][m]["outside_inference_frac_median"] is not None]
+        outs = [s["outside_inference_frac_median"] for s in rows]
+        if outs:
+            el = sum(s["elapsed_ms_sum"] for s in rows)
+            inf = sum(s["inference_ms_sum"] for s in rows)
+            t.append({"target": "time outside inference, %s, %% of its latency (elapsed_ms - inference_ms): worst "
+                      "configuration median; median over configurations %.1f%%; over all its time %.1f%%"
+                      % (m, 100 * median(outs), 100 * (el - inf) / el if el else 0), "value": round(100 * max(outs), 1),
+                      "goal": "<= %d %%" % (100 * goal), "ok": max(outs) <= goal})
+    # NTA's cost per input computed against scan's, over every configuration
+    nta = [q["methods"]["nta"] for q in res.get("queries", []) if "nta" in q["methods"]]
+    sc = [q["methods"]["scan"] for q in res.get("queries", []) if "scan" in q["methods"]]
+    if nta and sc:
+        per_nta = sum(x["elapsed_ms_sum"] for x in nta) / max(1, sum(x["inputs_computed_sum"] for x in nta))
+        per_scan = sum(x["elapsed_ms_sum"] for x in sc) / max(1, sum(x["inputs_computed_sum"] for x in sc))
+        t.append({"target": "NTA server time per input computed / scan's (%.1f vs %.1f us)" % (1e3 * per_nta,
+                                                                                              1e3 * per_scan),
+                  "value": round(per_nta / per_scan, 2), "goal": "<= 1.2", "ok": per_nta / per_scan <= 1.2})
     w = res.get("workloads", {})
-    if "deepeverest" in w and "total_s" in w["deepeverest"]:
-        others = {k: v["total_s"] for k, v in w.items() if k in ("ReprocessAll", "PreprocessAll") and "total_s" in v}
-        if others:
-            # judged on the incremental variant (no layer known up front); the
-            # variant that builds the session's layers first, as PreprocessAll
-            # materializes them first, is quoted beside it
-            ex = w.get("deepeverest-explicit", {}).get("total_s")
-            t.append({"target": "workload total: deepeverest (incremental indexing%s) below %s"
-                      % ("; with the layers indexed up front: %.1f s" % ex if ex else "", " and ".join(others)),
-                      "value": w["deepeverest"]["total_s"], "goal": "< %s" % min(others.values()),
-                      "ok": all(w["deepeverest"]["total_s"] < v for v in others.values())})
+    for oname in ORDERS:
+        pre = "" if oname == "deep-to-shallow" else oname + "/"
+        de = w.get(pre + "deepeverest", {}).get("total_s")
+        others = {k: w[pre + k]["total_s"] for k in ("ReprocessAll", "PreprocessAll") if "total_s" in w.get(pre + k, {})}
+        if de is None or not others:
+            continue
+        ex = w.get(pre + "deepeverest-explicit", {}).get("total_s")
+        t.append({"target": "workload %s (%s): deepeverest with incremental indexing%s below %s" % (
+            oname, " -> ".join(w[pre + "deepeverest"]["layers"]),
+            "; with the layers indexed up front: %.1f s" % ex if ex else "",
+            " and ".join("%s %.1f s" % kv for kv in others.items())),
+            "value": de, "goal": "< %s" % min(others.values()), "ok": all(de < v for v in others.values())})
     return t
 
 
@@ -587,15 +659,18 @@ def markdown(res, short=False):
         lines.append("")
     w = res.get("workloads", {})
     if w:
-        lines += ["## Workloads: an interpretation session (36 queries + 6 activation reads over %s), default cache"
-                  % " -> ".join(res["meta"].get("session_layers", res["meta"]["layers"])), "",
-                  "| method | total s | of which index build / materialization s | queries |", "|---|---|---|---|"]
+        lines += ["## Workloads: interpretation sessions (12 queries + 2 activation reads per layer visit), default "
+                  "cache, each in a fresh daemon", "",
+                  "| session | method | layers | total s | of which index build / materialization s | queries | "
+                  "indexes at the end MB (layers) |", "|---|---|---|---|---|---|---|"]
         for name, r in w.items():
             if "skipped" in r:
-                lines.append("| %s | skipped: %s | | |" % (name, r["skipped"]))
-            else:
-                lines.append("| %s | %.1f | %.1f | %d |" % (name, r["total_s"], r["prebuild_s"] +
-                                                            r["inline_build_queries_s"], r["queries"]))
+                lines.append("| %s | skipped: %s | | | | | |" % (name, r["skipped"]))
+                continue
+            lines.append("| %s | %s | %s | %.1f | %.1f | %d | %.1f (%s) |" % (
+                r.get("order", ""), name.split("/")[-1] + (" " + " ".join(r["daemon_args"]) if r.get("daemon_args") else ""),
+                " -> ".join(r.get("layers", [])), r["total_s"], r["prebuild_s"] + r["inline_build_queries_s"],
+                r["queries"], r.get("index_bytes_at_end", 0) / 1e6, ", ".join(r.get("indexed_layers", []))))
         lines.append("")
     if res.get("notes"):
         lines += ["## Notes", ""] + ["- " + n for n in res["notes"]] + [""]
@@ -717,6 +792,7 @@ def main():
         try:
             model, ds, imp_s = setup(d, img, lab)
             info = {l["name"]: l for l in model["layers"]}
+            res["meta"]["batch"] = model.get("batch", 64)
             for L in layers:
                 if L not in info:
                     sys.exit("bench: the model has no layer %s (has %s)" % (L, ", ".join(info)))

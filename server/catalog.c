@@ -8,6 +8,7 @@
 
 #include "inputs.h"
 #include "jobs.h"
+#include "predictions.h"
 #include "thumb.h"
 
 /* How long a delete waits for the builds it cancels to let go. */
@@ -307,6 +308,42 @@ static int delete_owned(store_txn *t, const char *model, const char *dataset, ow
     return rc;
 }
 
+typedef struct pred_owned {
+    const char *model;
+    uint32_t *datasets;
+    size_t n, cap;
+    int oom;
+} pred_owned;
+
+static int collect_pred(const store_predictions *p, void *arg)
+{
+    pred_owned *o = arg;
+    if (strcmp(p->model, o->model) != 0) return 0;
+    if (o->n == o->cap) {
+        size_t cap = o->cap ? 2 * o->cap : 16;
+        uint32_t *g = realloc(o->datasets, cap * sizeof *g);
+        if (!g) {
+            o->oom = 1;
+            return 1;
+        }
+        o->datasets = g;
+        o->cap = cap;
+    }
+    o->datasets[o->n++] = p->dataset;
+    return 0;
+}
+
+/* Deletes, in t, the predictions of the model over every dataset. */
+static int delete_predictions_of(store_txn *t, const char *model)
+{
+    pred_owned o = {.model = model};
+    int rc = store_predictions_each(t, collect_pred, &o);
+    if (rc == STORE_OK && o.oom) rc = STORE_ERROR;
+    for (size_t i = 0; i < o.n && rc == STORE_OK; i++) rc = store_predictions_del(t, o.datasets[i], model);
+    free(o.datasets);
+    return rc;
+}
+
 int catalog_delete_model(app *a, const char *name, catalog_deleted *out, proto_err *e)
 {
     memset(out, 0, sizeof *out);
@@ -345,6 +382,7 @@ int catalog_delete_model(app *a, const char *name, catalog_deleted *out, proto_e
     }
     rc = store_model_del(t, name);
     if (rc == STORE_OK) rc = delete_owned(t, name, NULL, &listed, out);
+    if (rc == STORE_OK) rc = delete_predictions_of(t, name);
     if (rc == STORE_OK)
         rc = store_txn_commit(t);
     else
@@ -457,47 +495,62 @@ void catalog_page_free(catalog_page *p)
 {
     free(p->ids);
     free(p->labels);
+    free(p->predicted);
     p->ids = NULL;
     p->labels = NULL;
+    p->predicted = NULL;
     p->n = 0;
 }
 
-int catalog_list_inputs(app *a, const store_dataset *d, uint64_t offset, size_t limit, const int32_t *label,
-                        catalog_page *out, proto_err *e)
+int catalog_list_inputs(app *a, const store_dataset *d, const proto_inputs_req *q, catalog_page *out, proto_err *e)
 {
     memset(out, 0, sizeof *out);
-    if (label && !d->has_labels)
+    size_t limit = (size_t)q->limit;
+    if (q->has_label && !d->has_labels)
         return proto_fail(e, 422, "invalid_filter", "label: dataset '%s' has no labels", d->name);
+    if (q->misclassified && !d->has_labels)
+        return proto_fail(e, 422, "invalid_filter", "misclassified: dataset '%s' has no labels", d->name);
+    int32_t *pred = NULL;
+    if (q->model[0]) {
+        store_predictions rec;
+        if (predictions_get(a, q->model, d, &rec, &pred, e) != 0) return -1;
+    }
     out->ids = malloc((limit ? limit : 1) * sizeof *out->ids);
     if (d->has_labels) out->labels = malloc((limit ? limit : 1) * sizeof *out->labels);
-    if (!out->ids || (d->has_labels && !out->labels)) {
+    if (pred) out->predicted = malloc((limit ? limit : 1) * sizeof *out->predicted);
+    if (!out->ids || (d->has_labels && !out->labels) || (pred && !out->predicted)) {
+        free(pred);
         catalog_page_free(out);
         return proto_fail(e, 500, "internal", "out of memory");
     }
-    if (!d->has_labels) {
-        out->total = d->count;
-        for (uint64_t i = offset; i < d->count && out->n < limit; i++) out->ids[out->n++] = (uint32_t)i;
-        return 0;
-    }
-    store_txn *t;
-    int rc = store_txn_begin(a->st, 1, &t);
+    store_txn *t = NULL;
     const int32_t *labels = NULL;
     uint64_t nl = 0;
-    if (rc == STORE_OK) rc = store_labels_get(t, d->id, &labels, &nl);
-    if (rc != STORE_OK) {
-        store_txn_abort(t);
-        catalog_page_free(out);
-        return catalog_store_fail(rc, NULL, e);
+    if (d->has_labels) {
+        int rc = store_txn_begin(a->st, 1, &t);
+        if (rc == STORE_OK) rc = store_labels_get(t, d->id, &labels, &nl);
+        if (rc != STORE_OK) {
+            store_txn_abort(t);
+            free(pred);
+            catalog_page_free(out);
+            return catalog_store_fail(rc, NULL, e);
+        }
     }
-    for (uint64_t i = 0; i < nl && i < d->count; i++) {
-        if (label && labels[i] != *label) continue;
-        if (out->total >= offset && out->n < limit) {
+    for (uint64_t i = 0; i < d->count; i++) {
+        int32_t l = labels && i < nl ? labels[i] : 0;
+        if (q->has_label && l != q->label) continue;
+        if (pred && q->has_predicted && pred[i] != q->predicted) continue;
+        if (pred && q->misclassified && pred[i] == l) continue;
+        if (out->total >= q->offset && out->n < limit) {
             out->ids[out->n] = (uint32_t)i;
-            out->labels[out->n++] = labels[i];
+            if (out->labels) out->labels[out->n] = l;
+            if (out->predicted) out->predicted[out->n] = pred[i];
+            out->n++;
         }
         out->total++;
     }
     store_txn_abort(t);
+    free(pred);
     return 0;
 }
 
@@ -759,4 +812,103 @@ int catalog_cancel_job(app *a, uint32_t id, store_job *out, proto_err *e)
                           CANCEL_WAIT_S);
     log_msg("job %u cancelled (%s)", id, state == 1 ? "it was queued" : state == 2 ? "it was running" : "not live");
     return catalog_get_job(a, id, out, e);
+}
+
+int catalog_classes_blob(store_txn *t, const store_dataset *d, const proto_classes *names, char **blob, size_t *len,
+                         proto_err *e)
+{
+    if (d->has_labels) {
+        const int32_t *labels;
+        uint64_t nl;
+        int rc = store_labels_get(t, d->id, &labels, &nl);
+        if (rc != STORE_OK) return catalog_store_fail(rc, NULL, e);
+        int32_t lo = 0, hi = -1;
+        for (uint64_t i = 0; i < nl; i++) {
+            if (labels[i] < lo) lo = labels[i];
+            if (labels[i] > hi) hi = labels[i];
+        }
+        if (lo < 0)
+            return proto_fail(e, 422, "invalid_classes", "dataset '%s' has a negative label (%d): class names name "
+                              "labels 0..n-1", d->name, lo);
+        if ((uint64_t)hi >= names->n)
+            return proto_fail(e, 422, "invalid_classes", "field 'classes' has %zu names but the labels of dataset '%s' "
+                              "go up to %d: give at least %d", names->n, d->name, hi, hi + 1);
+    }
+    size_t total = 0;
+    for (size_t i = 0; i < names->n; i++) total += strlen(names->names[i]) + 1;
+    if (!(*blob = malloc(total ? total : 1))) return proto_fail(e, 500, "internal", "out of memory");
+    size_t off = 0;
+    for (size_t i = 0; i < names->n; i++) {
+        size_t l = strlen(names->names[i]) + 1;
+        memcpy(*blob + off, names->names[i], l);
+        off += l;
+    }
+    *len = total;
+    return 0;
+}
+
+int catalog_classes_set(app *a, const char *dataset, const proto_classes *names, proto_err *e)
+{
+    store_dataset d;
+    if (catalog_dataset(a, dataset, &d, e) != 0) return -1;
+    store_txn *t;
+    char *blob = NULL;
+    size_t len;
+    int rc = store_txn_begin(a->st, 0, &t);
+    if (rc != STORE_OK) return catalog_store_fail(rc, NULL, e);
+    if (catalog_classes_blob(t, &d, names, &blob, &len, e) != 0) {
+        store_txn_abort(t);
+        return -1;
+    }
+    rc = store_classes_put(t, d.id, blob, len);
+    free(blob);
+    if (rc == STORE_OK)
+        rc = store_txn_commit(t);
+    else
+        store_txn_abort(t);
+    return rc == STORE_OK ? 0 : catalog_store_fail(rc, NULL, e);
+}
+
+void catalog_classes_free(catalog_classes *c)
+{
+    free(c->names);
+    free(c->blob);
+    memset(c, 0, sizeof *c);
+}
+
+int catalog_classes_get(app *a, const store_dataset *d, catalog_classes *out, proto_err *e)
+{
+    memset(out, 0, sizeof *out);
+    store_txn *t;
+    const char *p;
+    size_t len;
+    int rc = store_txn_begin(a->st, 1, &t);
+    if (rc != STORE_OK) return catalog_store_fail(rc, NULL, e);
+    rc = store_classes_get(t, d->id, &p, &len);
+    if (rc == STORE_NOTFOUND) {
+        store_txn_abort(t);
+        return 0;
+    }
+    if (rc != STORE_OK || !len || p[len - 1] != 0) {
+        store_txn_abort(t);
+        return rc != STORE_OK ? catalog_store_fail(rc, NULL, e)
+                              : proto_fail(e, 500, "store_error", "damaged class names of dataset '%s'", d->name);
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) n += p[i] == 0;
+    out->blob = malloc(len);
+    out->names = malloc(n * sizeof *out->names);
+    if (!out->blob || !out->names) {
+        store_txn_abort(t);
+        catalog_classes_free(out);
+        return proto_fail(e, 500, "internal", "out of memory");
+    }
+    memcpy(out->blob, p, len);
+    store_txn_abort(t);
+    for (size_t i = 0, off = 0; i < n; i++) {
+        out->names[i] = out->blob + off;
+        off += strlen(out->blob + off) + 1;
+    }
+    out->n = n;
+    return 0;
 }

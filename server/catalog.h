@@ -91,16 +91,18 @@ int catalog_delete_index(app *a, uint32_t id, uint32_t *job_id, int *job_cancell
  * ended. Nothing the job wrote stays (its indexes are deleted). */
 int catalog_cancel_job(app *a, uint32_t id, store_job *out, proto_err *e);
 
-/* A page of a dataset's inputs: ids offset.. (local ids), optionally only
- * those of one label. labels is NULL for a dataset without labels. */
+/* A page of a dataset's inputs: ids offset.. (local ids) of those that
+ * match q (a label; with q->model, a predicted class, misclassified).
+ * labels is NULL for a dataset without labels, predicted without q->model.
+ * 409 predictions_missing when q names a model without predictions. */
 typedef struct catalog_page {
     uint64_t total;              /* inputs that match */
     size_t n;
     uint32_t *ids;
     int32_t *labels;
+    int32_t *predicted;
 } catalog_page;
-int catalog_list_inputs(app *a, const store_dataset *d, uint64_t offset, size_t limit, const int32_t *label,
-                        catalog_page *out, proto_err *e);
+int catalog_list_inputs(app *a, const store_dataset *d, const proto_inputs_req *q, catalog_page *out, proto_err *e);
 void catalog_page_free(catalog_page *p);
 
 /* The label of local input id: 1 and *label, or 0 when the dataset has none. */
@@ -112,6 +114,21 @@ int catalog_input_tensor(app *a, const store_dataset *d, uint64_t id, float **x,
  * (malloc'd into *png). */
 int catalog_input_png(app *a, const store_dataset *d, uint64_t id, int side, unsigned char **png, size_t *len,
                       proto_err *e);
+
+/* Class names of a dataset: names[i] names label i. */
+typedef struct catalog_classes {
+    size_t n;
+    const char **names;          /* into blob */
+    char *blob;
+} catalog_classes;
+/* The class names of d (n = 0 when it has none). */
+int catalog_classes_get(app *a, const store_dataset *d, catalog_classes *out, proto_err *e);
+void catalog_classes_free(catalog_classes *c);
+/* Sets (replaces) them: 422 when the dataset's labels go past the last name. */
+int catalog_classes_set(app *a, const char *dataset, const proto_classes *names, proto_err *e);
+/* NUL-separated blob of names, as stored (malloc'd); checks labels < n in t. */
+int catalog_classes_blob(store_txn *t, const store_dataset *d, const proto_classes *names, char **blob, size_t *len,
+                         proto_err *e);
 
 /* Single records: 404 unknown_index / unknown_job. */
 int catalog_get_index(app *a, uint32_t id, store_index *out, proto_err *e);

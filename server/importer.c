@@ -22,6 +22,7 @@ struct importer {
     size_t input_bytes;
     proto_err e;                 /* why a callback stopped the parse */
     int failed;
+    proto_classes classes;       /* names to store with the dataset (a copy) */
 };
 
 static int store_failed(importer *im, int rc)
@@ -138,6 +139,14 @@ int importer_begin(app *a, const proto_dataset_req *q, int format, importer **ou
         return proto_fail(e, 409, "dataset_exists", "dataset '%s' already exists; DELETE it first", q->name);
     if (rc != STORE_OK) return catalog_store_fail(rc, NULL, e);
     im->created = 1;
+    if (q->classes.n) {
+        if (!(im->classes.names = calloc(q->classes.n, sizeof *im->classes.names)))
+            return proto_fail(e, 500, "internal", "out of memory");
+        im->classes.n = q->classes.n;
+        for (size_t i = 0; i < q->classes.n; i++)
+            if (!(im->classes.names[i] = strdup(q->classes.names[i])))
+                return proto_fail(e, 500, "internal", "out of memory");
+    }
     if (dsread_new(format, 0, on_header, on_inputs, im, &im->r) != 0)
         return proto_fail(e, 500, "internal", "out of memory");
     return 0;
@@ -251,6 +260,18 @@ int importer_finish(importer *im, const char *labels_path, store_dataset *out, p
     if (rc == STORE_OK && labels) rc = store_labels_put(t, d->id, labels, d->count);
     d->has_labels = labels != NULL;
     d->state = STORE_READY;
+    if (rc == STORE_OK && im->classes.n) { /* checked against the labels just written */
+        char *blob;
+        size_t blen;
+        if (catalog_classes_blob(t, d, &im->classes, &blob, &blen, e) != 0) {
+            store_txn_abort(t);
+            free(labels);
+            im->failed = 1;
+            return -1;
+        }
+        rc = store_classes_put(t, d->id, blob, blen);
+        free(blob);
+    }
     if (rc == STORE_OK) rc = store_dataset_put(t, d, 0);
     if (rc == STORE_OK)
         rc = store_txn_commit(t);
@@ -281,6 +302,7 @@ void importer_free(importer *im)
     }
     dsread_free(im->r);
     free(im->buf);
+    proto_free_classes(&im->classes);
     free(im);
 }
 

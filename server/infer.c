@@ -142,7 +142,7 @@ static int consecutive(const uint32_t *ids, size_t n)
 }
 
 int infer_run(app *a, registry_model *m, const uint32_t *ids, const float *in, size_t n, const infer_out *outs,
-              int nouts, char *err, size_t errlen)
+              int nouts, size_t *forwards, char *err, size_t errlen)
 {
     size_t B = m->batch;
     size_t numel = (size_t)shim_input_numel(m->shim);
@@ -232,6 +232,7 @@ int infer_run(app *a, registry_model *m, const uint32_t *ids, const float *in, s
         }
         if (shim_run(m->shim, bin, (int64_t)B, so, nouts, err, errlen) != 0) goto fail;
         atomic_fetch_add(&a->metrics.inference_batches, 1);
+        if (forwards) (*forwards)++;
         atomic_fetch_add(&a->metrics.inputs_computed, used);
         for (size_t p = 0; p < B; p++) {
             if (slot_of[p] == SIZE_MAX) continue;

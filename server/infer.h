@@ -48,9 +48,10 @@ typedef struct infer_out {
 /* Runs n normalized inputs (ids[i]: the global dataset id of input i; ids
  * NULL for tensors from a request, which may take any slot) at the outputs
  * asked for, in forwards of m->batch. The caller holds m's turn. Counts
- * forwards and inputs in a's metrics. */
+ * forwards and inputs in a's metrics, and adds the forwards to *forwards
+ * (when not NULL). */
 int infer_run(app *a, registry_model *m, const uint32_t *ids, const float *in, size_t n, const infer_out *outs,
-              int nouts, char *err, size_t errlen);
+              int nouts, size_t *forwards, char *err, size_t errlen);
 
 
 #endif

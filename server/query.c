@@ -9,6 +9,7 @@
 
 #include "build.h"
 #include "catalog.h"
+#include "predictions.h"
 #include "inputs.h"
 #include "registry.h"
 #include "source.h"
@@ -38,6 +39,8 @@ typedef struct qctx {
     npi_view *views;
     const float **cols;
     eng_topk *heap;
+    int32_t *predicted;          /* [N] the model's predictions, when it has them */
+    int have_predictions;
 } qctx;
 
 static void qctx_free(qctx *c)
@@ -49,6 +52,7 @@ static void qctx_free(qctx *c)
     free(c->allowed);
     free(c->target);
     free(c->neurons);
+    free(c->predicted);
     registry_release(c->m);
 }
 
@@ -109,6 +113,36 @@ static int filter(qctx *c, proto_err *e)
             if (!c->allowed[i]) continue;
             int hit = 0;
             for (size_t j = 0; j < q->nfilter_labels && !hit; j++) hit = q->filter_labels[j] == labels[i];
+            c->allowed[i] = (uint8_t)hit;
+        }
+        store_txn_abort(t);
+    }
+    if (q->nfilter_predicted || q->filter_misclassified) {
+        if (!c->have_predictions) {
+            store_predictions rec;
+            if (predictions_get(c->a, q->model, &c->d, &rec, &c->predicted, e) != 0) return -1;
+            c->have_predictions = 1;
+        }
+        const int32_t *labels = NULL;
+        uint64_t nl = 0;
+        store_txn *t = NULL;
+        if (q->filter_misclassified) {
+            if (!c->d.has_labels)
+                return proto_fail(e, 422, "invalid_filter", "filter.misclassified: dataset '%s' has no labels",
+                                  c->d.name);
+            int rc = store_txn_begin(c->a->st, 1, &t);
+            if (rc == STORE_OK) rc = store_labels_get(t, c->d.id, &labels, &nl);
+            if (rc == STORE_OK && nl != N) rc = STORE_ERROR;
+            if (rc != STORE_OK) {
+                store_txn_abort(t);
+                return catalog_store_fail(rc, NULL, e);
+            }
+        }
+        for (uint32_t i = 0; i < N; i++) {
+            if (!c->allowed[i]) continue;
+            int hit = !q->nfilter_predicted;
+            for (size_t j = 0; j < q->nfilter_predicted && !hit; j++) hit = q->filter_predicted[j] == c->predicted[i];
+            if (hit && labels) hit = labels[i] != c->predicted[i];
             c->allowed[i] = (uint8_t)hit;
         }
         store_txn_abort(t);
@@ -281,14 +315,29 @@ static int execute(qctx *c, eng_query *eq, query_answer *out, proto_err *e)
     out->cache_hits = st.fetch.cache_hits + c->tstats.cache_hits;
     out->fetched = st.inputs_fetched;
     out->rounds = st.rounds;
+    out->forwards = st.fetch.forwards + c->tstats.forwards;
     out->inference_ms = st.fetch.inference_ms + c->tstats.inference_ms;
     out->cell_ms = st.cell_ms;
     return 0;
 }
 
-/* Global ids and labels for the answer. */
+/* Global ids, labels, predictions and class names for the answer. */
 static int answer(qctx *c, query_answer *out, proto_err *e)
 {
+    if (out->n) { /* the answer shows the predictions whenever they exist */
+        uint32_t *ids = malloc(out->n * sizeof *ids);
+        if (!ids || !(out->predicted = malloc(out->n * sizeof *out->predicted))) {
+            free(ids);
+            return oom(e);
+        }
+        for (size_t i = 0; i < out->n; i++) ids[i] = out->results[i].input;
+        if (!predictions_pick(c->a, c->q->model, &c->d, ids, out->n, out->predicted)) {
+            free(out->predicted);
+            out->predicted = NULL;
+        }
+        free(ids);
+    }
+    if (catalog_classes_get(c->a, &c->d, &out->classes, e) != 0) return -1;
     if (c->d.has_labels && out->n) {
         if (!c->t) {
             int rc = store_txn_begin(c->a->st, 1, &c->t);
@@ -365,8 +414,11 @@ void query_answer_free(query_answer *ans)
 {
     free(ans->results);
     free(ans->labels);
+    free(ans->predicted);
+    catalog_classes_free(&ans->classes);
     ans->results = NULL;
     ans->labels = NULL;
+    ans->predicted = NULL;
     ans->n = 0;
 }
 

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "app.h"
+#include "catalog.h"
 #include "engine.h"
 #include "proto.h"
 #include "shim.h"
@@ -24,11 +25,13 @@ typedef struct query_answer {
     size_t n;
     eng_result *results;         /* best first; input = global id */
     int32_t *labels;             /* [n], or NULL: the dataset has no labels */
+    int32_t *predicted;          /* [n], or NULL: the model has no predictions over it */
+    catalog_classes classes;     /* the dataset's class names (n = 0: none) */
     const char *method;          /* "bounds", "nta", "scan" or "materialized" */
     const char *index_use;       /* "used", "built" or "none" */
     uint32_t index_id;
     uint64_t inputs;             /* candidates' dataset size (for fractions) */
-    uint64_t computed, cache_hits, fetched, rounds;
+    uint64_t computed, cache_hits, fetched, rounds, forwards;
     double elapsed_ms, inference_ms, cell_ms;
 } query_answer;
 

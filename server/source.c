@@ -185,7 +185,9 @@ int source_fetch(void *ctx, const uint32_t *ids, size_t n, const uint32_t *neuro
             t = NULL;
             for (size_t i = 0; i < cnt; i++) gids[i] = (uint32_t)(s->d->first + miss[off + i]);
             double t0 = clock_ms();
-            int ir = lr != 0 ? -1 : infer_run(s->a, s->m, gids, in, cnt, &io, 1, err, errlen);
+            size_t fw = 0;
+            int ir = lr != 0 ? -1 : infer_run(s->a, s->m, gids, in, cnt, &io, 1, &fw, err, errlen);
+            if (st) st->forwards += fw;
             if (ir == 0)
                 for (size_t i = 0; i < cnt; i++) {
                     k.input = miss[off + i];
@@ -224,7 +226,7 @@ int source_run_tensors(source_ctx *s, const float *in, size_t n, const uint32_t 
 {
     infer_out io = {.layer = s->layer, .cols = neurons, .ncols = neurons ? m : 0, .dst = out};
     infer_turn_begin(s->m);
-    int rc = infer_run(s->a, s->m, NULL, in, n, &io, 1, err, errlen);
+    int rc = infer_run(s->a, s->m, NULL, in, n, &io, 1, NULL, err, errlen);
     infer_turn_end(s->m);
     return rc;
 }

@@ -10,6 +10,9 @@
  *   indexes   BE u32 index id -> index record
  *   neurons   BE u32 index id . BE u32 neuron -> opaque blob
  *   jobs      BE u32 job id -> job record
+ *   predictions  BE u32 dataset id . model name -> predictions record
+ *   predicted    the same key -> int32[count]
+ *   classes   BE u32 dataset id -> class names, NUL-terminated, back to back
  *
  * Records are encoded field by field in a fixed little-endian layout that
  * starts with a per-record version byte; strings are a u16 length and their
@@ -46,9 +49,11 @@
 #define MIN_DEFAULT_MAPSIZE ((size_t)1 << 30)
 #define MAX_READERS 512        /* MDB_NOTLS: every open read txn holds a slot */
 
-enum { DB_META, DB_MODELS, DB_DATASETS, DB_INPUTS, DB_LABELS, DB_INDEXES, DB_NEURONS, DB_JOBS, DB_COUNT };
+enum { DB_META, DB_MODELS, DB_DATASETS, DB_INPUTS, DB_LABELS, DB_INDEXES, DB_NEURONS, DB_JOBS, DB_PREDICTIONS,
+       DB_PREDICTED, DB_CLASSES, DB_COUNT };
 static const char *const db_names[DB_COUNT] = {
-    "meta", "models", "datasets", "inputs", "labels", "indexes", "neurons", "jobs",
+    "meta", "models", "datasets", "inputs", "labels", "indexes", "neurons", "jobs", "predictions", "predicted",
+    "classes",
 };
 
 struct store {
@@ -302,6 +307,20 @@ static void rec_index(codec *c, void *rec)
     }
 }
 
+static void rec_predictions(codec *c, void *rec)
+{
+    store_predictions *p = rec;
+    cx_version(c);
+    cx_str(c, p->model, sizeof p->model);
+    cx_u32(c, &p->dataset);
+    cx_str(c, p->layer, sizeof p->layer);
+    cx_int(c, &p->state);
+    cx_u64(c, &p->count);
+    cx_u32(c, &p->job);
+    cx_i64(c, &p->created);
+    cx_u64(c, &p->correct);
+}
+
 static void rec_job(codec *c, void *rec)
 {
     store_job *j = rec;
@@ -335,6 +354,7 @@ static int rec_encode(rec_fn fn, const void *rec, size_t size, uint8_t *buf, siz
         store_dataset d;
         store_index x;
         store_job j;
+        store_predictions p;
     } tmp;
     memcpy(&tmp, rec, size);
     codec c = {.buf = buf, .len = REC_MAX};
@@ -355,6 +375,7 @@ static int rec_decode(rec_fn fn, const MDB_val *v, void *out, size_t size, const
         store_dataset d;
         store_index x;
         store_job j;
+        store_predictions p;
     } tmp;
     memset(&tmp, 0, sizeof tmp);
     codec c = {.buf = v->mv_data, .len = v->mv_size, .decode = 1};
@@ -437,6 +458,7 @@ typedef struct walker {
         int (*dataset)(const store_dataset *, void *);
         int (*index)(const store_index *, void *);
         int (*job)(const store_job *, void *);
+        int (*predictions)(const store_predictions *, void *);
     } fn;
     void *arg;
 } walker;
@@ -452,12 +474,14 @@ static int walk(store_txn *t, const walker *w)
         [DB_DATASETS] = {rec_dataset, "dataset"},
         [DB_INDEXES] = {rec_index, "index"},
         [DB_JOBS] = {rec_job, "job"},
+        [DB_PREDICTIONS] = {rec_predictions, "predictions"},
     };
     union {
         store_model m;
         store_dataset d;
         store_index x;
         store_job j;
+        store_predictions p;
     } rec;
     const char *what = kinds[w->db].what;
     if (!t->s->have[w->db]) return STORE_OK;
@@ -471,7 +495,8 @@ static int walk(store_txn *t, const walker *w)
         int stop = w->db == DB_MODELS     ? w->fn.model(&rec.m, w->arg)
                    : w->db == DB_DATASETS ? w->fn.dataset(&rec.d, w->arg)
                    : w->db == DB_INDEXES  ? w->fn.index(&rec.x, w->arg)
-                                          : w->fn.job(&rec.j, w->arg);
+                   : w->db == DB_JOBS     ? w->fn.job(&rec.j, w->arg)
+                                          : w->fn.predictions(&rec.p, w->arg);
         if (stop) break;
     }
     if (ret == STORE_OK && rc != 0 && rc != MDB_NOTFOUND) ret = map_rc(rc, what);
@@ -545,6 +570,16 @@ static int pending_index(const store_index *x, void *arg)
     if (x->state != STORE_PENDING) return 0;
     if (list_grow(l)) return 1;
     l->ids[l->n++] = x->id;
+    return 0;
+}
+
+static int pending_predictions(const store_predictions *p, void *arg)
+{
+    id_list *l = arg;
+    if (p->state != STORE_PENDING) return 0;
+    if (list_grow(l)) return 1;
+    snprintf(l->names[l->n], sizeof l->names[0], "%s", p->model);
+    l->ids[l->n++] = p->dataset;
     return 0;
 }
 
@@ -679,8 +714,21 @@ static int sweep(store *s)
         rc = STORE_ERROR;
         goto fail;
     }
+    /* predictions whose job did not finish */
+    id_list pp = {0};
+    if ((rc = store_predictions_each(t, pending_predictions, &pp)) != STORE_OK || pp.oom) {
+        free(pp.ids), free(pp.names);
+        if (rc == STORE_OK) rc = STORE_ERROR;
+        goto fail;
+    }
+    for (size_t i = 0; i < pp.n && rc == STORE_OK; i++) rc = store_predictions_del(t, pp.ids[i], pp.names[i]);
+    free(pp.ids), free(pp.names);
+    if (rc != STORE_OK) goto fail;
     if ((rc = sweep_orphans(t, DB_INPUTS, &live_ds, "sweep inputs")) != STORE_OK ||
         (rc = sweep_orphans(t, DB_LABELS, &live_ds, "sweep labels")) != STORE_OK ||
+        (rc = sweep_orphans(t, DB_PREDICTIONS, &live_ds, "sweep predictions")) != STORE_OK ||
+        (rc = sweep_orphans(t, DB_PREDICTED, &live_ds, "sweep predictions")) != STORE_OK ||
+        (rc = sweep_orphans(t, DB_CLASSES, &live_ds, "sweep class names")) != STORE_OK ||
         (rc = sweep_orphans(t, DB_NEURONS, &live_ix, "sweep neuron blobs")) != STORE_OK)
         goto fail;
     rc = store_txn_commit(t);
@@ -1041,6 +1089,11 @@ int store_dataset_del(store_txn *t, const char *name)
     if ((rc = del_prefix(t, DB_INPUTS, prefix, 4, "delete inputs")) != STORE_OK) return rc;
     rc = del_key(t, DB_LABELS, prefix, 4, "delete labels");
     if (rc != STORE_OK && rc != STORE_NOTFOUND) return rc;
+    if ((rc = del_prefix(t, DB_PREDICTIONS, prefix, 4, "delete predictions")) != STORE_OK ||
+        (rc = del_prefix(t, DB_PREDICTED, prefix, 4, "delete predictions")) != STORE_OK)
+        return rc;
+    rc = del_key(t, DB_CLASSES, prefix, 4, "delete class names");
+    if (rc != STORE_OK && rc != STORE_NOTFOUND) return rc;
     MDB_val key = {0};
     if ((rc = name_key(name, &key)) != STORE_OK) return rc;
     return del_key(t, DB_DATASETS, key.mv_data, key.mv_size, "delete dataset");
@@ -1193,6 +1246,102 @@ int store_neuron_get(store_txn *t, uint32_t index, uint32_t neuron, const void *
     if (!(*blob = txn_aligned(t, val.mv_data, val.mv_size, 4))) return STORE_ERROR;
     *len = val.mv_size;
     return STORE_OK;
+}
+
+/* ---- predictions and class names ---- */
+
+static int pred_key(uint32_t dataset, const char *model, uint8_t *k, size_t *klen)
+{
+    size_t n = model ? strnlen(model, STORE_NAME_MAX + 1) : 0;
+    if (n == 0 || n > STORE_NAME_MAX) {
+        seterr("name must be 1 to %d characters", STORE_NAME_MAX);
+        return STORE_ERROR;
+    }
+    be32(k, dataset);
+    memcpy(k + 4, model, n);
+    *klen = 4 + n;
+    return STORE_OK;
+}
+
+int store_predictions_put(store_txn *t, const store_predictions *p, const int32_t *pred)
+{
+    uint8_t buf[REC_MAX], k[4 + STORE_NAME_MAX];
+    size_t len, klen;
+    int rc;
+    if ((rc = pred_key(p->dataset, p->model, k, &klen)) || (rc = ENC(rec_predictions, p, buf, &len))) return rc;
+    if ((rc = put_val(t, DB_PREDICTIONS, k, klen, buf, len, 0, "put predictions")) != STORE_OK) return rc;
+    if (!pred) return STORE_OK;
+    if (p->count > SIZE_MAX / sizeof(int32_t)) {
+        seterr("put predictions: too many");
+        return STORE_ERROR;
+    }
+    return put_val(t, DB_PREDICTED, k, klen, pred, (size_t)p->count * sizeof(int32_t), 0, "put predictions");
+}
+
+int store_predictions_get(store_txn *t, uint32_t dataset, const char *model, store_predictions *out,
+                          const int32_t **pred)
+{
+    uint8_t k[4 + STORE_NAME_MAX];
+    size_t klen;
+    MDB_val val;
+    int rc;
+    if ((rc = pred_key(dataset, model, k, &klen)) || (rc = get_val(t, DB_PREDICTIONS, k, klen, &val, "predictions")))
+        return rc;
+    if ((rc = DEC(rec_predictions, &val, out, "predictions")) != STORE_OK || !pred) return rc;
+    *pred = NULL;
+    rc = get_val(t, DB_PREDICTED, k, klen, &val, "predicted classes");
+    if (rc == STORE_NOTFOUND) return STORE_OK; /* a PENDING record has none yet */
+    if (rc) return rc;
+    if (val.mv_size != out->count * sizeof(int32_t)) {
+        seterr("damaged predictions of model '%s' (%zu bytes for %llu inputs)", model, val.mv_size,
+               (unsigned long long)out->count);
+        return STORE_ERROR;
+    }
+    if (!(*pred = txn_aligned(t, val.mv_data, val.mv_size, _Alignof(int32_t)))) return STORE_ERROR;
+    return STORE_OK;
+}
+
+int store_predictions_del(store_txn *t, uint32_t dataset, const char *model)
+{
+    uint8_t k[4 + STORE_NAME_MAX];
+    size_t klen;
+    int rc = pred_key(dataset, model, k, &klen);
+    if (rc) return rc;
+    if ((rc = del_key(t, DB_PREDICTIONS, k, klen, "delete predictions")) != STORE_OK) return rc;
+    rc = del_key(t, DB_PREDICTED, k, klen, "delete predictions");
+    return rc == STORE_NOTFOUND ? STORE_OK : rc;
+}
+
+int store_predictions_each(store_txn *t, int (*fn)(const store_predictions *, void *), void *arg)
+{
+    walker w = {.db = DB_PREDICTIONS, .fn.predictions = fn, .arg = arg};
+    return walk(t, &w);
+}
+
+int store_classes_put(store_txn *t, uint32_t dataset, const char *names, size_t len)
+{
+    uint8_t k[4];
+    be32(k, dataset);
+    return put_val(t, DB_CLASSES, k, 4, names, len, 0, "put class names");
+}
+
+int store_classes_get(store_txn *t, uint32_t dataset, const char **names, size_t *len)
+{
+    uint8_t k[4];
+    MDB_val val;
+    be32(k, dataset);
+    int rc = get_val(t, DB_CLASSES, k, 4, &val, "class names");
+    if (rc) return rc;
+    *names = val.mv_data;
+    *len = val.mv_size;
+    return STORE_OK;
+}
+
+int store_classes_del(store_txn *t, uint32_t dataset)
+{
+    uint8_t k[4];
+    be32(k, dataset);
+    return del_key(t, DB_CLASSES, k, 4, "delete class names");
 }
 
 /* ---- jobs ---- */

@@ -113,6 +113,18 @@ typedef struct store_index {
     uint32_t batch;                    /* the forward batch it was built at */
 } store_index;
 
+/* A model's predictions over a dataset: the argmax of `layer` per input. */
+typedef struct store_predictions {
+    char model[STORE_NAME_MAX + 1];
+    uint32_t dataset;                  /* dataset id */
+    char layer[STORE_LAYER_MAX];
+    int state;                         /* PENDING while its job runs, READY */
+    uint64_t count;
+    uint32_t job;
+    int64_t created;
+    uint64_t correct;                  /* predictions equal to the label (labelled datasets) */
+} store_predictions;
+
 typedef struct store_job {
     uint32_t id;
     char kind[32];                     /* "index" */
@@ -182,6 +194,21 @@ int store_neuron_put(store_txn *t, uint32_t index, uint32_t neuron, const void *
 /* *blob is 4-byte aligned (LMDB gives no alignment guarantee for small
  * values: those are copied) and valid until the end of t. */
 int store_neuron_get(store_txn *t, uint32_t index, uint32_t neuron, const void **blob, size_t *len);
+
+/* Predictions: keyed by (dataset id, model); pred int32[count] beside the
+ * record (NULL on put = keep the array). Zero-copy: *pred valid until the
+ * end of t, 4-byte aligned. Deletes take both. */
+int store_predictions_put(store_txn *t, const store_predictions *p, const int32_t *pred);
+int store_predictions_get(store_txn *t, uint32_t dataset, const char *model, store_predictions *out,
+                          const int32_t **pred);
+int store_predictions_del(store_txn *t, uint32_t dataset, const char *model);
+int store_predictions_each(store_txn *t, int (*fn)(const store_predictions *, void *), void *arg);
+
+/* Class names of a dataset: n NUL-terminated names back to back (len
+ * bytes). Zero-copy on get: valid until the end of t. */
+int store_classes_put(store_txn *t, uint32_t dataset, const char *names, size_t len);
+int store_classes_get(store_txn *t, uint32_t dataset, const char **names, size_t *len);
+int store_classes_del(store_txn *t, uint32_t dataset);
 
 /* Jobs: keyed by id. */
 int store_job_put(store_txn *t, const store_job *j);

@@ -219,7 +219,7 @@ static int build_pass(app *a, registry_model *m, const store_dataset *d, job *j,
         t_load += clock_ms() - t_mark;
         infer_turn_begin(m);
         t_mark = clock_ms();
-        int ir = infer_run(a, m, gids, in, cnt, io, nlayers, err, errlen);
+        int ir = infer_run(a, m, gids, in, cnt, io, nlayers, NULL, err, errlen);
         t_infer += clock_ms() - t_mark;
         infer_turn_end(m);
         if (ir != 0) goto fail;

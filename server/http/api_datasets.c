@@ -11,6 +11,7 @@
 #include "dsread.h"
 #include "importer.h"
 #include "pathcheck.h"
+#include "predictions.h"
 #include "proto.h"
 #include "query.h"
 
@@ -27,7 +28,7 @@ void api_dataset_create(http_req *r)
         importer_import_file(r->app, &q, path, q.labels_path ? lpath : NULL, &d, &e) != 0)
         http_reply_err(r, &e);
     else
-        http_reply_json(r, 201, api_dataset_json(&d));
+        http_reply_json(r, 201, api_dataset_json(r->app, &d));
     proto_free_dataset(&q);
 }
 
@@ -80,7 +81,7 @@ void api_dataset_upload(http_req *r)
         return;
     }
     log_msg("dataset '%s' uploaded: %llu inputs", d.name, (unsigned long long)d.count);
-    http_reply_json(r, 201, api_dataset_json(&d));
+    http_reply_json(r, 201, api_dataset_json(r->app, &d));
 }
 
 void api_dataset_upload_cleanup(http_req *r)
@@ -101,7 +102,7 @@ void api_dataset_list(http_req *r)
         return;
     }
     json_t *arr = json_array();
-    for (size_t i = 0; i < n; i++) json_array_append_new(arr, api_dataset_json(&list[i]));
+    for (size_t i = 0; i < n; i++) json_array_append_new(arr, api_dataset_json(r->app, &list[i]));
     free(list);
     http_reply_json(r, 200, json_pack("{s:o}", "datasets", arr));
 }
@@ -113,7 +114,7 @@ void api_dataset_get(http_req *r)
     if (catalog_dataset(r->app, r->params[0], &d, &e) != 0)
         http_reply_err(r, &e);
     else
-        http_reply_json(r, 200, api_dataset_json(&d));
+        http_reply_json(r, 200, api_dataset_json(r->app, &d));
 }
 
 void api_dataset_delete(http_req *r)
@@ -130,28 +131,53 @@ void api_dataset_delete(http_req *r)
     catalog_deleted_free(&d);
 }
 
-/* GET /v1/datasets/{ds}/inputs?offset=&limit=&label= */
+/* GET /v1/datasets/{ds}/inputs?offset=&limit=&label=&model=&predicted=&misclassified=&format=json|csv */
 void api_input_list(http_req *r)
 {
     store_dataset d;
     proto_err e;
     proto_inputs_req q;
     catalog_page p = {0};
+    catalog_classes cls = {0};
+    int csv = api_wants_csv(r);
     if (catalog_dataset(r->app, r->params[0], &d, &e) != 0 ||
-        proto_parse_inputs(http_arg(r, "offset"), http_arg(r, "limit"), http_arg(r, "label"), &q, &e) != 0 ||
-        catalog_list_inputs(r->app, &d, q.offset, (size_t)q.limit, q.has_label ? &q.label : NULL, &p, &e) != 0) {
+        proto_parse_inputs(http_arg(r, "offset"), http_arg(r, "limit"), http_arg(r, "label"), http_arg(r, "model"),
+                           http_arg(r, "predicted"), http_arg(r, "misclassified"), &q, &e) != 0 ||
+        catalog_list_inputs(r->app, &d, &q, &p, &e) != 0 || catalog_classes_get(r->app, &d, &cls, &e) != 0) {
+        catalog_page_free(&p);
         http_reply_err(r, &e);
         return;
     }
     json_t *arr = json_array();
     for (size_t i = 0; i < p.n; i++) {
         json_t *o = json_pack("{s:I}", "id", (json_int_t)(d.first + p.ids[i]));
-        if (p.labels) json_object_set_new(o, "label", json_integer(p.labels[i]));
+        api_result_extras(o, p.labels ? &p.labels[i] : NULL, p.predicted ? &p.predicted[i] : NULL, &cls);
         json_array_append_new(arr, o);
     }
-    http_reply_json(r, 200, json_pack("{s:I,s:I,s:I,s:o}", "total", (json_int_t)p.total, "offset",
-                                      (json_int_t)q.offset, "limit", (json_int_t)q.limit, "inputs", arr));
     catalog_page_free(&p);
+    catalog_classes_free(&cls);
+    if (csv) {
+        api_reply_csv(r, arr, "id");
+        return;
+    }
+    json_t *o = json_pack("{s:I,s:I,s:I,s:o}", "total", (json_int_t)p.total, "offset", (json_int_t)q.offset, "limit",
+                          (json_int_t)q.limit, "inputs", arr);
+    if (q.model[0]) json_object_set_new(o, "model", json_string(q.model));
+    http_reply_json(r, 200, o);
+}
+
+/* PUT /v1/datasets/{name}/classes {"classes": [...]} */
+void api_dataset_classes(http_req *r)
+{
+    proto_classes q = {0};
+    proto_err e;
+    store_dataset d;
+    if (proto_parse_classes(r->body, r->body_len, &q, &e) != 0 || catalog_classes_set(r->app, r->params[0], &q, &e) != 0 ||
+        catalog_dataset(r->app, r->params[0], &d, &e) != 0)
+        http_reply_err(r, &e);
+    else
+        http_reply_json(r, 200, api_dataset_json(r->app, &d));
+    proto_free_classes(&q);
 }
 
 /* The dataset of params[0] and the local id of params[1]. */
@@ -180,8 +206,19 @@ void api_input_get(http_req *r)
     }
     json_t *o = json_pack("{s:I,s:s,s:o}", "id", (json_int_t)(d.first + id), "dataset", d.name, "shape",
                           api_shape_json(d.shape, d.ndim));
-    int32_t label;
-    if (catalog_label(r->app, &d, id, &label)) json_object_set_new(o, "label", json_integer(label));
+    int32_t label, pred;
+    uint32_t id32 = (uint32_t)id;
+    int has_label = catalog_label(r->app, &d, id, &label);
+    const char *model = http_arg(r, "model");
+    int has_pred = model && proto_valid_name(model) && predictions_pick(r->app, model, &d, &id32, 1, &pred);
+    catalog_classes cls = {0};
+    if (catalog_classes_get(r->app, &d, &cls, &e) != 0) {
+        json_decref(o);
+        http_reply_err(r, &e);
+        return;
+    }
+    api_result_extras(o, has_label ? &label : NULL, has_pred ? &pred : NULL, &cls);
+    catalog_classes_free(&cls);
     const char *tensor = http_arg(r, "tensor");
     if (tensor && strcmp(tensor, "0") != 0) {
         /* The input in the model's input space (after scale/mean/std): what a

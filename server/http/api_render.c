@@ -1,5 +1,6 @@
 /* api_render.c -- the JSON of the catalog's records, shared by handlers. */
 #include <errno.h>
+#include <string.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -20,7 +21,7 @@ json_t *api_ids_json(const uint32_t *ids, size_t n)
     return a;
 }
 
-json_t *api_dataset_json(const store_dataset *d)
+json_t *api_dataset_json(app *a, const store_dataset *d)
 {
     json_t *mean = json_array(), *std = json_array();
     for (int c = 0; c < d->nchan; c++) {
@@ -32,6 +33,17 @@ json_t *api_dataset_json(const store_dataset *d)
                           d->dtype == STORE_U8 ? "uint8" : "float32", "scale", (double)d->scale, "mean", mean, "std",
                           std, "labels", d->has_labels, "state", d->state == STORE_READY ? "ready" : "importing",
                           "created", (json_int_t)d->created);
+    catalog_classes cls;
+    proto_err e;
+    if (catalog_classes_get(a, d, &cls, &e) == 0 && cls.n) {
+        if (cls.n <= 1000) {
+            json_t *names = json_array();
+            for (size_t i = 0; i < cls.n; i++) json_array_append_new(names, json_string(cls.names[i]));
+            json_object_set_new(o, "classes", names);
+        }
+        json_object_set_new(o, "classes_count", json_integer((json_int_t)cls.n));
+    }
+    catalog_classes_free(&cls);
     if (d->count != d->total) { /* a shard's slice */
         json_object_set_new(o, "first", json_integer((json_int_t)d->first));
         json_object_set_new(o, "total", json_integer((json_int_t)d->total));
@@ -121,4 +133,92 @@ int api_path_id(http_req *r, int i, uint64_t limit, const char *what, uint64_t *
                           (unsigned long long)(limit ? limit - 1 : 0));
     *out = v;
     return 0;
+}
+
+void api_result_extras(json_t *o, const int32_t *label, const int32_t *predicted, const catalog_classes *classes)
+{
+    if (label) {
+        json_object_set_new(o, "label", json_integer(*label));
+        if (*label >= 0 && (size_t)*label < classes->n) json_object_set_new(o, "class", json_string(classes->names[*label]));
+    }
+    if (predicted) {
+        json_object_set_new(o, "predicted", json_integer(*predicted));
+        if (*predicted >= 0 && (size_t)*predicted < classes->n)
+            json_object_set_new(o, "predicted_class", json_string(classes->names[*predicted]));
+    }
+}
+
+int api_wants_csv(http_req *r)
+{
+    const char *f = http_arg(r, "format"), *acc = http_header(r, "Accept");
+    if (f) return strcmp(f, "csv") == 0;
+    return acc && strstr(acc, "text/csv") != NULL;
+}
+
+/* One CSV field: numbers as they are, text quoted when it needs to be. */
+static void csv_field(FILE *f, const json_t *v)
+{
+    if (!v || json_is_null(v)) return;
+    if (json_is_integer(v)) {
+        fprintf(f, "%lld", (long long)json_integer_value(v));
+    } else if (json_is_real(v)) {
+        fprintf(f, "%.9g", json_real_value(v));
+    } else if (json_is_boolean(v)) {
+        fputs(json_is_true(v) ? "true" : "false", f);
+    } else if (json_is_string(v)) {
+        const char *s = json_string_value(v);
+        if (strpbrk(s, ",\"\r\n") == NULL) {
+            fputs(s, f);
+        } else {
+            fputc('"', f);
+            for (; *s; s++) {
+                if (*s == '"') fputc('"', f);
+                fputc(*s, f);
+            }
+            fputc('"', f);
+        }
+    }
+}
+
+/* Whether keys (an array of strings) holds k. */
+static int has_key(const json_t *keys, const char *k)
+{
+    for (size_t j = 0; j < json_array_size(keys); j++)
+        if (strcmp(json_string_value(json_array_get(keys, j)), k) == 0) return 1;
+    return 0;
+}
+
+void api_reply_csv(http_req *r, json_t *arr, const char *first)
+{
+    /* the columns: first, then every key of the rows in order of appearance */
+    json_t *keys = json_array();
+    json_array_append_new(keys, json_string(first));
+    for (size_t i = 0; i < json_array_size(arr); i++)
+        for (void *it = json_object_iter(json_array_get(arr, i)); it;
+             it = json_object_iter_next(json_array_get(arr, i), it))
+            if (!has_key(keys, json_object_iter_key(it))) json_array_append_new(keys, json_string(json_object_iter_key(it)));
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) {
+        json_decref(keys);
+        json_decref(arr);
+        http_reply_error(r, 500, "internal", "out of memory");
+        return;
+    }
+    for (size_t j = 0; j < json_array_size(keys); j++)
+        fprintf(f, "%s%s", j ? "," : "", json_string_value(json_array_get(keys, j)));
+    fputs("\r\n", f);
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        const json_t *o = json_array_get(arr, i);
+        for (size_t j = 0; j < json_array_size(keys); j++) {
+            if (j) fputc(',', f);
+            csv_field(f, json_object_get(o, json_string_value(json_array_get(keys, j))));
+        }
+        fputs("\r\n", f);
+    }
+    fclose(f);
+    json_decref(keys);
+    json_decref(arr);
+    http_reply_bytes(r, 200, "text/csv; charset=utf-8", buf, len, 1);
 }

@@ -34,6 +34,7 @@ static const route ROUTES[] = {
     {{"PUT", "/v1/datasets/*"}, api_dataset_upload, api_dataset_upload_chunk, api_dataset_upload_cleanup},
     {{"GET", "/v1/datasets/*"}, api_dataset_get, NULL, NULL},
     {{"DELETE", "/v1/datasets/*"}, api_dataset_delete, NULL, NULL},
+    {{"PUT", "/v1/datasets/*/classes"}, api_dataset_classes, NULL, NULL},
     {{"GET", "/v1/datasets/*/inputs"}, api_input_list, NULL, NULL},
     {{"GET", "/v1/datasets/*/inputs/*"}, api_input_get, NULL, NULL},
     {{"GET", "/v1/datasets/*/inputs/*/image.png"}, api_input_png, NULL, NULL},
@@ -46,6 +47,10 @@ static const route ROUTES[] = {
     {{"GET", "/v1/jobs"}, api_job_list, NULL, NULL},
     {{"GET", "/v1/jobs/*"}, api_job_get, NULL, NULL},
     {{"DELETE", "/v1/jobs/*"}, api_job_delete, NULL, NULL},
+    {{"POST", "/v1/predictions"}, api_predictions_create, NULL, NULL},
+    {{"GET", "/v1/predictions"}, api_predictions_list, NULL, NULL},
+    {{"GET", "/v1/predictions/*/*"}, api_predictions_get, NULL, NULL},
+    {{"DELETE", "/v1/predictions/*/*"}, api_predictions_delete, NULL, NULL},
     {{"POST", "/v1/query/topk"}, api_query_topk, NULL, NULL},
     {{"POST", "/v1/query/knn"}, api_query_knn, NULL, NULL},
     {{"GET", "/"}, api_static, NULL, NULL},
@@ -71,6 +76,11 @@ int http_port(void) { return g_port; }
 const char *http_arg(http_req *r, const char *name)
 {
     return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+const char *http_header(http_req *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
 }
 
 static void queue(http_req *r, int status, struct MHD_Response *resp, const char *ctype)

@@ -45,6 +45,8 @@ typedef int (*http_chunk_fn)(http_req *r, const char *data, size_t len);
 
 /* Query-string argument, or NULL. Valid during the request. */
 const char *http_arg(http_req *r, const char *name);
+/* Request header, or NULL. Valid during the request. */
+const char *http_header(http_req *r, const char *name);
 
 void http_reply_json(http_req *r, int status, json_t *body);      /* steals body */
 void http_reply_err(http_req *r, const proto_err *e);

@@ -190,3 +190,57 @@ def run(module_globals):
     pct = 100 * (n - fails - errors) // n if n else 0
     print("%d%%: Checks: %d, Failures: %d, Errors: %d" % (pct, n, fails, errors))
     sys.exit(1 if fails or errors or not n else 0)
+
+
+def schema_errors(doc, schema, value, where="$"):
+    """Where value breaks schema, an OpenAPI 3.0 schema of doc (the subset the
+    project's document uses: $ref, type, nullable, enum, properties, required,
+    additionalProperties false, items, oneOf). Empty when it conforms."""
+    if "$ref" in schema:
+        target = doc
+        for part in schema["$ref"][2:].split("/"):
+            target = target[part]
+        return schema_errors(doc, target, value, where)
+    if value is None:
+        return [] if schema.get("nullable") else ["%s: null" % where]
+    if "oneOf" in schema:
+        fits = [s for s in schema["oneOf"] if not schema_errors(doc, s, value, where)]
+        return [] if len(fits) == 1 else ["%s: matches %d of oneOf" % (where, len(fits))]
+    t = schema.get("type")
+    kinds = {"object": dict, "array": list, "string": str, "boolean": bool}
+    if t in kinds and not isinstance(value, kinds[t]):
+        return ["%s: %r is not %s" % (where, value, t)]
+    if t == "integer" and (isinstance(value, bool) or not isinstance(value, int)):
+        return ["%s: %r is not an integer" % (where, value)]
+    if t == "number" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return ["%s: %r is not a number" % (where, value)]
+    if "enum" in schema and value not in schema["enum"]:
+        return ["%s: %r not in %s" % (where, value, schema["enum"])]
+    errs = []
+    if t == "object":
+        props = schema.get("properties", {})
+        errs += ["%s: missing %s" % (where, k) for k in schema.get("required", []) if k not in value]
+        for k, v in value.items():
+            if k in props:
+                errs += schema_errors(doc, props[k], v, "%s.%s" % (where, k))
+            elif schema.get("additionalProperties") is False:
+                errs.append("%s: undocumented field %s" % (where, k))
+    if t == "array" and "items" in schema:
+        for i, v in enumerate(value[:50]):
+            errs += schema_errors(doc, schema["items"], v, "%s[%d]" % (where, i))
+    return errs
+
+
+def check_reply(doc, method, path_template, status, value):
+    """Asserts that a JSON reply conforms to what doc says path_template
+    answers with status."""
+    op = doc["paths"][path_template][method.lower()]
+    resp = op["responses"][str(status)]
+    if "$ref" in resp:
+        target = doc
+        for part in resp["$ref"][2:].split("/"):
+            target = target[part]
+        resp = target
+    schema = resp["content"]["application/json"]["schema"]
+    errs = schema_errors(doc, schema, value)
+    assert not errs, "%s %s %d: %s" % (method, path_template, status, errs[:5])

@@ -40,12 +40,12 @@ def random_query(layer):
     body = {"layer": layer, "neurons": neurons, "k": RNG.choice([1, 10, 50])}
     if kind == "topk":
         body["agg"] = RNG.choice(["sum", "mean", "max", "min"])
-        if body["agg"] == "sum" and RNG.random() < 0.3:
-            body["weights"] = [RNG.choice([0, 0.5, 1, 2.5]) for _ in neurons]
+        if body["agg"] == "sum" and RNG.random() < 0.4:  # signed: "A high while B low"
+            body["weights"] = [RNG.choice([0, 0.5, 1, 2.5, -1, -0.5]) for _ in neurons]
             body["weights"][0] = 1
     else:
         body["target"] = RNG.randrange(N)
-        body["metric"] = RNG.choice(["l2", "l1", "linf"])
+        body["metric"] = RNG.choice(["l2", "l1", "linf", "cosine"])
         if RNG.random() < 0.3:
             body["weights"] = [RNG.choice([0, 0.5, 1, 2.5]) for _ in neurons]
             body["weights"][0] = 1
@@ -100,7 +100,8 @@ def test_independent_brute_force_on_a_filtered_subset():
         acts = group_acts(ids, layer, neurons)
         w = [1, 0.5, 2, 0, 1.5]
         # top-k sum (weighted) and max
-        for agg, weights in (("sum", None), ("sum", w), ("max", None), ("mean", None)):
+        signed = [1, -0.5, 2, 0, -1.5]
+        for agg, weights in (("sum", None), ("sum", w), ("sum", signed), ("max", None), ("mean", None)):
             def score(x):
                 if agg == "max":
                     return max(x)
@@ -119,9 +120,13 @@ def test_independent_brute_force_on_a_filtered_subset():
                     assert abs(r["score"] - score(acts[r["input"]])) <= 1e-6 * max(1, abs(r["score"]))
         # kNN l2 / l1 / linf around a target in the subset
         t = ids[7]
-        for metric in ("l2", "l1", "linf"):
+        for metric in ("l2", "l1", "linf", "cosine"):
             def dist(x):
                 d = [a - b for a, b in zip(x, acts[t])]
+                if metric == "cosine":
+                    nx = sum(v * v for v in x) ** 0.5
+                    nt = sum(v * v for v in acts[t]) ** 0.5
+                    return 1.0 if nx == 0 or nt == 0 else 1 - sum(a * b for a, b in zip(x, acts[t])) / (nx * nt)
                 if metric == "l2":
                     return sum(v * v for v in d) ** 0.5
                 if metric == "l1":
@@ -130,9 +135,11 @@ def test_independent_brute_force_on_a_filtered_subset():
             want = sorted((i for i in ids if i != t), key=lambda i: (dist(acts[i]), i))[:10]
             body = {"layer": layer, "neurons": neurons, "k": 10, "target": t, "metric": metric,
                     "filter": {"ids": ids}}
-            for method in ("bounds", "nta"):
+            for method in ("bounds", "nta", "scan"):
                 got = q("knn", dict(body, method=method))["results"]
                 assert [r["input"] for r in got] == want, (metric, method, got, want)
+                for r in got:
+                    assert abs(r["distance"] - dist(acts[r["input"]])) <= 1e-6 * max(1, r["distance"])
 
 
 def test_tensor_target_equals_input_target():
@@ -247,14 +254,15 @@ def test_bad_queries():
         ("topk", dict(base, k=N + 1), 422, "k_too_large"),
         ("topk", dict(base, agg="median"), 422, None),
         ("topk", dict(base, method="magic"), 422, None),
-        ("topk", dict(base, weights=[1, -1]), 422, None),
+        ("topk", dict(base, weights=[0, 0]), 422, None),
         ("topk", dict(base, weights=[1]), 422, None),
         ("topk", dict(base, layer="nope"), 404, "unknown_layer"),
         ("topk", dict(base, filter={"labels": [99]}), 422, "empty_filter"),
         ("topk", dict(base, filter={"ids": [N]}), 422, None),
         ("knn", dict(base, target=N), 422, "target_out_of_range"),
         ("knn", dict(base, target={"tensor": [0.0] * 10}), 422, "invalid_target"),
-        ("knn", dict(base, metric="cosine", target=1), 422, None),
+        ("knn", dict(base, metric="hamming", target=1), 422, None),
+        ("knn", dict(base, weights=[1, -1], target=1), 422, None),
         ("knn", dict(base), 400, None),
         ("topk", dict(base, target=1), 400, None),
     ]

@@ -749,6 +749,19 @@ START_TEST(test_knn_valid)
     ck_assert_int_eq(r.has_target_id, 1);
     ck_assert_uint_eq(r.target_id, 0);
     proto_free_query(&r);
+
+    ck_assert_int_eq(query_sq("{'model':'m','dataset':'d','layer':'l','neurons':[0,1],'k':1,'target':0,"
+                              "'metric':'cosine','weights':[1,2]}",
+                              1, &r, &e),
+                     0);
+    ck_assert_int_eq(r.metric, METRIC_COSINE);
+    proto_free_query(&r);
+    /* cosine distances take weights >= 0 like every kNN metric */
+    ck_assert_int_eq(query_sq("{'model':'m','dataset':'d','layer':'l','neurons':[0,1],'k':1,'target':0,"
+                              "'metric':'cosine','weights':[1,-2]}",
+                              1, &r, &e),
+                     -1);
+    ck_assert_int_eq(e.status, 422);
 }
 END_TEST
 
@@ -829,7 +842,7 @@ START_TEST(test_query_invalid)
         {K_KNN, "{" TN "'target':-1}", 422, "target_out_of_range", "'target'"},
         {K_KNN, "{" TN "'target':{'tensor':[]}}", 422, "invalid_value", "'target.tensor'"},
         {K_KNN, "{" TN "'target':{'tensor':[0,1e39]}}", 422, "invalid_target", "'target.tensor[1]'"},
-        {K_KNN, "{" KN "'metric':'cosine'}", 422, "invalid_value", "'l2', 'l1', 'linf'"},
+        {K_KNN, "{" KN "'metric':'hamming'}", 422, "invalid_value", "'l2', 'l1', 'linf', 'cosine'"},
         {K_TOPK, "{" TN "'filter':{}}", 400, "missing_field", "'filter'"},
         {K_TOPK, "{" TN "'filter':{'ids':[-1]}}", 422, "invalid_value", "'ids[0]'"},
         {K_TOPK, "{" TN "'filter':{'ids':[]}}", 422, "invalid_value", "'ids'"},
@@ -844,7 +857,8 @@ START_TEST(test_query_invalid)
         {K_TOPK, "{" TN "'weights':[1,2,3]}", 422, "weights_mismatch", "'weights'"},
         {K_KNN, "{" KN "'weights':[1]}", 422, "weights_mismatch", "'weights'"},
         {K_TOPK, "{" TN "'weights':[]}", 422, "invalid_value", "'weights'"},
-        {K_TOPK, "{" TN "'weights':[1,-1]}", 422, "invalid_value", "'weights[1]'"},
+        {K_KNN, "{" KN "'weights':[1,-1]}", 422, "invalid_value", "'weights[1]'"},
+        {K_TOPK, "{" TN "'agg':'max','weights':[1,-1]}", 422, "conflicting_fields", "'weights'"},
         {K_TOPK, "{" TN "'weights':[0,0]}", 422, "invalid_value", "'weights'"},
         {K_KNN, "{" KN "'weights':[0,0.0]}", 422, "invalid_value", "'weights'"},
         {K_TOPK, "{" TN "'weights':[1,2],'agg':'max'}", 422, "conflicting_fields", "'weights'"},

@@ -1,0 +1,156 @@
+#!/usr/bin/python3
+"""Reference answers of the interpretation workflow, computed here with
+Python torch on the committed demo model (models/fmnist_cnn.pt) over the
+Fashion-MNIST test set, for tests/integration/test_workflow.py to hold the
+daemon against:
+  - the predicted class (argmax of the logits) of every input, and the
+    inputs whose two best logits are closer than 1e-4 (an argmax there may
+    differ in the last bit of arithmetic, so the test skips them);
+  - attributions: gradients of a group's aggregate with respect to the
+    input (plain and SmoothGrad with the daemon's noise generator), Grad-CAM
+    maps and channel maps.
+Writes tests/fixtures/fmnist_cnn_workflow.json. Needs python3-torch:
+    /usr/bin/python3 scripts/make_workflow_fixtures.py"""
+
+import gzip
+import json
+import math
+import os
+import struct
+
+import torch
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+FM = "/usr/share/datasets/fashion-mnist"
+SCALE, MEAN, STD = 1 / 255, 0.2860, 0.3530
+MASK = (1 << 64) - 1
+
+
+def read_idx(path):
+    with gzip.open(path) as f:
+        data = f.read()
+    ndim = data[3]
+    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return torch.frombuffer(bytearray(data[4 + 4 * ndim:]), dtype=torch.uint8).reshape(dims)
+
+
+def normalized(raw):
+    """x = (raw * scale - mean) / std, in float32 as the daemon computes it."""
+    x = raw.to(torch.float32) * torch.tensor(SCALE, dtype=torch.float32)
+    return (x - torch.tensor(MEAN, dtype=torch.float32)) / torch.tensor(STD, dtype=torch.float32)
+
+
+class Noise:
+    """The daemon's SmoothGrad noise (server/attribution.c): splitmix64,
+    53-bit uniforms, Box-Muller (the cosine branch), one normal per draw."""
+
+    def __init__(self, seed):
+        self.s = seed & MASK
+
+    def next64(self):
+        self.s = (self.s + 0x9E3779B97F4A7C15) & MASK
+        z = self.s
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+        return z ^ (z >> 31)
+
+    def uniform(self):  # (0, 1]
+        return ((self.next64() >> 11) + 1) * (1.0 / 9007199254740992.0)
+
+    def normal(self):
+        u1, u2 = self.uniform(), self.uniform()
+        return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
+def group_target(layer_out, neurons, agg, weights):
+    flat = layer_out.reshape(layer_out.shape[0], -1)[:, neurons]
+    if agg == "max":
+        return flat.max(dim=1).values
+    if agg == "min":
+        return flat.min(dim=1).values
+    w = torch.tensor(weights if weights else [1.0] * len(neurons), dtype=torch.float32)
+    s = (flat * w).sum(dim=1)
+    return s / len(neurons) if agg == "mean" else s
+
+
+def main():
+    m = torch.jit.load(os.path.join(ROOT, "models", "fmnist_cnn.pt"))
+    m.eval()
+    raw = read_idx(os.path.join(FM, "t10k-images-idx3-ubyte.gz"))
+    x = normalized(raw).reshape(-1, 1, 28, 28)
+    preds, close = [], []
+    with torch.no_grad():
+        for i in range(0, x.shape[0], 64):
+            lg = m(x[i:i + 64])["logits"]
+            top = lg.topk(2, dim=1).values
+            preds += lg.argmax(dim=1).tolist()
+            close += [i + j for j in range(lg.shape[0]) if float(top[j, 0] - top[j, 1]) < 1e-4]
+
+    cases = [
+        {"input": 7, "layer": "fc1", "neurons": [3, 17, 40], "agg": "sum", "method": "gradient"},
+        {"input": 123, "layer": "logits", "neurons": [2], "agg": "sum", "method": "gradient"},
+        {"input": 4567, "layer": "conv4", "neurons": [100, 2000, 3000], "agg": "max", "method": "gradient"},
+        {"input": 9, "layer": "fc1", "neurons": [1, 2, 5, 8], "agg": "sum", "weights": [1, -0.5, 2, -1],
+         "method": "gradient"},
+        {"input": 7, "layer": "fc1", "neurons": [3, 17, 40], "agg": "mean", "method": "gradient", "samples": 8,
+         "noise": 0.2, "seed": 42},
+        {"input": 7, "layer": "logits", "neurons": [7], "agg": "sum", "method": "gradcam"},
+        {"input": 321, "layer": "conv4", "neurons": [49 * 5 + 10, 49 * 9 + 3], "agg": "sum", "method": "gradcam",
+         "cam_layer": "conv3"},
+        {"input": 321, "layer": "conv3", "neurons": [196 * 4 + 17], "agg": "sum", "method": "channel"},
+    ]
+    layer_names = ["conv1", "conv2", "pool1", "conv3", "pool2", "conv4", "fc1", "logits"]
+    out = []
+    for c in cases:
+        xi = x[c["input"]:c["input"] + 1]
+        if c["method"] == "channel":
+            with torch.no_grad():
+                a = m(xi)[c["layer"]][0]
+            hw = a.shape[1] * a.shape[2]
+            chans = sorted({n // hw for n in c["neurons"]})
+            vals = sum(a[ch].double() for ch in chans)
+            out.append(dict(c, shape=list(vals.shape), values=vals.flatten().tolist()))
+            continue
+        if c["method"] == "gradcam":
+            cam_layer = c.get("cam_layer")
+            if cam_layer is None:  # the deepest [C,H,W] layer at or before the group's
+                li = layer_names.index(c["layer"])
+                with torch.no_grad():
+                    shapes = {k: v.shape for k, v in m(xi).items()}
+                cam_layer = [n for n in layer_names[:li + 1] if len(shapes[n]) == 4][-1]
+            xg = xi.clone()
+            outs = m(xg)
+            a = outs[cam_layer]
+            t = group_target(outs[c["layer"]], c["neurons"], c["agg"], c.get("weights")).sum()
+            g, = torch.autograd.grad(t, [a])
+            a, g = a[0].double(), g[0].double()
+            alpha = g.mean(dim=(1, 2))
+            cam = torch.relu((alpha[:, None, None] * a).sum(dim=0))
+            out.append(dict(c, cam_layer=cam_layer, shape=list(cam.shape), values=cam.flatten().tolist()))
+            continue
+        samples = c.get("samples", 0)
+        if samples:
+            rng = Noise(c.get("seed", 0))
+            sigma = c["noise"] * float(xi.max() - xi.min())
+            noisy = []
+            for s in range(samples):
+                eps = torch.tensor([rng.normal() for _ in range(xi.numel())], dtype=torch.float64)
+                noisy.append((xi.double().flatten() + sigma * eps).to(torch.float32).reshape(xi.shape[1:]))
+            xb = torch.stack(noisy)
+        else:
+            xb = xi.clone()
+        xb.requires_grad_(True)
+        t = group_target(m(xb)[c["layer"]], c["neurons"], c["agg"], c.get("weights")).sum()
+        g, = torch.autograd.grad(t, [xb])
+        g = g.double().mean(dim=0) if samples else g[0].double()
+        vals = g.sum(dim=0)  # channels summed: [H, W]
+        out.append(dict(c, shape=list(vals.shape), values=vals.flatten().tolist()))
+    fixture = {"normalization": {"scale": SCALE, "mean": MEAN, "std": STD}, "torch": torch.__version__,
+               "predicted": preds, "near_ties": close, "attributions": out}
+    with open(os.path.join(ROOT, "tests", "fixtures", "fmnist_cnn_workflow.json"), "w") as f:
+        json.dump(fixture, f)
+    print("%d predictions (%d near ties), %d attributions" % (len(preds), len(close), len(out)))
+
+
+if __name__ == "__main__":
+    main()

@@ -833,6 +833,168 @@ static int qs_uint(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
     return 0;
 }
 
+/* "3,17,42": flat neuron indices into a malloc'd *out (the caller frees it
+ * on success and failure alike). */
+static int qs_neurons(const char *s, uint64_t **out, size_t *nout, proto_err *e)
+{
+    size_t n = 1;
+    *nout = 0;
+    for (const char *p = s; *p; p++) n += *p == ',';
+    if (n > PROTO_MAX_GROUP)
+        return proto_fail(e, 422, "invalid_value", "query parameter 'neurons' holds more than %d neurons",
+                          PROTO_MAX_GROUP);
+    if (!(*out = malloc(n * sizeof **out))) return proto_fail(e, 500, "internal", "out of memory");
+    const char *p = s;
+    for (size_t i = 0; i < n; i++) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        char buf[24];
+        if (len == 0 || len >= sizeof buf)
+            return proto_fail(e, 422, "invalid_value", "query parameter 'neurons': entry %zu is not a flat index", i);
+        memcpy(buf, p, len);
+        buf[len] = 0;
+        if (qs_uint(buf, 0, UINT32_MAX, &(*out)[i]) != 0)
+            return proto_fail(e, 422, "invalid_value", "query parameter 'neurons': entry %zu is not a flat index", i);
+        (*nout)++;
+        p = end ? end + 1 : p + len;
+    }
+    return 0;
+}
+
+static int qs_layer(const char *v, const char *param, char *dst, proto_err *e)
+{
+    size_t ll = strlen(v);
+    if (ll == 0 || ll > PROTO_LAYER_MAX)
+        return proto_fail(e, 422, "invalid_value", "query parameter '%s' must be 1 to %d bytes long", param,
+                          PROTO_LAYER_MAX);
+    memcpy(dst, v, ll + 1);
+    return 0;
+}
+
+static int qs_enum(const char *v, const char *param, const char *const *names, int *out, proto_err *e)
+{
+    for (int i = 0; names[i]; i++)
+        if (strcmp(v, names[i]) == 0) {
+            *out = i;
+            return 0;
+        }
+    char list[128] = "";
+    for (int i = 0; names[i]; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s'%s'", i ? ", " : "", names[i]);
+    return proto_fail(e, 422, "invalid_value", "query parameter '%s' must be one of %s", param, list);
+}
+
+/* A query-string number in [lo, hi]. */
+static int qs_real(const char *v, const char *param, double lo, double hi, double *out, proto_err *e)
+{
+    double x;
+    if (qs_number(v, strlen(v), &x) != 0 || !isfinite(x))
+        return proto_fail(e, 400, "invalid_parameter", "query parameter '%s' must be a number", param);
+    if (x < lo || x > hi)
+        return proto_fail(e, 422, "invalid_value", "query parameter '%s' must be from %g to %g; it is %g", param, lo,
+                          hi, x);
+    *out = x;
+    return 0;
+}
+
+const char *const proto_attr_method_names[] = {"gradient", "gradcam", "channel", NULL};
+
+int proto_parse_attribution(const char *(*arg)(void *ctx, const char *name), void *ctx, proto_attribution_req *r,
+                            proto_err *e)
+{
+    static const char *const aggs[] = {"sum", "mean", "max", "min", NULL};
+    memset(r, 0, sizeof *r);
+    r->noise = 0.15;
+    r->size = 112;
+    r->alpha = 0.5;
+    const char *model = arg(ctx, "model"), *layer = arg(ctx, "layer"), *neurons = arg(ctx, "neurons");
+    const char *v;
+    if (!model || !layer || !neurons)
+        return proto_fail(e, 400, "missing_field", "query parameters 'model', 'layer' and 'neurons' are required");
+    if (!proto_valid_name(model))
+        return proto_fail(e, 422, "invalid_name", "query parameter 'model' must be 1 to %d characters of [A-Za-z0-9._-]",
+                          PROTO_NAME_MAX);
+    memcpy(r->model, model, strlen(model) + 1);
+    if (qs_layer(layer, "layer", r->layer, e) != 0 || qs_neurons(neurons, &r->neurons, &r->nneurons, e) != 0)
+        goto fail;
+    if ((v = arg(ctx, "agg")) && qs_enum(v, "agg", aggs, &r->agg, e) != 0) goto fail;
+    if ((v = arg(ctx, "method")) && qs_enum(v, "method", proto_attr_method_names, &r->method, e) != 0) goto fail;
+    if ((v = arg(ctx, "weights"))) {
+        double *w = malloc(r->nneurons * sizeof *w);
+        size_t n = 0;
+        if (!w) {
+            proto_fail(e, 500, "internal", "out of memory");
+            goto fail;
+        }
+        r->weights = w;
+        for (const char *p = v;; n++) {
+            const char *end = strchr(p, ',');
+            size_t len = end ? (size_t)(end - p) : strlen(p);
+            if (n == r->nneurons) {
+                proto_fail(e, 422, "weights_mismatch", "query parameter 'weights' has more entries than 'neurons' (%zu)",
+                           r->nneurons);
+                goto fail;
+            }
+            if (qs_number(p, len, &w[n]) != 0 || !isfinite(w[n])) {
+                proto_fail(e, 400, "invalid_parameter", "query parameter 'weights': entry %zu is not a number", n);
+                goto fail;
+            }
+            if (!end) break;
+            p = end + 1;
+        }
+        if (n + 1 != r->nneurons) {
+            proto_fail(e, 422, "weights_mismatch", "query parameter 'weights' has %zu entries but 'neurons' has %zu",
+                       n + 1, r->nneurons);
+            goto fail;
+        }
+        if (r->agg != AGG_SUM && r->agg != AGG_MEAN) {
+            proto_fail(e, 422, "conflicting_fields", "query parameter 'weights' goes with agg 'sum' or 'mean'");
+            goto fail;
+        }
+    }
+    if ((v = arg(ctx, "samples"))) {
+        if (qs_uint(v, 0, PROTO_MAX_SAMPLES, &r->samples) != 0) {
+            proto_fail(e, 422, "invalid_value", "query parameter 'samples' must be an integer from 0 to %d",
+                       PROTO_MAX_SAMPLES);
+            goto fail;
+        }
+    }
+    if ((v = arg(ctx, "noise")) && qs_real(v, "noise", 0, 10, &r->noise, e) != 0) goto fail;
+    if ((v = arg(ctx, "seed")) && qs_uint(v, 0, UINT64_MAX, &r->seed) != 0) {
+        proto_fail(e, 422, "invalid_value", "query parameter 'seed' must be an unsigned integer");
+        goto fail;
+    }
+    if (r->method != ATTR_GRADIENT && (arg(ctx, "samples") || arg(ctx, "noise") || arg(ctx, "seed"))) {
+        proto_fail(e, 422, "conflicting_fields", "'samples', 'noise' and 'seed' (SmoothGrad) go with method 'gradient'");
+        goto fail;
+    }
+    if ((v = arg(ctx, "cam_layer"))) {
+        if (r->method != ATTR_GRADCAM) {
+            proto_fail(e, 422, "conflicting_fields", "query parameter 'cam_layer' goes with method 'gradcam'");
+            goto fail;
+        }
+        if (qs_layer(v, "cam_layer", r->cam_layer, e) != 0) goto fail;
+    }
+    if ((v = arg(ctx, "size")) && qs_uint(v, 16, 1024, &r->size) != 0) {
+        proto_fail(e, 422, "invalid_value", "query parameter 'size' must be an integer from 16 to 1024");
+        goto fail;
+    }
+    if ((v = arg(ctx, "alpha")) && qs_real(v, "alpha", 0, 1, &r->alpha, e) != 0) goto fail;
+    return 0;
+fail:
+    proto_free_attribution(r);
+    return -1;
+}
+
+void proto_free_attribution(proto_attribution_req *r)
+{
+    free(r->neurons);
+    free(r->weights);
+    r->neurons = NULL;
+    r->weights = NULL;
+    r->nneurons = 0;
+}
+
 int proto_parse_activations(const char *model, const char *layer, const char *neurons, const char *top,
                             proto_activations_req *r, proto_err *e)
 {
@@ -856,27 +1018,7 @@ int proto_parse_activations(const char *model, const char *layer, const char *ne
         return proto_fail(e, 422, "invalid_value", "query parameter 'top' must be an integer from 1 to %d",
                           PROTO_MAX_GROUP);
     if (!neurons) return 0;
-    size_t n = 1;
-    for (const char *p = neurons; *p; p++) n += *p == ',';
-    if (n > PROTO_MAX_GROUP)
-        return proto_fail(e, 422, "invalid_value", "query parameter 'neurons' holds more than %d neurons",
-                          PROTO_MAX_GROUP);
-    if (!(r->neurons = malloc(n * sizeof *r->neurons))) return proto_fail(e, 500, "internal", "out of memory");
-    const char *p = neurons;
-    for (size_t i = 0; i < n; i++) {
-        const char *end = strchr(p, ',');
-        size_t len = end ? (size_t)(end - p) : strlen(p);
-        char buf[24];
-        if (len == 0 || len >= sizeof buf)
-            return proto_fail(e, 422, "invalid_value", "query parameter 'neurons': entry %zu is not a flat index", i);
-        memcpy(buf, p, len);
-        buf[len] = 0;
-        if (qs_uint(buf, 0, UINT32_MAX, &r->neurons[i]) != 0)
-            return proto_fail(e, 422, "invalid_value", "query parameter 'neurons': entry %zu is not a flat index", i);
-        r->nneurons++;
-        p = end ? end + 1 : p + len;
-    }
-    return 0;
+    return qs_neurons(neurons, &r->neurons, &r->nneurons, e);
 }
 
 void proto_free_activations(proto_activations_req *r)

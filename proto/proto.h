@@ -186,6 +186,33 @@ typedef struct proto_predictions_req {
 } proto_predictions_req;
 int proto_parse_predictions(const char *body, size_t len, proto_predictions_req *r, proto_err *e);
 
+/* GET /v1/datasets/{ds}/inputs/{id}/attribution[.png]?model=&layer=&neurons=
+ *   [&agg=sum|mean|max|min][&weights=..][&method=gradient|gradcam|channel]
+ *   [&samples=0..64&noise=0.15&seed=0] (gradient: SmoothGrad)
+ *   [&cam_layer=L] (gradcam) [&size=112&alpha=0.5] (png)
+ * The query string comes through arg(ctx, name): the value, or NULL. */
+enum proto_attr_method { ATTR_GRADIENT = 0, ATTR_GRADCAM, ATTR_CHANNEL };
+#define PROTO_MAX_SAMPLES 64
+typedef struct proto_attribution_req {
+    char model[PROTO_NAME_MAX + 1];
+    char layer[PROTO_LAYER_MAX + 1];
+    uint64_t *neurons;                 /* flat indices */
+    size_t nneurons;
+    double *weights;                   /* [nneurons] or NULL */
+    int agg;                           /* enum proto_agg, default sum */
+    int method;                        /* enum proto_attr_method, default gradient */
+    uint64_t samples;                  /* 0 = the plain gradient */
+    double noise;                      /* SmoothGrad sigma / (max - min) of the input */
+    uint64_t seed;
+    char cam_layer[PROTO_LAYER_MAX + 1]; /* "" = the deepest [C,H,W] layer at or before layer */
+    uint64_t size;                     /* png: longer side, 16..1024, default 112 */
+    double alpha;                      /* png: heat over the image, 0..1, default 0.5 */
+} proto_attribution_req;
+int proto_parse_attribution(const char *(*arg)(void *ctx, const char *name), void *ctx, proto_attribution_req *r,
+                            proto_err *e);
+void proto_free_attribution(proto_attribution_req *r);
+extern const char *const proto_attr_method_names[]; /* "gradient", "gradcam", "channel" */
+
 /* {"error":{"code","message"}} as a malloc'd NUL-terminated string. */
 char *proto_error_body(const proto_err *e);
 

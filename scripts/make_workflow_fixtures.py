@@ -19,6 +19,7 @@ import os
 import struct
 
 import torch
+from typing import Dict
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 FM = "/usr/share/datasets/fashion-mnist"
@@ -73,7 +74,28 @@ def group_target(layer_out, neurons, agg, weights):
     return s / len(neurons) if agg == "mean" else s
 
 
+class Frozen(torch.nn.Module):
+    """A model one of whose layers does not depend differentiably on the
+    input: attribution there must be refused (tests/fixtures/nograd_model.pt)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(784, 8)
+
+    def forward(self, x) -> Dict[str, torch.Tensor]:
+        h = torch.relu(self.fc(x.flatten(1)))
+        return {"fc": h, "frozen": h.detach() * 2.0}
+
+
+def write_nograd_model():
+    torch.manual_seed(3)
+    m = torch.jit.script(Frozen().eval())
+    path = os.path.join(ROOT, "tests", "fixtures", "nograd_model.pt")
+    torch.jit.save(m, path, _extra_files={"deepeverest.json": json.dumps({"input_shape": [1, 28, 28]})})
+
+
 def main():
+    write_nograd_model()
     m = torch.jit.load(os.path.join(ROOT, "models", "fmnist_cnn.pt"))
     m.eval()
     raw = read_idx(os.path.join(FM, "t10k-images-idx3-ubyte.gz"))
@@ -89,12 +111,12 @@ def main():
     cases = [
         {"input": 7, "layer": "fc1", "neurons": [3, 17, 40], "agg": "sum", "method": "gradient"},
         {"input": 123, "layer": "logits", "neurons": [2], "agg": "sum", "method": "gradient"},
-        {"input": 4567, "layer": "conv4", "neurons": [100, 2000, 3000], "agg": "max", "method": "gradient"},
+        {"input": 4567, "layer": "conv4", "neurons": "top3", "agg": "max", "method": "gradient"},
         {"input": 9, "layer": "fc1", "neurons": [1, 2, 5, 8], "agg": "sum", "weights": [1, -0.5, 2, -1],
          "method": "gradient"},
         {"input": 7, "layer": "fc1", "neurons": [3, 17, 40], "agg": "mean", "method": "gradient", "samples": 8,
          "noise": 0.2, "seed": 42},
-        {"input": 7, "layer": "logits", "neurons": [7], "agg": "sum", "method": "gradcam"},
+        {"input": 7, "layer": "logits", "neurons": "predicted", "agg": "sum", "method": "gradcam"},
         {"input": 321, "layer": "conv4", "neurons": [49 * 5 + 10, 49 * 9 + 3], "agg": "sum", "method": "gradcam",
          "cam_layer": "conv3"},
         {"input": 321, "layer": "conv3", "neurons": [196 * 4 + 17], "agg": "sum", "method": "channel"},
@@ -103,6 +125,11 @@ def main():
     out = []
     for c in cases:
         xi = x[c["input"]:c["input"] + 1]
+        if c["neurons"] == "top3":  # the input's most active neurons: a gradient that is not 0
+            with torch.no_grad():
+                c["neurons"] = sorted(m(xi)[c["layer"]].flatten().topk(3).indices.tolist())
+        elif c["neurons"] == "predicted":  # the logit of the input's predicted class
+            c["neurons"] = [preds[c["input"]]]
         if c["method"] == "channel":
             with torch.no_grad():
                 a = m(xi)[c["layer"]][0]

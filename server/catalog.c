@@ -612,6 +612,26 @@ int catalog_input_png(app *a, const store_dataset *d, uint64_t id, int side, uns
     return 0;
 }
 
+int catalog_input_heatmap(app *a, const store_dataset *d, uint64_t id, const double *map, int mw, int mh,
+                          int magnitude, double alpha, int side, unsigned char **png, size_t *len, proto_err *e)
+{
+    store_txn *t;
+    const void *data;
+    size_t dlen;
+    char err[256] = "missing input";
+    int rc = store_txn_begin(a->st, 1, &t);
+    if (rc != STORE_OK) return catalog_store_fail(rc, NULL, e);
+    rc = store_input_get(t, d->id, id, &data, &dlen);
+    if (rc == STORE_OK)
+        rc = thumb_heatmap(data, d->dtype == STORE_U8 ? 1 : 2, d->ndim, d->shape, map, mw, mh, magnitude, alpha, side,
+                           png, len, err, sizeof err);
+    store_txn_abort(t);
+    if (rc != 0)
+        return proto_fail(e, 422, "no_picture", "cannot draw a heatmap over input %llu: %s", (unsigned long long)id,
+                          err);
+    return 0;
+}
+
 int catalog_get_index(app *a, uint32_t id, store_index *out, proto_err *e)
 {
     store_txn *t;

@@ -114,6 +114,10 @@ int catalog_input_tensor(app *a, const store_dataset *d, uint64_t id, float **x,
  * (malloc'd into *png). */
 int catalog_input_png(app *a, const store_dataset *d, uint64_t id, int side, unsigned char **png, size_t *len,
                       proto_err *e);
+/* The same with map[mh][mw] over it (thumb_heatmap); 422 no_picture for
+ * inputs that have no picture. */
+int catalog_input_heatmap(app *a, const store_dataset *d, uint64_t id, const double *map, int mw, int mh,
+                          int magnitude, double alpha, int side, unsigned char **png, size_t *len, proto_err *e);
 
 /* Class names of a dataset: names[i] names label i. */
 typedef struct catalog_classes {

@@ -82,8 +82,9 @@ fail:
     return -1;
 }
 
-int thumb_from_input(const void *data, int dtype, int ndim, const int64_t *shape, int max_side, unsigned char **out,
-                   size_t *out_len, char *err, size_t errlen)
+/* The input's 8-bit pixels (HWC, 1 or 3 channels) into a malloc'd *px. */
+static int input_pixels(const void *data, int dtype, int ndim, const int64_t *shape, uint8_t **px_out, int *w_out,
+                        int *h_out, int *ch_out, char *err, size_t errlen)
 {
     int64_t C = 1, H, W;
     if (!data || !shape || (dtype != 1 && dtype != 2)) {
@@ -143,10 +144,89 @@ int thumb_from_input(const void *data, int dtype, int ndim, const int64_t *shape
             }
             px[i * (size_t)channels + (size_t)c] = v;
         }
-    int64_t side = H > W ? H : W;
-    int scale = side >= max_side ? 1 : (int)(max_side / side);
-    if (scale > 16) scale = 16;
-    int rc = thumb_encode(px, (int)W, (int)H, channels, scale, out, out_len, err, errlen);
+    *px_out = px;
+    *w_out = (int)W;
+    *h_out = (int)H;
+    *ch_out = channels;
+    return 0;
+}
+
+static int scale_for(int w, int h, int max_side)
+{
+    int side = h > w ? h : w;
+    int scale = side >= max_side ? 1 : max_side / side;
+    return scale > 16 ? 16 : scale;
+}
+
+int thumb_from_input(const void *data, int dtype, int ndim, const int64_t *shape, int max_side, unsigned char **out,
+                   size_t *out_len, char *err, size_t errlen)
+{
+    uint8_t *px;
+    int W, H, channels;
+    if (input_pixels(data, dtype, ndim, shape, &px, &W, &H, &channels, err, errlen) != 0) return -1;
+    int rc = thumb_encode(px, W, H, channels, scale_for(W, H, max_side), out, out_len, err, errlen);
     free(px);
+    return rc;
+}
+
+/* The jet colour map at h in [0, 1]: blue, cyan, yellow, red. */
+static void jet(double h, uint8_t rgb[3])
+{
+    double r = 1.5 - fabs(4.0 * h - 3.0), g = 1.5 - fabs(4.0 * h - 2.0), b = 1.5 - fabs(4.0 * h - 1.0);
+    double c[3] = {r, g, b};
+    for (int i = 0; i < 3; i++) rgb[i] = (uint8_t)(255.0 * (c[i] < 0 ? 0 : c[i] > 1 ? 1 : c[i]) + 0.5);
+}
+
+/* map sampled at output pixel (ox, oy) of an ow x oh image: bilinear, pixel
+ * centres aligned (as torch's interpolate with align_corners=False). */
+static double sample(const double *map, int mw, int mh, int ox, int oy, int ow, int oh)
+{
+    double u = ((double)ox + 0.5) * mw / ow - 0.5, v = ((double)oy + 0.5) * mh / oh - 0.5;
+    u = u < 0 ? 0 : u > mw - 1 ? mw - 1 : u;
+    v = v < 0 ? 0 : v > mh - 1 ? mh - 1 : v;
+    int x0 = (int)u, y0 = (int)v, x1 = x0 + 1 < mw ? x0 + 1 : x0, y1 = y0 + 1 < mh ? y0 + 1 : y0;
+    double fx = u - x0, fy = v - y0;
+    double a = map[(size_t)y0 * mw + x0] * (1 - fx) + map[(size_t)y0 * mw + x1] * fx;
+    double b = map[(size_t)y1 * mw + x0] * (1 - fx) + map[(size_t)y1 * mw + x1] * fx;
+    return a * (1 - fy) + b * fy;
+}
+
+int thumb_heatmap(const void *data, int dtype, int ndim, const int64_t *shape, const double *map, int mw, int mh,
+                  int magnitude, double alpha, int max_side, unsigned char **out, size_t *out_len, char *err,
+                  size_t errlen)
+{
+    if (!map || mw <= 0 || mh <= 0 || mw > 4096 || mh > 4096 || !(alpha >= 0 && alpha <= 1)) {
+        snprintf(err, errlen, "bad heatmap arguments");
+        return -1;
+    }
+    uint8_t *px, *rgb = NULL;
+    int W, H, channels;
+    if (input_pixels(data, dtype, ndim, shape, &px, &W, &H, &channels, err, errlen) != 0) return -1;
+    int scale = scale_for(W, H, max_side), OW = W * scale, OH = H * scale;
+    double top = 0;
+    for (size_t i = 0; i < (size_t)mw * (size_t)mh; i++) {
+        double v = magnitude ? fabs(map[i]) : map[i];
+        if (isfinite(v) && v > top) top = v;
+    }
+    if (!(rgb = malloc((size_t)OW * (size_t)OH * 3))) {
+        free(px);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (int y = 0; y < OH; y++)
+        for (int x = 0; x < OW; x++) {
+            double v = sample(map, mw, mh, x, y, OW, OH);
+            v = magnitude ? fabs(v) : v;
+            double h = top > 0 && isfinite(v) && v > 0 ? v / top : 0;
+            uint8_t c[3];
+            jet(h > 1 ? 1 : h, c);
+            const uint8_t *base = px + ((size_t)(y / scale) * (size_t)W + (size_t)(x / scale)) * (size_t)channels;
+            uint8_t *o = rgb + ((size_t)y * (size_t)OW + (size_t)x) * 3;
+            for (int k = 0; k < 3; k++)
+                o[k] = (uint8_t)((1 - alpha) * base[channels == 3 ? k : 0] + alpha * c[k] + 0.5);
+        }
+    free(px);
+    int rc = thumb_encode(rgb, OW, OH, 3, 1, out, out_len, err, errlen);
+    free(rgb);
     return rc;
 }

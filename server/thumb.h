@@ -20,4 +20,12 @@ int thumb_encode(const uint8_t *pixels, int width, int height, int channels, int
 int thumb_from_input(const void *data, int dtype, int ndim, const int64_t *shape, int max_side, unsigned char **out,
                    size_t *out_len, char *err, size_t errlen);
 
+/* The input's thumbnail (as thumb_from_input) with map[mh][mw] over it in
+ * the jet colours, blended by alpha (0..1), resampled bilinearly to the
+ * thumbnail's size. magnitude: colour |v| (a signed map, e.g. a gradient),
+ * else v where positive; scaled by the map's largest. */
+int thumb_heatmap(const void *data, int dtype, int ndim, const int64_t *shape, const double *map, int mw, int mh,
+                  int magnitude, double alpha, int max_side, unsigned char **out, size_t *out_len, char *err,
+                  size_t errlen);
+
 #endif

@@ -5,6 +5,7 @@
 
 #include <dlfcn.h>
 #include <malloc.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/script.h>
 #include <ATen/Parallel.h>
@@ -348,6 +349,121 @@ extern "C" int shim_run(shim_model *m, const float *in, int64_t n, const shim_ou
         set_err(err, errlen, error_text(e));
     } catch (...) {
         set_err(err, errlen, "unknown error running the model");
+    }
+    return -1;
+}
+
+namespace {
+
+// The group's aggregate per input, from the layer's output t ([n, ...]).
+at::Tensor group_target(const at::Tensor &t, int64_t n, const shim_grad_req *r)
+{
+    at::Tensor idx = torch::from_blob(const_cast<uint32_t *>(r->neurons), {(int64_t)r->nneurons}, torch::kInt32)
+                         .to(torch::kLong)
+                         .to(t.device());
+    at::Tensor sel = t.reshape({n, -1}).index_select(1, idx).to(torch::kFloat);
+    if (r->agg == SHIM_MAX) return std::get<0>(sel.max(1));
+    if (r->agg == SHIM_MIN) return std::get<0>(sel.min(1));
+    if (r->weights) {
+        at::Tensor w = torch::from_blob(const_cast<float *>(r->weights), {(int64_t)r->nneurons}, torch::kFloat)
+                           .to(t.device());
+        sel = sel * w;
+    }
+    at::Tensor s = sel.sum(1);
+    return r->agg == SHIM_MEAN ? s / (double)r->nneurons : s;
+}
+
+void copy_tensor(const at::Tensor &t, float *dst, int64_t count, const char *what)
+{
+    at::Tensor c = as_float_cpu(t);
+    if (c.numel() != count) throw std::runtime_error(std::string(what) + " changed size");
+    memcpy(dst, c.data_ptr<float>(), (size_t)count * sizeof(float));
+}
+
+}  // namespace
+
+extern "C" int shim_grad(shim_model *m, const float *in, int64_t n, const shim_grad_req *r, char *err, size_t errlen)
+{
+    try {
+        int nl = (int)m->layers.size();
+        if (n <= 0 || !r || r->layer < 0 || r->layer >= nl || r->cam_layer >= nl || r->cam_layer > r->layer ||
+            !r->nneurons || !r->neurons) {
+            set_err(err, errlen, "bad attribution request");
+            return -1;
+        }
+        const shim_layer &gl = m->layers[(size_t)r->layer];
+        for (size_t j = 0; j < r->nneurons; j++)
+            if ((int64_t)r->neurons[j] >= gl.neurons) {
+                set_err(err, errlen, std::string("a neuron past layer ") + gl.name);
+                return -1;
+            }
+        c10::AutoGradMode grad_on(true);
+        std::vector<int64_t> shape{n};
+        shape.insert(shape.end(), m->input_shape.begin(), m->input_shape.end());
+        at::Tensor x = torch::from_blob(const_cast<float *>(in), shape, torch::kFloat).to(m->device).clone();
+        x.requires_grad_(true);
+        at::Tensor out, cam;
+        if (m->dict_form) {
+            c10::IValue y = m->has_forward_to
+                                ? m->mod.get_method("forward_to")({x, c10::IValue(m->names[(size_t)r->layer])})
+                                : m->mod.forward({x});
+            auto d = y.toGenericDict();
+            out = d.at(c10::IValue(m->names[(size_t)r->layer])).toTensor();
+            if (r->cam_layer >= 0) cam = d.at(c10::IValue(m->names[(size_t)r->cam_layer])).toTensor();
+        } else {
+            at::Tensor h = x;
+            for (int i = 0; i <= r->layer; i++) {
+                h = m->leaves[(size_t)i].forward({h}).toTensor();
+                if (i == r->cam_layer) cam = h;
+            }
+            out = h;
+        }
+        at::Tensor t = group_target(out, n, r);
+        if (r->target) copy_tensor(t.detach(), r->target, n, "the target");
+        if (!t.requires_grad()) {
+            set_err(err, errlen, std::string("layer ") + gl.name +
+                                     " does not depend differentiably on the input (the model detaches it or "
+                                     "computes it without gradients)");
+            return SHIM_NOT_DIFFERENTIABLE;
+        }
+        std::vector<at::Tensor> wrt;
+        if (r->input_grad) wrt.push_back(x);
+        if (r->cam_layer >= 0) {
+            if (!cam.requires_grad()) {
+                set_err(err, errlen, std::string("layer ") + m->layers[(size_t)r->cam_layer].name +
+                                         " does not depend differentiably on the input");
+                return SHIM_NOT_DIFFERENTIABLE;
+            }
+            wrt.push_back(cam);
+        }
+        if (wrt.empty()) return 0;
+        std::vector<at::Tensor> g = torch::autograd::grad({t.sum()}, wrt, {}, false, false, true);
+        size_t k = 0;
+        if (r->input_grad) {
+            if (!g[k].defined()) {
+                set_err(err, errlen, std::string("layer ") + gl.name + " does not depend on the input");
+                return SHIM_NOT_DIFFERENTIABLE;
+            }
+            copy_tensor(g[k++], r->input_grad, n * m->input_numel, "the input gradient");
+        }
+        if (r->cam_layer >= 0) {
+            const shim_layer &cl = m->layers[(size_t)r->cam_layer];
+            copy_tensor(cam.detach(), r->cam_act, n * cl.neurons, cl.name);
+            if (g[k].defined())
+                copy_tensor(g[k], r->cam_grad, n * cl.neurons, cl.name);
+            else  // the target does not depend on it: no gradient anywhere
+                memset(r->cam_grad, 0, (size_t)(n * cl.neurons) * sizeof(float));
+        }
+        return 0;
+    } catch (const std::exception &e) {
+        std::string msg = error_text(e);
+        set_err(err, errlen, msg);
+        // autograd's own refusals name the model's doing (in-place edits, no grad_fn)
+        if (msg.find("does not require grad") != std::string::npos ||
+            msg.find("modified by an inplace operation") != std::string::npos)
+            return SHIM_NOT_DIFFERENTIABLE;
+    } catch (...) {
+        set_err(err, errlen, "unknown error computing gradients");
     }
     return -1;
 }

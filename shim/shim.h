@@ -92,6 +92,37 @@ typedef struct shim_out {
 int shim_run(shim_model *m, const float *in, int64_t n, const shim_out *outs, int nouts, char *err,
              size_t errlen);
 
+/* Attribution: gradients of a neuron group's aggregate, through autograd.
+ * Per input, the target is the aggregate of the group's neurons of `layer`
+ * (agg: SHIM_SUM sum of w_j a_j, SHIM_MEAN that over the group size,
+ * SHIM_MAX / SHIM_MIN the largest / smallest a_j, whose gradient goes to
+ * the one neuron torch's max/min picks); the sum of the targets over the n
+ * inputs is back-propagated (inputs do not interact in eval mode), so each
+ * input gets the gradient of its own target. */
+enum shim_agg { SHIM_SUM = 0, SHIM_MEAN, SHIM_MAX, SHIM_MIN };
+
+typedef struct shim_grad_req {
+    int layer;                     /* the group's layer */
+    const uint32_t *neurons;       /* [nneurons] flat indices in it */
+    size_t nneurons;
+    const float *weights;          /* [nneurons] or NULL (all 1): SHIM_SUM, SHIM_MEAN */
+    int agg;                       /* enum shim_agg */
+    float *target;                 /* NULL or [n]: each input's target value */
+    float *input_grad;             /* NULL or [n * input numel]: d target / d input */
+    int cam_layer;                 /* -1, or a layer at or before `layer`: */
+    float *cam_act;                /*   [n * its neurons]: its activations */
+    float *cam_grad;               /*   [n * its neurons]: d target / d those */
+} shim_grad_req;
+
+#define SHIM_NOT_DIFFERENTIABLE (-2)
+
+/* Runs n inputs (as shim_run) with autograd on and fills what r asks for.
+ * Returns 0; -1 with err; or SHIM_NOT_DIFFERENTIABLE with err when the
+ * target does not depend differentiably on the input (or on cam_layer): a
+ * model that detaches, rounds or takes integer paths there. Serialized
+ * with shim_run by the caller, like it. */
+int shim_grad(shim_model *m, const float *in, int64_t n, const shim_grad_req *r, char *err, size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

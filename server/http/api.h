@@ -33,6 +33,12 @@ void api_dataset_classes(http_req *r);
 void api_input_get(http_req *r);
 void api_input_png(http_req *r);
 void api_input_activations(http_req *r);
+/* The dataset of params[0] and the local id of params[1] (404s). */
+int api_find_input(http_req *r, store_dataset *d, uint64_t *local, proto_err *e);
+
+/* api_attribution.c */
+void api_input_attribution(http_req *r);
+void api_input_attribution_png(http_req *r);
 
 /* api_indexes.c */
 void api_index_create(http_req *r);

@@ -181,7 +181,7 @@ void api_dataset_classes(http_req *r)
 }
 
 /* The dataset of params[0] and the local id of params[1]. */
-static int find_input(http_req *r, store_dataset *d, uint64_t *local, proto_err *e)
+int api_find_input(http_req *r, store_dataset *d, uint64_t *local, proto_err *e)
 {
     uint64_t id;
     if (catalog_dataset(r->app, r->params[0], d, e) != 0) return -1;
@@ -200,7 +200,7 @@ void api_input_get(http_req *r)
     uint64_t id;
     proto_err e;
     float *x = NULL;
-    if (find_input(r, &d, &id, &e) != 0) {
+    if (api_find_input(r, &d, &id, &e) != 0) {
         http_reply_err(r, &e);
         return;
     }
@@ -248,7 +248,7 @@ void api_input_png(http_req *r)
     int side = 112;
     const char *s = http_arg(r, "size");
     if (s) side = atoi(s) < 16 ? 16 : atoi(s) > 1024 ? 1024 : atoi(s);
-    if (find_input(r, &d, &id, &e) != 0 || catalog_input_png(r->app, &d, id, side, &png, &len, &e) != 0)
+    if (api_find_input(r, &d, &id, &e) != 0 || catalog_input_png(r->app, &d, id, side, &png, &len, &e) != 0)
         http_reply_err(r, &e);
     else
         http_reply_bytes(r, 200, "image/png", png, len, 1);
@@ -264,7 +264,7 @@ void api_input_activations(http_req *r)
     query_activation *v = NULL;
     size_t n = 0;
     shim_layer ly;
-    if (find_input(r, &d, &id, &e) != 0 ||
+    if (api_find_input(r, &d, &id, &e) != 0 ||
         proto_parse_activations(http_arg(r, "model"), http_arg(r, "layer"), http_arg(r, "neurons"), http_arg(r, "top"),
                                 &q, &e) != 0 ||
         query_activations(r->app, &d, id, &q, &v, &n, &ly, &e) != 0) {

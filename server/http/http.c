@@ -39,6 +39,8 @@ static const route ROUTES[] = {
     {{"GET", "/v1/datasets/*/inputs/*"}, api_input_get, NULL, NULL},
     {{"GET", "/v1/datasets/*/inputs/*/image.png"}, api_input_png, NULL, NULL},
     {{"GET", "/v1/datasets/*/inputs/*/activations"}, api_input_activations, NULL, NULL},
+    {{"GET", "/v1/datasets/*/inputs/*/attribution"}, api_input_attribution, NULL, NULL},
+    {{"GET", "/v1/datasets/*/inputs/*/attribution.png"}, api_input_attribution_png, NULL, NULL},
     {{"POST", "/v1/indexes"}, api_index_create, NULL, NULL},
     {{"GET", "/v1/indexes"}, api_index_list, NULL, NULL},
     {{"GET", "/v1/indexes/*"}, api_index_get, NULL, NULL},

@@ -187,6 +187,100 @@ def test_csv_answers():
     H.expect_error(D.call("POST", "/v1/query/knn?format=csv", dict(body, model="cnn", dataset="fmnist", k=0)), 422)
 
 
+def attribution_qs(c):
+    qs = "model=%s&layer=%s&neurons=%s&agg=%s&method=%s" % (c.get("model", "cnn"), c["layer"],
+                                                            ",".join(map(str, c["neurons"])), c["agg"], c["method"])
+    if "weights" in c:
+        qs += "&weights=" + ",".join(map(str, c["weights"]))
+    for k in ("samples", "noise", "seed", "cam_layer"):
+        if k in c:
+            qs += "&%s=%s" % (k, c[k])
+    return qs
+
+
+def test_attributions_equal_python_autograd():
+    """Gradients, SmoothGrad, Grad-CAM and channel maps against torch's
+    autograd in Python on the same model and input (the fixture). Measured
+    agreement ~1e-9 of the map's largest value (the batch a forward runs
+    in changes the last bits); the test allows 1e-5 of it."""
+    for c in FIX["attributions"]:
+        r = D.ok("GET", "/v1/datasets/fmnist/inputs/%d/attribution?%s" % (c["input"], attribution_qs(c)))
+        H.check_reply(DOC, "GET", "/v1/datasets/{dataset}/inputs/{input}/attribution", 200, r)
+        assert r["shape"] == c["shape"] and r["method"] == c["method"] and r["input"] == c["input"], (c, r["shape"])
+        top = max(abs(v) for v in c["values"])
+        assert top > 0, "a fixture case of an all-zero map tests nothing: %s" % c
+        err = max(abs(a - b) for a, b in zip(r["values"], c["values"]))
+        assert err <= 1e-5 * top, (c["method"], c["layer"], err, top)
+        assert r["min"] == min(r["values"]) and r["max"] == max(r["values"])
+        if c["method"] == "gradcam":
+            assert r["cam_layer"] == c["cam_layer"] and min(r["values"]) >= 0
+        if c.get("samples"):
+            assert r["samples"] == c["samples"] and r["sigma"] > 0
+    # SmoothGrad is reproducible by its seed and changes with it
+    c = [x for x in FIX["attributions"] if x.get("samples")][0]
+    a = D.ok("GET", "/v1/datasets/fmnist/inputs/%d/attribution?%s" % (c["input"], attribution_qs(c)))
+    b = D.ok("GET", "/v1/datasets/fmnist/inputs/%d/attribution?%s" % (c["input"], attribution_qs(dict(c, seed=7))))
+    assert a["values"] == D.ok("GET", "/v1/datasets/fmnist/inputs/%d/attribution?%s" % (
+        c["input"], attribution_qs(c)))["values"] and a["values"] != b["values"]
+    # the target is the group's aggregate, as a top-k scores it
+    g = {"layer": "fc1", "neurons": [3, 17, 40], "agg": "sum", "method": "gradient"}
+    r = D.ok("GET", "/v1/datasets/fmnist/inputs/7/attribution?" + attribution_qs(g))
+    acts = D.ok("GET", "/v1/datasets/fmnist/inputs/7/activations?model=cnn&layer=fc1&neurons=3,17,40")
+    assert abs(r["target"] - sum(x["value"] for x in acts)) < 1e-5
+
+
+def png_size(raw):
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[12:16] == b"IHDR", raw[:16]
+    return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big"), raw[25]
+
+
+def test_attribution_heatmaps():
+    for c in FIX["attributions"]:
+        st, raw = D.call("GET", "/v1/datasets/fmnist/inputs/%d/attribution.png?%s" % (c["input"], attribution_qs(c)))
+        assert st == 200 and png_size(raw) == (112, 112, 2), (st, c)
+    st, raw = D.call("GET", "/v1/datasets/fmnist/inputs/7/attribution.png?size=224&alpha=0.3&" +
+                     attribution_qs(FIX["attributions"][0]))
+    assert st == 200 and png_size(raw)[:2] == (224, 224)
+    H.expect_error(D.call("GET", "/v1/datasets/fmnist/inputs/7/attribution.png?alpha=2&" +
+                          attribution_qs(FIX["attributions"][0])), 422)
+
+
+def test_bad_attributions_change_nothing():
+    D.ok("POST", "/v1/models", {"name": "frozen", "path": os.path.join(H.ROOT, "tests", "fixtures",
+                                                                       "nograd_model.pt")})
+    base = {"layer": "fc1", "neurons": [3], "agg": "sum", "method": "gradient"}
+    url = "/v1/datasets/fmnist/inputs/7/attribution?"
+    ok = D.ok("GET", url + attribution_qs(dict(base, model="frozen", layer="fc")))
+    assert ok["shape"] == [28, 28] and any(ok["values"])
+    cases = [
+        (dict(base, model="frozen", layer="frozen"), 422, "not_differentiable"),
+        (dict(base, model="frozen", layer="fc", method="gradcam"), 422, "not_spatial"),
+        (dict(base, method="channel"), 422, "not_spatial"),
+        (dict(base, method="gradcam", layer="conv3", cam_layer="conv4"), 422, "invalid_cam_layer"),
+        (dict(base, method="gradcam", cam_layer="fc1"), 422, "invalid_cam_layer"),
+        (dict(base, method="gradcam", cam_layer="nope"), 404, "unknown_layer"),
+        (dict(base, neurons=[64]), 422, "neuron_out_of_range"),
+        (dict(base, layer="nope"), 404, "unknown_layer"),
+        (dict(base, model="nope"), 404, None),
+        (dict(base, method="saliency"), 422, None),
+        (dict(base, agg="median"), 422, None),
+        (dict(base, weights=[1, 2]), 422, "weights_mismatch"),
+        (dict(base, agg="max", weights=[1]), 422, "conflicting_fields"),
+        (dict(base, method="gradcam", samples=4), 422, "conflicting_fields"),
+        (dict(base, samples=65), 422, None),
+        (dict(base, noise=-1, samples=2), 422, None),
+        (dict(base, method="channel", layer="conv3", cam_layer="conv2"), 422, "conflicting_fields"),
+    ]
+    for c, status, code in cases:
+        H.expect_error(D.call("GET", url + attribution_qs(c)), status, code)
+    H.expect_error(D.call("GET", "/v1/datasets/fmnist/inputs/7/attribution?model=cnn&layer=fc1"), 400,
+                   "missing_field")
+    H.expect_error(D.call("GET", "/v1/datasets/fmnist/inputs/10000/attribution?" + attribution_qs(base)), 404)
+    H.expect_error(D.call("GET", "/v1/datasets/nope/inputs/1/attribution?" + attribution_qs(base)), 404)
+    D.ok("DELETE", "/v1/models/frozen")
+    assert D.ok("GET", "/v1/health")["status"] == "ok"
+
+
 def test_deleting_predictions_and_the_model():
     H.check_reply(DOC, "DELETE", "/v1/predictions/{model}/{dataset}", 200,
                   D.ok("DELETE", "/v1/predictions/cnn/fmnist"))

@@ -410,6 +410,118 @@ START_TEST(test_from_input_bad_args)
 }
 END_TEST
 
+/* jet as the spec says it: blue (h 0) through cyan, yellow, to red (h 1). */
+static void want_jet(double h, uint8_t out[3])
+{
+    double c[3] = {1.5 - fabs(4 * h - 3), 1.5 - fabs(4 * h - 2), 1.5 - fabs(4 * h - 1)};
+    for (int i = 0; i < 3; i++) out[i] = (uint8_t)(255.0 * (c[i] < 0 ? 0 : c[i] > 1 ? 1 : c[i]) + 0.5);
+}
+
+static image heat(const uint8_t *px, int64_t h, int64_t w, const double *map, int mw, int mh, int magnitude,
+                  double alpha, int side)
+{
+    int64_t shape[2] = {h, w};
+    unsigned char *png = NULL;
+    size_t len = 0;
+    char err[128] = "";
+    ck_assert_msg(thumb_heatmap(px, 1, 2, shape, map, mw, mh, magnitude, alpha, side, &png, &len, err, sizeof err) == 0,
+                  "heatmap: %s", err);
+    image img = decode(png, len);
+    free(png);
+    ck_assert_int_eq(img.ch, 3);
+    return img;
+}
+
+START_TEST(test_heatmap_alpha_0_is_the_image)
+{
+    uint8_t *px = random_px(6 * 5, 11);
+    double map[4] = {0, 1, -3, 2};
+    image img = heat(px, 5, 6, map, 2, 2, 1, 0.0, 24);
+    ck_assert_int_eq(img.w, 24);
+    ck_assert_int_eq(img.h, 20);
+    for (int y = 0; y < img.h; y++)
+        for (int x = 0; x < img.w; x++)
+            for (int c = 0; c < 3; c++)
+                EXPECT(img.px[((size_t)y * img.w + x) * 3 + c] == px[(y / 4) * 6 + x / 4], "pixel (%d,%d)", x, y);
+    free(img.px);
+    free(px);
+}
+END_TEST
+
+START_TEST(test_heatmap_colours_and_scaling)
+{
+    uint8_t px[16] = {0};
+    /* a map at the image's resolution (scale 1): each pixel its own cell */
+    double map[16];
+    for (int i = 0; i < 16; i++) map[i] = i % 5 == 0 ? -2.0 * i : (double)i;
+    for (int magnitude = 0; magnitude < 2; magnitude++) {
+        image img = heat(px, 4, 4, map, 4, 4, magnitude, 1.0, 4);
+        double top = 0;
+        for (int i = 0; i < 16; i++) {
+            double v = magnitude ? fabs(map[i]) : map[i];
+            top = v > top ? v : top;
+        }
+        for (int i = 0; i < 16; i++) {
+            double v = magnitude ? fabs(map[i]) : map[i];
+            uint8_t want[3];
+            want_jet(v > 0 ? v / top : 0, want);
+            for (int c = 0; c < 3; c++)
+                EXPECT(img.px[i * 3 + c] == want[c], "magnitude %d cell %d ch %d: %d != %d", magnitude, i, c,
+                       img.px[i * 3 + c], want[c]);
+        }
+        free(img.px);
+    }
+    /* an all-zero map is all blue (h 0); half alpha blends evenly */
+    double zero[4] = {0};
+    uint8_t white[4] = {255, 255, 255, 255};
+    image img = heat(white, 2, 2, zero, 2, 2, 0, 0.5, 2);
+    uint8_t b[3];
+    want_jet(0, b);
+    for (int c = 0; c < 3; c++) ck_assert_int_eq(img.px[c], (int)(0.5 * 255 + 0.5 * b[c] + 0.5));
+    free(img.px);
+}
+END_TEST
+
+START_TEST(test_heatmap_bilinear)
+{
+    /* a 2x2 map over an 8x8 image: corners take the corner cells, the
+     * centre their mean, rows in between interpolate */
+    uint8_t px[64] = {0};
+    double map[4] = {0, 1, 2, 4};
+    image img = heat(px, 8, 8, map, 2, 2, 0, 1.0, 8);
+    for (int y = 0; y < 8; y++)
+        for (int x = 0; x < 8; x++) {
+            double u = (x + 0.5) * 2 / 8 - 0.5, v = (y + 0.5) * 2 / 8 - 0.5;
+            u = u < 0 ? 0 : u > 1 ? 1 : u;
+            v = v < 0 ? 0 : v > 1 ? 1 : v;
+            double m = (1 - v) * ((1 - u) * map[0] + u * map[1]) + v * ((1 - u) * map[2] + u * map[3]);
+            uint8_t want[3];
+            want_jet(m / 4, want);
+            for (int c = 0; c < 3; c++)
+                EXPECT(abs((int)img.px[(y * 8 + x) * 3 + c] - want[c]) <= 1, "(%d,%d) ch %d: %d vs %d", x, y, c,
+                       img.px[(y * 8 + x) * 3 + c], want[c]);
+        }
+    free(img.px);
+}
+END_TEST
+
+START_TEST(test_heatmap_bad_args)
+{
+    uint8_t px[4] = {0};
+    int64_t shape[2] = {2, 2};
+    double map[4] = {0};
+    unsigned char *png = NULL;
+    size_t len;
+    char err[128];
+    ck_assert_int_eq(thumb_heatmap(px, 1, 2, shape, NULL, 2, 2, 0, 0.5, 8, &png, &len, err, sizeof err), -1);
+    ck_assert_int_eq(thumb_heatmap(px, 1, 2, shape, map, 0, 2, 0, 0.5, 8, &png, &len, err, sizeof err), -1);
+    ck_assert_int_eq(thumb_heatmap(px, 1, 2, shape, map, 2, 2, 0, 1.5, 8, &png, &len, err, sizeof err), -1);
+    ck_assert_int_eq(thumb_heatmap(px, 1, 2, shape, map, 2, 2, 0, NAN, 8, &png, &len, err, sizeof err), -1);
+    ck_assert_int_eq(thumb_heatmap(px, 1, 5, shape, map, 2, 2, 0, 0.5, 8, &png, &len, err, sizeof err), -1);
+    ck_assert_ptr_null(png);
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("thumb");
@@ -429,6 +541,10 @@ int main(void)
     tcase_add_test(tc, test_f32_constant);
     tcase_add_test(tc, test_f32_non_finite);
     tcase_add_test(tc, test_from_input_bad_args);
+    tcase_add_test(tc, test_heatmap_alpha_0_is_the_image);
+    tcase_add_test(tc, test_heatmap_colours_and_scaling);
+    tcase_add_test(tc, test_heatmap_bilinear);
+    tcase_add_test(tc, test_heatmap_bad_args);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

@@ -20,7 +20,7 @@ BUILD   ?= build
 OPT     ?= -O2
 SAN     ?=
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wshadow -Wno-unused-parameter \
-               -Iproto -Istorage -Iserver -Iserver/engine -Iserver/builder -Iserver/http -Ishim $(SAN)
+               -Iproto -Istorage -Iserver -Iserver/engine -Iserver/builder -Iserver/http -Iserver/coord -Ishim $(SAN)
 CXXFLAGS_BASE := -std=c++17 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wno-unused-parameter -Ishim $(SAN)
 
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
@@ -44,7 +44,7 @@ LIBS := -lmicrohttpd -ljansson -llmdb -lpng -lz -lpthread -lm -ldl
 PROTO_SRC   := proto/jspec.c proto/proto.c
 STORAGE_SRC := storage/store.c storage/dsread.c
 ENGINE_SRC  := $(wildcard server/engine/*.c)
-SERVER_SRC  := $(wildcard server/*.c server/builder/*.c server/http/*.c)
+SERVER_SRC  := $(wildcard server/*.c server/builder/*.c server/http/*.c server/coord/*.c)
 
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 PROTO_OBJ   := $(call obj,$(PROTO_SRC))
@@ -143,8 +143,8 @@ browser-test: all
 lint:
 	bash scripts/install-deps.sh lint
 	@$(MAKE) --no-print-directory BUILD=build-lint OPT=-O2 CC="$(CC) -Werror" CXX="$(CXX) -Werror" build-lint/deepeverestd
-	cppcheck --enable=warning,performance,portability --inline-suppr --error-exitcode=1 -q \
-	    -Iproto -Istorage -Iserver -Iserver/engine -Iserver/builder -Iserver/http -Ishim server storage proto shim
+	cppcheck --enable=warning,performance,portability --inline-suppr --error-exitcode=1 -q --library=scripts/cppcheck-jansson.cfg \
+	    -Iproto -Istorage -Iserver -Iserver/engine -Iserver/builder -Iserver/http -Iserver/coord -Ishim server storage proto shim
 
 # Offline validation of the project's documents with maintained npm
 # packages (tests/tools/package.json): the OpenAPI document.

@@ -206,9 +206,10 @@ int proto_parse_dataset(const char *body, size_t len, proto_dataset_req *r, prot
     memset(r, 0, sizeof *r);
     static const char *const formats[] = {"npy", "idx", NULL};
     int format = 0, has_format = 0;
-    json_t *scale = NULL, *mean = NULL, *std = NULL, *classes = NULL;
+    json_t *scale = NULL, *mean = NULL, *std = NULL, *classes = NULL, *slice = NULL;
     const jspec specs[] = {
         {.name = "name", .type = JS_NAME, .required = 1, .dest = r->name},
+        {.name = "slice", .type = JS_JSON, .dest = &slice},
         {.name = "path", .type = JS_STRING, .required = 1, .dest = &r->path, .max = PROTO_PATH_MAX},
         {.name = "format", .type = JS_ENUM, .dest = &format, .present = &has_format, .choices = formats},
         {.name = "labels_path", .type = JS_STRING, .dest = &r->labels_path, .max = PROTO_PATH_MAX},
@@ -222,6 +223,27 @@ int proto_parse_dataset(const char *body, size_t len, proto_dataset_req *r, prot
     if (!root) return -1;
     if (jspec_parse(root, specs, e) != 0) goto fail;
     if (classes && get_classes(classes, &r->classes, e) != 0) goto fail;
+    if (slice) {
+        uint64_t sh = 0, n = 0;
+        const jspec ss[] = {
+            {.name = "shard", .type = JS_UINT, .required = 1, .dest = &sh, .min = 0, .max = PROTO_MAX_SHARDS - 1},
+            {.name = "shards", .type = JS_UINT, .required = 1, .dest = &n, .min = 1, .max = PROTO_MAX_SHARDS},
+            {0},
+        };
+        if (!json_is_object(slice)) {
+            proto_fail(e, 400, "invalid_type", "field 'slice' must be an object {\"shard\": i, \"shards\": n}");
+            goto fail;
+        }
+        if (parse_nested(slice, ss, "slice", e) != 0) goto fail;
+        if (sh >= n) {
+            proto_fail(e, 422, "invalid_value", "field 'slice.shard' (%llu) must be below 'slice.shards' (%llu)",
+                       (unsigned long long)sh, (unsigned long long)n);
+            goto fail;
+        }
+        r->has_slice = 1;
+        r->slice_shard = (uint32_t)sh;
+        r->slice_shards = (uint32_t)n;
+    }
     /* The enum's index is 0-based; PROTO_FMT_AUTO (0) means absent. */
     r->format = has_format ? (format == 0 ? PROTO_FMT_NPY : PROTO_FMT_IDX) : PROTO_FMT_AUTO;
     if (scale) {
@@ -289,6 +311,23 @@ static int qs_channels(const char *s, const char *param, int positive, double *o
     return 0;
 }
 
+static int qs_uint(const char *s, uint64_t lo, uint64_t hi, uint64_t *out);
+
+int proto_dataset_slice(proto_dataset_req *r, const char *shard, const char *shards, proto_err *e)
+{
+    if (!shard && !shards) return 0;
+    uint64_t sh, n;
+    if (!shard || !shards)
+        return proto_fail(e, 400, "missing_field", "query parameters 'shard' and 'shards' go together");
+    if (qs_uint(shards, 1, PROTO_MAX_SHARDS, &n) != 0 || qs_uint(shard, 0, n - 1, &sh) != 0)
+        return proto_fail(e, 422, "invalid_value", "query parameters 'shard' and 'shards' must be integers with "
+                          "0 <= shard < shards <= %d", PROTO_MAX_SHARDS);
+    r->has_slice = 1;
+    r->slice_shard = (uint32_t)sh;
+    r->slice_shards = (uint32_t)n;
+    return 0;
+}
+
 int proto_dataset_opts(proto_dataset_req *r, const char *scale, const char *mean, const char *std, proto_err *e)
 {
     if (scale) {
@@ -336,7 +375,7 @@ int proto_parse_index(const char *body, size_t len, proto_index_req *r, proto_er
     memset(r, 0, sizeof *r);
     static const char *const kinds[] = {"npi", "full", NULL};
     json_t *layer = NULL, *layers = NULL, *budget = NULL;
-    uint64_t partitions = 0;
+    uint64_t partitions = 0, job_id = 0;
     const jspec specs[] = {
         {.name = "model", .type = JS_NAME, .required = 1, .dest = r->model},
         {.name = "dataset", .type = JS_NAME, .required = 1, .dest = r->dataset},
@@ -349,11 +388,13 @@ int proto_parse_index(const char *body, size_t len, proto_index_req *r, proto_er
         {.name = "storage_budget", .type = JS_JSON, .dest = &budget},
         {.name = "kind", .type = JS_ENUM, .dest = &r->kind, .choices = kinds},
         {.name = "eager", .type = JS_ENUM, .dest = &r->eager, .present = &r->has_eager, .choices = proto_eager_names},
+        {.name = "job_id", .type = JS_UINT, .dest = &job_id, .min = 1, .max = UINT32_MAX - 1},
         {0},
     };
     json_t *root = load_object(body, len, e);
     if (!root) return -1;
     if (jspec_parse(root, specs, e) != 0) goto fail;
+    r->job_id = (uint32_t)job_id;
     if (layer && layers) {
         proto_fail(e, 422, "conflicting_fields", "give either 'layer' (one layer) or 'layers' (several), not both");
         goto fail;
@@ -1032,15 +1073,18 @@ int proto_parse_predictions(const char *body, size_t len, proto_predictions_req 
 {
     memset(r, 0, sizeof *r);
     json_t *layer = NULL;
+    uint64_t job_id = 0;
     const jspec specs[] = {
         {.name = "model", .type = JS_NAME, .required = 1, .dest = r->model},
         {.name = "dataset", .type = JS_NAME, .required = 1, .dest = r->dataset},
         {.name = "layer", .type = JS_JSON, .dest = &layer},
+        {.name = "job_id", .type = JS_UINT, .dest = &job_id, .min = 1, .max = UINT32_MAX - 1},
         {0},
     };
     json_t *root = load_object(body, len, e);
     if (!root) return -1;
     int rc = jspec_parse(root, specs, e) == 0 && (!layer || get_layer(layer, "layer", r->layer, e) == 0) ? 0 : -1;
+    r->job_id = (uint32_t)job_id;
     json_decref(root);
     return rc;
 }

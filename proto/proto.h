@@ -58,7 +58,12 @@ typedef struct proto_dataset_req {
     double mean[PROTO_MAX_CHANNELS];
     double std[PROTO_MAX_CHANNELS];
     proto_classes classes;             /* "classes": names of the labels 0..n-1 (n = 0: none) */
+    /* "slice": {"shard": i, "shards": n}: keep inputs [i*N/n, (i+1)*N/n) of
+     * the file's N, with their global ids (a coordinator's shard) */
+    int has_slice;
+    uint32_t slice_shard, slice_shards;
 } proto_dataset_req;
+#define PROTO_MAX_SHARDS 1024
 
 /* PUT /v1/datasets/{name}/classes {"classes": [...]} */
 int proto_parse_classes(const char *body, size_t len, proto_classes *r, proto_err *e);
@@ -68,6 +73,8 @@ void proto_free_classes(proto_classes *r);
  * "scale", "mean", "std" (comma-separated numbers). value NULL = absent. */
 int proto_dataset_opts(proto_dataset_req *r, const char *scale, const char *mean,
                        const char *std, proto_err *e);
+/* ... and "shard", "shards" (both or neither): the slice. */
+int proto_dataset_slice(proto_dataset_req *r, const char *shard, const char *shards, proto_err *e);
 
 /* POST /v1/indexes {"model","dataset","layer" | "layers":[...],
  *   "partitions"?, "mai_ratio"?, "storage_budget"?} */
@@ -84,6 +91,7 @@ typedef struct proto_index_req {
                                           (full materialization, the PreprocessAll baseline) */
     int has_eager;
     int eager;                         /* "eager": enum proto_eager */
+    uint32_t job_id;                   /* "job_id": the job's id, chosen by a coordinator (0 = next) */
 } proto_index_req;
 
 /* Which other layers a pass that builds an index indexes too (README:
@@ -183,6 +191,7 @@ typedef struct proto_predictions_req {
     char model[PROTO_NAME_MAX + 1];
     char dataset[PROTO_NAME_MAX + 1];
     char layer[PROTO_LAYER_MAX + 1];   /* "" = the model's last layer */
+    uint32_t job_id;                   /* as in proto_index_req */
 } proto_predictions_req;
 int proto_parse_predictions(const char *body, size_t len, proto_predictions_req *r, proto_err *e);
 

@@ -42,6 +42,8 @@ typedef struct app_config {
     unsigned client_timeout_s;   /* a connection idle this long is closed (slow clients) */
     size_t map_mb;               /* LMDB map size */
     const char *static_dir;      /* explorer files */
+    const char *shards;          /* --coordinator --shards URL[,URL...] */
+    double shard_timeout_s;      /* a shard call's bound */
 } app_config;
 
 typedef struct app_metrics {
@@ -53,6 +55,7 @@ typedef struct app_metrics {
 
 struct registry;
 struct jobs;
+struct coord;
 
 typedef struct app {
     app_config cfg;
@@ -63,6 +66,7 @@ typedef struct app {
     app_metrics metrics;
     atomic_int stopping;
     const char *device_name;     /* "cpu" or "cuda" */
+    struct coord *coord;         /* coordinator mode (coord.h): no store, models, jobs */
 } app;
 
 #endif

@@ -644,6 +644,20 @@ int catalog_get_index(app *a, uint32_t id, store_index *out, proto_err *e)
     return rc == STORE_OK ? 0 : catalog_store_fail(rc, NULL, e);
 }
 
+int catalog_next_job_id(app *a, uint32_t *out, proto_err *e)
+{
+    store_txn *t;
+    uint32_t last = 0;
+    int rc = store_txn_begin(a->st, 1, &t);
+    if (rc == STORE_OK) {
+        rc = store_peek_id(t, "job", &last);
+        store_txn_abort(t);
+    }
+    if (rc != STORE_OK) return catalog_store_fail(rc, NULL, e);
+    *out = last + 1;
+    return 0;
+}
+
 int catalog_get_job(app *a, uint32_t id, store_job *out, proto_err *e)
 {
     store_txn *t;

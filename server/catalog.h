@@ -136,6 +136,8 @@ int catalog_classes_blob(store_txn *t, const store_dataset *d, const proto_class
 
 /* Single records: 404 unknown_index / unknown_job. */
 int catalog_get_index(app *a, uint32_t id, store_index *out, proto_err *e);
+/* The id the next job will get here (a coordinator picks one above every shard's). */
+int catalog_next_job_id(app *a, uint32_t *out, proto_err *e);
 int catalog_get_job(app *a, uint32_t id, store_job *out, proto_err *e);
 /* Copies of every record in key order (malloc'd; datasets: READY ones). */
 int catalog_models(app *a, store_model **out, size_t *n, proto_err *e);

@@ -23,6 +23,8 @@ struct importer {
     proto_err e;                 /* why a callback stopped the parse */
     int failed;
     proto_classes classes;       /* names to store with the dataset (a copy) */
+    int has_slice;               /* keep inputs [d.first, d.first + d.count) of the file */
+    uint32_t shard, shards;
 };
 
 static int store_failed(importer *im, int rc)
@@ -72,6 +74,17 @@ static int on_header(const dsread_info *info, void *arg, char *err, size_t errle
     for (int i = 1; i < info->ndim; i++) d->shape[d->ndim++] = info->shape[i];
     d->dtype = info->dtype == DSREAD_U8 ? STORE_U8 : STORE_F32;
     d->count = d->total = info->count;
+    d->first = 0;
+    if (im->has_slice) { /* shard i of n: [i*N/n, (i+1)*N/n) */
+        uint64_t N = info->count, a = N * im->shard / im->shards, b = N * (im->shard + 1) / im->shards;
+        if (b == a) {
+            snprintf(err, errlen, "the file's %llu inputs cannot be split over %u shards (shard %u would hold none)",
+                     (unsigned long long)N, im->shards, im->shard);
+            return 1;
+        }
+        d->first = a;
+        d->count = b - a;
+    }
     im->input_bytes = info->input_bytes;
     if (d->nchan > 1 && d->ndim >= 3 && d->shape[0] != d->nchan) {
         snprintf(err, errlen, "mean/std give %d channels but inputs have %lld", d->nchan, (long long)d->shape[0]);
@@ -89,8 +102,12 @@ static int on_inputs(const void *data, uint64_t first, uint64_t count, void *arg
 {
     importer *im = arg;
     const uint8_t *p = data;
-    size_t bytes = count * im->input_bytes;
-    (void)first;
+    /* a slice keeps its rows only */
+    uint64_t lo = im->d.first, hi = im->d.first + im->d.count;
+    uint64_t a = first > lo ? first : lo, b = first + count < hi ? first + count : hi;
+    if (a >= b) return 0;
+    p += (a - first) * im->input_bytes;
+    size_t bytes = (b - a) * im->input_bytes;
     while (bytes) {
         size_t room = im->buf_cap - im->buf_bytes;
         size_t take = bytes < room ? bytes : room;
@@ -139,6 +156,9 @@ int importer_begin(app *a, const proto_dataset_req *q, int format, importer **ou
         return proto_fail(e, 409, "dataset_exists", "dataset '%s' already exists; DELETE it first", q->name);
     if (rc != STORE_OK) return catalog_store_fail(rc, NULL, e);
     im->created = 1;
+    im->has_slice = q->has_slice;
+    im->shard = q->slice_shard;
+    im->shards = q->slice_shards;
     if (q->classes.n) {
         if (!(im->classes.names = calloc(q->classes.n, sizeof *im->classes.names)))
             return proto_fail(e, 500, "internal", "out of memory");
@@ -251,10 +271,11 @@ int importer_finish(importer *im, const char *labels_path, store_dataset *out, p
     store_dataset *d = &im->d;
     if (d->scale < 0) d->scale = d->dtype == STORE_U8 ? 1.0f / 255.0f : 1.0f;
     int32_t *labels = NULL;
-    if (labels_path && read_labels(labels_path, d->count, &labels, e) != 0) {
+    if (labels_path && read_labels(labels_path, d->total, &labels, e) != 0) {
         im->failed = 1;
         return -1;
     }
+    if (labels && d->first) memmove(labels, labels + d->first, d->count * sizeof *labels);
     store_txn *t;
     int rc = store_txn_begin(im->a->st, 0, &t);
     if (rc == STORE_OK && labels) rc = store_labels_put(t, d->id, labels, d->count);

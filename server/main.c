@@ -8,7 +8,9 @@
  *   [--infer-memory-mb 2048] [--eager-layers fit]
  * deepeverestd --data DIR --stat      print the catalog and indexes, exit
  *                                     (read-only, beside a running daemon)
- * deepeverestd --routes               print the API's routes, exit
+ * deepeverestd --coordinator --shards URL[,URL...] [--listen ...] [--token-file F]
+ *   [--shard-timeout-s 600]        one API in front of shards (server/coord/)
+ * deepeverestd [--coordinator] --routes   print the API's routes, exit
  */
 #include <errno.h>
 #include <getopt.h>
@@ -20,6 +22,7 @@
 #include <unistd.h>
 
 #include "app.h"
+#include "coord.h"
 #include "http.h"
 #include "jobs.h"
 #include "registry.h"
@@ -33,8 +36,10 @@ static void usage(FILE *f)
             "                    [--max-upload-mb N] [--query-timeout-s S] [--max-builds N]\n"
             "                    [--static DIR] [--map-mb N] [--client-timeout-s S]\n"
             "                    [--infer-memory-mb N] [--eager-layers none|before|fit|all]\n"
+            "       deepeverestd --coordinator --shards URL[,URL...] [--listen HOST:PORT]\n"
+            "                    [--token-file F] [--shard-timeout-s S] [--static DIR]\n"
             "       deepeverestd --data DIR --stat\n"
-            "       deepeverestd --routes\n");
+            "       deepeverestd [--coordinator] --routes\n");
 }
 
 static int parse_listen(const char *s, app_config *c)
@@ -89,6 +94,44 @@ static const char *default_static_dir(void)
 
 int stat_main(const char *data_dir); /* stat.c */
 
+/* --coordinator: no torch, store, models or jobs; the shards do the work. */
+static int coordinator_main(app *A)
+{
+    app_config *c = &A->cfg;
+    char err[512];
+    if (!c->static_dir) c->static_dir = default_static_dir();
+    if (c->token_file && !(c->token = read_token(c->token_file))) {
+        fprintf(stderr, "--token-file %s: cannot read a token from it\n", c->token_file);
+        return 2;
+    }
+    if (coord_new(c->shards, c->shard_timeout_s, c->token, &A->coord, err, sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return 2;
+    }
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    A->device_name = "none";
+    if (http_start(A, err, sizeof err) != 0) {
+        fprintf(stderr, "http: %s\n", err);
+        return 1;
+    }
+    log_msg("deepeverestd %s coordinator listening on http://%s:%d/ over %d shards (%s)", DE_VERSION,
+            c->listen_host, http_port(), A->coord->n, c->shards);
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    log_msg("signal %d: draining in-flight requests", sig);
+    atomic_store(&A->stopping, 1);
+    http_stop(A, 30.0);
+    coord_free(A->coord);
+    free(c->token);
+    log_msg("stopped");
+    return 0;
+}
+
 static void print_route(const char *method, const char *pattern, void *arg)
 {
     (void)arg;
@@ -99,7 +142,7 @@ int main(int argc, char **argv)
 {
     static app A;
     app_config *c = &A.cfg;
-    int do_stat = 0;
+    int do_stat = 0, do_routes = 0, coordinator = 0;
     snprintf(c->listen_host, sizeof c->listen_host, "127.0.0.1");
     c->listen_port = 8080;
     c->device = "auto";
@@ -114,10 +157,11 @@ int main(int argc, char **argv)
     c->map_mb = 64 << 10;
     c->infer_memory_mb = 2048;
     c->eager_layers = 2; /* fit */
+    c->shard_timeout_s = 600; /* a query that builds its index inline may take minutes */
 
     enum { O_DATA = 1, O_LISTEN, O_DEVICE, O_CACHE, O_THREADS, O_TOKEN, O_BATCH, O_BUILDMEM,
            O_IMPORT, O_MAXBODY, O_MAXUP, O_QTIME, O_MAXBUILDS, O_STATIC, O_STAT, O_MAPGB, O_CTIME, O_INFERMEM,
-           O_ROUTES, O_EAGER, O_HELP };
+           O_ROUTES, O_EAGER, O_COORD, O_SHARDS, O_STIME, O_HELP };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},
         {"listen", required_argument, 0, O_LISTEN},
@@ -139,6 +183,9 @@ int main(int argc, char **argv)
         {"stat", no_argument, 0, O_STAT},
         {"routes", no_argument, 0, O_ROUTES},
         {"eager-layers", required_argument, 0, O_EAGER},
+        {"coordinator", no_argument, 0, O_COORD},
+        {"shards", required_argument, 0, O_SHARDS},
+        {"shard-timeout-s", required_argument, 0, O_STIME},
         {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0}};
     int o;
@@ -171,7 +218,10 @@ int main(int argc, char **argv)
         case O_MAPGB: if (parse_size(optarg, 4, (size_t)1 << 26, &c->map_mb)) goto bad; break;
         case O_INFERMEM: if (parse_size(optarg, 1, 1 << 22, &c->infer_memory_mb)) goto bad; break;
         case O_STAT: do_stat = 1; break;
-        case O_ROUTES: http_routes_each(print_route, NULL); return 0;
+        case O_ROUTES: do_routes = 1; break;
+        case O_COORD: coordinator = 1; break;
+        case O_SHARDS: c->shards = optarg; break;
+        case O_STIME: if (parse_size(optarg, 1, 86400, &v)) goto bad; c->shard_timeout_s = (double)v; break;
         case O_EAGER: {
             static const char *modes[] = {"none", "before", "fit", "all"};
             int found = -1;
@@ -193,10 +243,18 @@ int main(int argc, char **argv)
             if (op->val == o) fprintf(stderr, "bad value '%s' for --%s\n", optarg, op->name);
         return 2;
     }
-    if (!c->data_dir || optind != argc) {
+    if (do_routes) {
+        http_routes_each(coordinator, print_route, NULL);
+        return 0;
+    }
+    if (optind != argc || (coordinator ? (c->data_dir || !c->shards) : !c->data_dir) || (!coordinator && c->shards)) {
+        if (coordinator && c->data_dir) fprintf(stderr, "a coordinator holds no data: drop --data\n");
+        else if (coordinator) fprintf(stderr, "--coordinator needs --shards URL[,URL...]\n");
+        else if (c->shards) fprintf(stderr, "--shards goes with --coordinator\n");
         usage(stderr);
         return 2;
     }
+    if (coordinator) return coordinator_main(&A);
     if (do_stat) return stat_main(c->data_dir);
     if (!c->static_dir) c->static_dir = default_static_dir();
     if (c->token_file && !(c->token = read_token(c->token_file))) {

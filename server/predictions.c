@@ -170,8 +170,8 @@ static void pred_abandon(app *a, job *j)
 
 static const job_ops PRED_OPS = {"predictions", pred_run, pred_abandon, free};
 
-int predictions_submit(app *a, const char *model, const char *dataset, const char *layer, store_predictions *out,
-                       int *reused, proto_err *e)
+int predictions_submit(app *a, const char *model, const char *dataset, const char *layer, uint32_t job_id,
+                       store_predictions *out, int *reused, proto_err *e)
 {
     store_dataset d;
     registry_model *m = catalog_model(a, model, e);
@@ -213,7 +213,7 @@ int predictions_submit(app *a, const char *model, const char *dataset, const cha
     snprintf(pj->layer, sizeof pj->layer, "%s", lname);
     j->payload = pj;
     store_job jr = {0};
-    src = store_next_id(t, "job", &jr.id);
+    src = store_take_id(t, "job", job_id, &jr.id);
     snprintf(jr.kind, sizeof jr.kind, "predictions");
     snprintf(jr.model, sizeof jr.model, "%s", model);
     snprintf(jr.dataset, sizeof jr.dataset, "%s", dataset);
@@ -241,7 +241,10 @@ int predictions_submit(app *a, const char *model, const char *dataset, const cha
         store_txn_abort(t);
     if (src != STORE_OK) {
         catalog_unlock();
-        catalog_store_fail(src, NULL, e);
+        if (src == STORE_EXISTS)
+            proto_fail(e, 409, "job_id_taken", "job id %u is taken on this daemon", job_id);
+        else
+            catalog_store_fail(src, NULL, e);
         goto out;
     }
     j->id = jr.id;

@@ -18,9 +18,10 @@
 #include "store.h"
 
 /* Starts the job (or, when the predictions of this layer exist or are being
- * made, reuses them: *reused). *out gets the record. */
-int predictions_submit(app *a, const char *model, const char *dataset, const char *layer, store_predictions *out,
-                       int *reused, proto_err *e);
+ * made, reuses them: *reused). *out gets the record. job_id: the job's id as
+ * a coordinator chose it (0 = the next; 409 job_id_taken when used). */
+int predictions_submit(app *a, const char *model, const char *dataset, const char *layer, uint32_t job_id,
+                       store_predictions *out, int *reused, proto_err *e);
 
 /* The READY predictions of model over d, with a malloc'd copy of the
  * predicted classes (*pred, d->count of them; NULL pred: the record only).

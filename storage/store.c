@@ -989,6 +989,45 @@ void store_txn_abort(store_txn *t)
     txn_free(t);
 }
 
+int store_take_id(store_txn *t, const char *counter, uint32_t want, uint32_t *out)
+{
+    if (!want) return store_next_id(t, counter, out);
+    uint32_t cur;
+    int rc = store_peek_id(t, counter, &cur);
+    if (rc != STORE_OK) return rc;
+    if (want <= cur) return STORE_EXISTS;
+    char k[80];
+    int n = snprintf(k, sizeof k, "id:%s", counter ? counter : "");
+    uint8_t b[4] = {(uint8_t)want, (uint8_t)(want >> 8), (uint8_t)(want >> 16), (uint8_t)(want >> 24)};
+    if ((rc = put_val(t, DB_META, k, (size_t)n, b, 4, 0, "write counter")) != STORE_OK) return rc;
+    *out = want;
+    return STORE_OK;
+}
+
+int store_peek_id(store_txn *t, const char *counter, uint32_t *out)
+{
+    char k[80];
+    int n = snprintf(k, sizeof k, "id:%s", counter ? counter : "");
+    if (n < 0 || (size_t)n >= sizeof k) {
+        seterr("counter name too long");
+        return STORE_ERROR;
+    }
+    MDB_val val;
+    int rc = get_val(t, DB_META, k, (size_t)n, &val, "read counter");
+    if (rc == STORE_NOTFOUND) {
+        *out = 0;
+        return STORE_OK;
+    }
+    if (rc != STORE_OK) return rc;
+    if (val.mv_size != 4) {
+        seterr("damaged counter %s", counter);
+        return STORE_ERROR;
+    }
+    const uint8_t *p = val.mv_data;
+    *out = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    return STORE_OK;
+}
+
 int store_next_id(store_txn *t, const char *counter, uint32_t *out)
 {
     char k[80];

@@ -157,6 +157,11 @@ void store_txn_abort(store_txn *t);   /* frees t; NULL is fine */
 
 /* Counters, atomically incremented in the write transaction t. */
 int store_next_id(store_txn *t, const char *counter, uint32_t *out);
+/* The last id handed out (0 when none), and an id chosen by the caller:
+ * want must be above every id handed out (else STORE_EXISTS); the counter
+ * moves up to it. want 0 = store_next_id. */
+int store_peek_id(store_txn *t, const char *counter, uint32_t *out);
+int store_take_id(store_txn *t, const char *counter, uint32_t want, uint32_t *out);
 
 /* Models: keyed by name. */
 int store_model_put(store_txn *t, const store_model *m, int create_only);

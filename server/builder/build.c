@@ -339,7 +339,11 @@ static int create_records(app *a, registry_model *m, const store_dataset *d, job
                           d->name);
     }
     store_job jr = {0};
-    rc = store_next_id(t, "job", &jr.id);
+    rc = store_take_id(t, "job", bj->p.job_id, &jr.id);
+    if (rc == STORE_EXISTS) {
+        store_txn_abort(t);
+        return proto_fail(e, 409, "job_id_taken", "job id %u is taken on this daemon", bj->p.job_id);
+    }
     snprintf(jr.kind, sizeof jr.kind, "%s", j->ops->kind);
     snprintf(jr.model, sizeof jr.model, "%s", m->name);
     snprintf(jr.dataset, sizeof jr.dataset, "%s", d->name);

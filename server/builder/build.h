@@ -41,6 +41,8 @@ typedef struct build_params {
     double mai_ratio;            /* 0..0.5; < 0 = chosen from the budget */
     double budget;               /* fraction of full materialization (default 0.2) */
     int eager;                   /* enum proto_eager: other layers the pass indexes too */
+    uint32_t job_id;             /* the job's id as a coordinator chose it (0 = the next);
+                                    409 job_id_taken when this daemon used it already */
 } build_params;
 
 /* The parameters a build over n inputs uses: those given, the others picked

@@ -54,6 +54,7 @@ int api_dataset_upload_chunk(http_req *r, const char *data, size_t len)
         }
         snprintf(q.name, sizeof q.name, "%s", r->params[0]);
         if (proto_dataset_opts(&q, http_arg(r, "scale"), http_arg(r, "mean"), http_arg(r, "std"), &u->e) != 0 ||
+            proto_dataset_slice(&q, http_arg(r, "shard"), http_arg(r, "shards"), &u->e) != 0 ||
             importer_begin(r->app, &q, DSREAD_AUTO, &u->im, &u->e) != 0)
             u->failed = 1;
         proto_free_dataset(&q);

@@ -23,7 +23,7 @@ void api_index_create(http_req *r)
                       .partitions = q.has_partitions ? q.partitions : 0,
                       .mai_ratio = q.has_mai_ratio ? q.mai_ratio : -1,
                       .budget = q.has_budget ? q.storage_budget : 0.2,
-                      .eager = q.has_eager ? q.eager : EAGER_NONE};
+                      .eager = q.has_eager ? q.eager : EAGER_NONE, .job_id = q.job_id};
     const char *names[PROTO_MAX_LAYERS];
     for (int l = 0; l < q.nlayers; l++) names[l] = q.layers[l];
     if (build_submit(r->app, q.model, q.dataset, names, q.nlayers, &p, &s, &e) != 0) {
@@ -124,9 +124,12 @@ void api_index_neuron(http_req *r)
         json_object_set_new(o, "upper", cn.counts[p] ? json_real(cn.upper[p]) : json_null());
         json_array_append_new(parts, o);
     }
+    /* global ids: a shard's slice starts at its first */
+    store_dataset d;
+    uint64_t first = catalog_dataset(r->app, ix.dataset, &d, &e) == 0 ? d.first : 0;
     json_t *mai = json_array();
     for (uint32_t i = 0; i < cn.nmai; i++)
-        json_array_append_new(mai, json_pack("{s:I,s:f}", "input", (json_int_t)cn.mai_ids[i], "value",
+        json_array_append_new(mai, json_pack("{s:I,s:f}", "input", (json_int_t)(first + cn.mai_ids[i]), "value",
                                              (double)cn.mai_values[i]));
     http_reply_json(r, 200, json_pack("{s:I,s:I,s:I,s:o,s:o}", "index", (json_int_t)ix.id, "neuron",
                                       (json_int_t)neuron, "mai_count", (json_int_t)cn.mai_count, "partitions", parts,
@@ -143,10 +146,16 @@ void api_job_list(http_req *r)
         http_reply_err(r, &e);
         return;
     }
+    uint32_t next = 0;
+    if (catalog_next_job_id(r->app, &next, &e) != 0) {
+        free(list);
+        http_reply_err(r, &e);
+        return;
+    }
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++) json_array_append_new(arr, api_job_json(r->app, &list[i]));
     free(list);
-    http_reply_json(r, 200, json_pack("{s:o}", "jobs", arr));
+    http_reply_json(r, 200, json_pack("{s:o,s:I}", "jobs", arr, "next_id", (json_int_t)next));
 }
 
 void api_job_get(http_req *r)

@@ -27,7 +27,7 @@ void api_predictions_create(http_req *r)
     store_dataset d;
     int reused;
     if (proto_parse_predictions(r->body, r->body_len, &q, &e) != 0 ||
-        predictions_submit(r->app, q.model, q.dataset, q.layer[0] ? q.layer : NULL, &p, &reused, &e) != 0 ||
+        predictions_submit(r->app, q.model, q.dataset, q.layer[0] ? q.layer : NULL, q.job_id, &p, &reused, &e) != 0 ||
         catalog_dataset(r->app, q.dataset, &d, &e) != 0) {
         http_reply_err(r, &e);
         return;

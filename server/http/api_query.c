@@ -30,6 +30,7 @@ static void run(http_req *r, int knn)
                               "rounds", (json_int_t)ans.rounds, "fraction_computed",
                               ans.inputs ? (double)ans.computed / (double)ans.inputs : 0.0);
     json_object_set_new(stats, "forwards", json_integer((json_int_t)ans.forwards));
+    json_object_set_new(stats, "inputs", json_integer((json_int_t)ans.inputs));
     query_answer_free(&ans);
     proto_free_query(&q);
     if (csv) { /* the results, a row each; the stats stay in JSON answers */

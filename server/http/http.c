@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 
 #include "api.h"
+#include "coord_api.h"
 #include "proto.h"
 #include "route.h"
 
@@ -60,6 +61,46 @@ static const route ROUTES[] = {
 };
 #define NROUTES (sizeof ROUTES / sizeof ROUTES[0])
 
+/* --coordinator: the same API, row for row (a test holds them equal). */
+static const route COORD_ROUTES[] = {
+    {{"GET", "/v1/health"}, coord_health, NULL, NULL},
+    {{"GET", "/v1/openapi.json"}, api_openapi, NULL, NULL},
+    {{"GET", "/metrics"}, coord_metrics, NULL, NULL},
+    {{"POST", "/v1/models"}, coord_model_create, NULL, NULL},
+    {{"GET", "/v1/models"}, coord_model_list, NULL, NULL},
+    {{"GET", "/v1/models/*"}, coord_all_same, NULL, NULL},
+    {{"DELETE", "/v1/models/*"}, coord_delete_all, NULL, NULL},
+    {{"POST", "/v1/datasets"}, coord_dataset_create, NULL, NULL},
+    {{"GET", "/v1/datasets"}, coord_dataset_list, NULL, NULL},
+    {{"PUT", "/v1/datasets/*"}, coord_upload, coord_upload_chunk, coord_upload_cleanup},
+    {{"GET", "/v1/datasets/*"}, coord_dataset_get, NULL, NULL},
+    {{"DELETE", "/v1/datasets/*"}, coord_delete_all, NULL, NULL},
+    {{"PUT", "/v1/datasets/*/classes"}, coord_dataset_classes, NULL, NULL},
+    {{"GET", "/v1/datasets/*/inputs"}, coord_input_list, NULL, NULL},
+    {{"GET", "/v1/datasets/*/inputs/*"}, coord_input_forward, NULL, NULL},
+    {{"GET", "/v1/datasets/*/inputs/*/image.png"}, coord_input_forward, NULL, NULL},
+    {{"GET", "/v1/datasets/*/inputs/*/activations"}, coord_input_forward, NULL, NULL},
+    {{"GET", "/v1/datasets/*/inputs/*/attribution"}, coord_input_forward, NULL, NULL},
+    {{"GET", "/v1/datasets/*/inputs/*/attribution.png"}, coord_input_forward, NULL, NULL},
+    {{"POST", "/v1/indexes"}, coord_index_create, NULL, NULL},
+    {{"GET", "/v1/indexes"}, coord_index_list, NULL, NULL},
+    {{"GET", "/v1/indexes/*"}, coord_index_get, NULL, NULL},
+    {{"DELETE", "/v1/indexes/*"}, coord_index_delete, NULL, NULL},
+    {{"GET", "/v1/indexes/*/neurons/*"}, coord_index_neuron, NULL, NULL},
+    {{"GET", "/v1/jobs"}, coord_job_list, NULL, NULL},
+    {{"GET", "/v1/jobs/*"}, coord_job_get, NULL, NULL},
+    {{"DELETE", "/v1/jobs/*"}, coord_job_delete, NULL, NULL},
+    {{"POST", "/v1/predictions"}, coord_predictions_create, NULL, NULL},
+    {{"GET", "/v1/predictions"}, coord_predictions_list, NULL, NULL},
+    {{"GET", "/v1/predictions/*/*"}, coord_predictions_get, NULL, NULL},
+    {{"DELETE", "/v1/predictions/*/*"}, coord_delete_all, NULL, NULL},
+    {{"POST", "/v1/query/topk"}, coord_query_topk, NULL, NULL},
+    {{"POST", "/v1/query/knn"}, coord_query_knn, NULL, NULL},
+    {{"GET", "/"}, api_static, NULL, NULL},
+    {{"GET", "/static/*"}, api_static, NULL, NULL},
+};
+#define NCOORD_ROUTES (sizeof COORD_ROUTES / sizeof COORD_ROUTES[0])
+
 typedef struct conn_state {
     http_req req;
     const route *rt;
@@ -83,6 +124,59 @@ const char *http_arg(http_req *r, const char *name)
 const char *http_header(http_req *r, const char *name)
 {
     return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+typedef struct qs_build {
+    char *buf;
+    size_t cap, len;
+    const char *const *drop;
+    int overflow;
+} qs_build;
+
+static void qs_put(qs_build *b, const char *s, int encode)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        int plain = !encode || (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+                    ch == '-' || ch == '_' || ch == '.' || ch == '~' || ch == ',';
+        if (b->len + 4 >= b->cap) {
+            b->overflow = 1;
+            return;
+        }
+        if (plain) {
+            b->buf[b->len++] = (char)ch;
+        } else {
+            b->buf[b->len++] = '%';
+            b->buf[b->len++] = hex[ch >> 4];
+            b->buf[b->len++] = hex[ch & 15];
+        }
+    }
+    b->buf[b->len] = '\0';
+}
+
+static enum MHD_Result qs_each(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    qs_build *b = cls;
+    (void)kind;
+    for (size_t i = 0; b->drop && b->drop[i]; i++)
+        if (strcmp(b->drop[i], key) == 0) return MHD_YES;
+    qs_put(b, b->len ? "&" : "?", 0);
+    qs_put(b, key, 1);
+    if (value) {
+        qs_put(b, "=", 0);
+        qs_put(b, value, 1);
+    }
+    return MHD_YES;
+}
+
+int http_query_string(http_req *r, const char *const *drop, char *buf, size_t cap)
+{
+    qs_build b = {buf, cap, 0, drop, 0};
+    if (!cap) return -1;
+    buf[0] = '\0';
+    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, qs_each, &b);
+    return b.overflow ? -1 : 0;
 }
 
 static void queue(http_req *r, int status, struct MHD_Response *resp, const char *ctype)
@@ -118,7 +212,11 @@ void http_reply_bytes(http_req *r, int status, const char *ctype, void *data, si
 
 void http_reply_json(http_req *r, int status, json_t *body)
 {
-    char *s = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
+    /* 9 digits round-trip every float; a coordinator asks for 17, which
+     * round-trip the doubles it merges by (scores, distances) */
+    const char *prec = http_header(r, "X-Deepeverest-Precision");
+    int digits = prec && strcmp(prec, "17") == 0 ? 17 : 9;
+    char *s = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(digits)) : NULL;
     json_decref(body);
     if (!s) {
         static const char oom[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
@@ -153,9 +251,11 @@ void http_reply_error(http_req *r, int status, const char *code, const char *fmt
     http_reply_err(r, &e);
 }
 
-void http_routes_each(void (*fn)(const char *method, const char *pattern, void *arg), void *arg)
+void http_routes_each(int coordinator, void (*fn)(const char *method, const char *pattern, void *arg), void *arg)
 {
-    for (size_t i = 0; i < NROUTES; i++) fn(ROUTES[i].spec.method, ROUTES[i].spec.pattern, arg);
+    const route *t = coordinator ? COORD_ROUTES : ROUTES;
+    size_t n = coordinator ? NCOORD_ROUTES : NROUTES;
+    for (size_t i = 0; i < n; i++) fn(t[i].spec.method, t[i].spec.pattern, arg);
 }
 
 /* ---- routing ---- */
@@ -163,12 +263,13 @@ void http_routes_each(void (*fn)(const char *method, const char *pattern, void *
 static const route *route_match(conn_state *s, const char *method, const char *url, int *method_mismatch)
 {
     route_hit hit;
-    int i = route_find(ROUTES, NROUTES, sizeof ROUTES[0], method, url, s->segs, sizeof s->segs, &hit,
-                       method_mismatch);
+    const route *t = s->req.app->coord ? COORD_ROUTES : ROUTES;
+    size_t n = s->req.app->coord ? NCOORD_ROUTES : NROUTES;
+    int i = route_find(t, n, sizeof t[0], method, url, s->segs, sizeof s->segs, &hit, method_mismatch);
     if (i < 0) return NULL;
     s->req.nparams = hit.nparams;
     for (int k = 0; k < hit.nparams; k++) s->req.params[k] = hit.params[k];
-    return &ROUTES[i];
+    return &t[i];
 }
 
 static int is_mutating(const char *method)

@@ -45,6 +45,10 @@ typedef int (*http_chunk_fn)(http_req *r, const char *data, size_t len);
 
 /* Query-string argument, or NULL. Valid during the request. */
 const char *http_arg(http_req *r, const char *name);
+/* The query string ("?a=1&b=x%20y", or "" when none) rebuilt from the
+ * request's arguments, those named in drop (NULL-terminated) left out;
+ * -1 when it does not fit in cap. */
+int http_query_string(http_req *r, const char *const *drop, char *buf, size_t cap);
 /* Request header, or NULL. Valid during the request. */
 const char *http_header(http_req *r, const char *name);
 
@@ -62,8 +66,9 @@ void http_stop(app *a, double drain_s);
 /* The port actually bound (for --listen 127.0.0.1:0). */
 int http_port(void);
 
-/* Calls fn for every route of the API, in table order ("GET",
- * "/v1/models/ *" with '*' for a path parameter): deepeverestd --routes. */
-void http_routes_each(void (*fn)(const char *method, const char *pattern, void *arg), void *arg);
+/* Calls fn for every route of the API (of the coordinator's table when
+ * coordinator), in table order ("GET", "/v1/models/ *" with '*' for a path
+ * parameter): deepeverestd [--coordinator] --routes. */
+void http_routes_each(int coordinator, void (*fn)(const char *method, const char *pattern, void *arg), void *arg);
 
 #endif

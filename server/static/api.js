@@ -1,5 +1,6 @@
 // api.js -- the explorer's only door to the daemon: the public JSON API
 // (README.md, "HTTP API"), same origin, nothing else.
+import { listingQuery } from './logic.js';
 
 export class ApiError extends Error {
   constructor(status, code, message, path) {
@@ -68,7 +69,12 @@ export const api = {
   buildIndex: (model, dataset, layer) => call('POST', '/v1/indexes', { model, dataset, layer }),
   job: (id) => call('GET', `/v1/jobs/${enc(id)}`),
   input: (ds, id) => call('GET', `/v1/datasets/${enc(ds)}/inputs/${enc(id)}`),
-  inputs: (ds, offset, limit) => call('GET', `/v1/datasets/${enc(ds)}/inputs?offset=${enc(offset)}&limit=${enc(limit)}`),
+  // filter: {label, predicted, misclassified}; model: its predictions too.
+  inputs: (ds, offset, limit, filter, model) => call('GET', `/v1/datasets/${enc(ds)}/inputs?${listingQuery(offset, limit, filter, model)}`),
+  setClasses: (ds, classes) => call('PUT', `/v1/datasets/${enc(ds)}/classes`, { classes }),
+  predictionsList: () => call('GET', '/v1/predictions').then((r) => r.predictions),
+  predictions: (model, ds) => call('GET', `/v1/predictions/${enc(model)}/${enc(ds)}`),
+  computePredictions: (model, dataset) => call('POST', '/v1/predictions', { model, dataset }),
   activations: (ds, id, model, layer, top) =>
     call('GET', `/v1/datasets/${enc(ds)}/inputs/${enc(id)}/activations?model=${enc(model)}&layer=${enc(layer)}&top=${enc(top)}`),
   activationsOf: (ds, id, model, layer, neurons) =>

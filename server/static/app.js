@@ -37,8 +37,13 @@ const S = {
   abort: null,              // aborts the old view's query
   selKey: '',               // model|dataset|layer the selection belongs to
   selection: [],            // flat neuron ids, in the order chosen
-  form: { k: L.DEFAULT_K, agg: 'sum', metric: 'l2', labels: '' },
+  predictions: [],          // GET /v1/predictions: which (model, dataset) have them
+  form: { k: L.DEFAULT_K, agg: 'sum', metric: 'l2', labels: '', predicted: '', misclassified: false },
   labels: new Map(),        // `${ds}/${id}` -> label (or null)
+  preds: new Map(),         // `${model}|${ds}/${id}` -> predicted class
+  heat: null,               // the view's heatmap method, null when off (from its URL)
+  heatMethod: 'gradient',   // the method last chosen: offered when heatmaps are off
+  heatErrs: new Set(),      // `${seq}|${method}`: a failed heatmap's message is fetched once per view
   acts: new Map(),          // `${model}|${ds}|${layer}|${id}` -> activations rows
   polls: new Set(),         // job ids being watched
 };
@@ -83,10 +88,25 @@ function errorBlock(err, what) {
 // ---------------------------------------------------------------- catalog
 
 async function loadCatalog() {
-  const [models, datasets, indexes] = await Promise.allSettled([api.models(), api.datasets(), api.indexes()]);
+  const [models, datasets, indexes, preds] = await Promise.allSettled([api.models(), api.datasets(), api.indexes(), api.predictionsList()]);
   if (models.status === 'fulfilled') S.models = models.value; else { S.models = S.models || []; showError(models.reason, 'loading models'); }
   if (datasets.status === 'fulfilled') S.datasets = datasets.value; else { S.datasets = S.datasets || []; showError(datasets.reason, 'loading datasets'); }
   if (indexes.status === 'fulfilled') S.indexes = indexes.value; else showError(indexes.reason, 'loading indexes');
+  if (preds.status === 'fulfilled') S.predictions = preds.value; else showError(preds.reason, 'loading predictions');
+}
+
+async function refreshPredictions() {
+  try { S.predictions = await api.predictionsList(); } catch (e) { showError(e, 'loading predictions'); }
+}
+
+// The selected model's predictions over the dataset (GET /v1/predictions's
+// entry), and whether thumbnails can show them.
+function predsOf(c) {
+  return S.predictions.find((p) => p.model === c.model && p.dataset === c.dataset) || null;
+}
+function predsReady(c) {
+  const p = predsOf(c);
+  return !!(p && p.state === 'ready');
 }
 
 async function refreshIndexes() {
@@ -201,6 +221,17 @@ function renderLayerbar(c) {
   } else {
     info.textContent = `#${ix.id} failed${ix.error ? ': ' + ix.error : ''}`;
   }
+  renderPredsBadge(c);
+}
+
+function renderPredsBadge(c) {
+  const p = predsOf(c);
+  const st = $('#preds-state'), link = $('#preds-link');
+  st.dataset.state = p ? p.state : 'none';
+  st.textContent = !p ? 'none' : p.state === 'ready' && typeof p.accuracy === 'number' ? `${(100 * p.accuracy).toFixed(2)}% accurate` : p.state;
+  link.href = L.predictionsHash(c);
+  link.textContent = p && p.state === 'ready' ? 'confusion matrix' : 'compute';
+  if (p && p.state === 'computing' && p.job) watchPredJob(p.job, c.model, c.dataset);
 }
 
 async function buildIndex() {
@@ -264,34 +295,85 @@ async function watchJob(job) {
 // ---------------------------------------------------------------- thumbnails
 
 function labelKey(ds, id) { return `${ds}/${id}`; }
+function predKey(c, id) { return `${c.model}|${c.dataset}/${id}`; }
 
-function thumb(c, id, { caption, highlight, rank, label } = {}) {
-  const lab = label !== undefined ? label : S.labels.get(labelKey(c.dataset, id));
-  if (label !== undefined) S.labels.set(labelKey(c.dataset, id), label);
+// Keeps what an answer says about an input's classes (label; predicted when
+// the model's predictions came with it).
+function remember(c, id, x) {
+  if (x.label !== undefined) S.labels.set(labelKey(c.dataset, id), x.label);
+  else if (!S.labels.has(labelKey(c.dataset, id))) S.labels.set(labelKey(c.dataset, id), null);
+  if (x.predicted !== undefined && x.predicted !== null) S.preds.set(predKey(c, id), x.predicted);
+}
+
+// Writes a thumbnail's class line from the caches: the true class, and the
+// predicted one (marked when wrong) when the model has predictions.
+function paintClasses(c, fig) {
+  const id = fig.dataset.input;
+  const lab = S.labels.get(labelKey(c.dataset, id));
+  const pred = S.preds.get(predKey(c, id));
+  const cc = L.classCaption(lab === undefined ? null : lab, pred, c.ds.classes);
+  const le = $('.label', fig), pe = $('.pred', fig);
+  le.textContent = cc.label;
+  if (lab !== undefined && lab !== null) { le.title = `true class: label ${lab}`; fig.dataset.label = lab; }
+  pe.textContent = cc.predicted;
+  pe.title = cc.predicted ? `the model predicts class ${pred}${cc.wrong ? ' (misclassified)' : ''}` : '';
+  pe.classList.toggle('wrong', cc.wrong);
+  if (pred !== undefined) fig.dataset.predicted = pred;
+  fig.classList.toggle('misclassified', cc.wrong);
+}
+
+// An image that can switch to its heatmap (attribution.png of the view's
+// group): a per-image toggle over it; the view's global switch sets them all.
+function heatImg(c, id, size, attrs) {
+  const img = h('img', { ...attrs, class: ((attrs && attrs.class) || '') + ' heatable', src: imageUrl(c.dataset, id, size === 112 ? undefined : size) });
+  img.dataset.input = id;
+  img.dataset.size = size;
+  img.dataset.plain = img.getAttribute('src');
+  img.dataset.local = '';
+  img.addEventListener('error', () => heatFailed(c, img));
+  return img;
+}
+function heatToggle(c, img) {
+  return h('button', {
+    type: 'button', class: 'heat-toggle', 'aria-pressed': 'false', title: 'heatmap of this input: where the group fires',
+    onclick: () => { img.dataset.local = img.dataset.heat ? 'off' : 'on'; applyHeat(c, img.closest('.imgbox')); },
+  }, '◐');
+}
+
+function thumb(c, id, { caption, highlight, rank, label, predicted, heat, href } = {}) {
+  if (label !== undefined) remember(c, id, { label, predicted });
+  const img = heat
+    ? heatImg(c, id, 112, { alt: `input ${id}`, width: 112, height: 112, loading: 'lazy', decoding: 'async' })
+    : h('img', { src: imageUrl(c.dataset, id), alt: `input ${id}`, width: 112, height: 112, loading: 'lazy', decoding: 'async' });
   const fig = h('figure', { class: 'thumb' + (highlight ? ' current' : ''), dataset: { input: id } },
-    h('a', { href: L.inputHash(c, id), title: `open input ${id}` },
-      h('img', { src: imageUrl(c.dataset, id), alt: `input ${id}`, width: 112, height: 112, loading: 'lazy', decoding: 'async' })),
+    h('div', { class: 'imgbox' },
+      h('a', { href: href || L.inputHash(c, id), title: `open input ${id}` }, img),
+      heat ? heatToggle(c, img) : null),
     h('figcaption', {},
       rank !== undefined ? h('span', { class: 'rank' }, `${rank}.`) : null,
       h('span', { class: 'id' }, `#${id}`),
-      h('span', { class: 'label' }, lab === undefined ? '' : lab === null ? '' : `label ${lab}`),
+      h('span', { class: 'label' }),
+      h('span', { class: 'pred' }),
       caption ? h('span', { class: 'score' }, caption) : null));
+  paintClasses(c, fig);
   return fig;
 }
 
-// Fills in labels of thumbnails that lack them, a few requests at a time.
+// Fills in labels (and predictions) of thumbnails that lack them, a few
+// requests at a time: the listing at offset=id, which carries both.
 async function fillLabels(c, figs, seq) {
-  const todo = figs.filter((f) => !S.labels.has(labelKey(c.dataset, f.dataset.input)));
+  const ready = predsReady(c);
+  const todo = figs.filter((f) => !S.labels.has(labelKey(c.dataset, f.dataset.input)) ||
+    (ready && !S.preds.has(predKey(c, f.dataset.input))));
   let next = 0;
   const worker = async () => {
     while (next < todo.length && seq === S.seq) {
       const f = todo[next++];
-      const id = f.dataset.input;
+      const id = Number(f.dataset.input);
       try {
-        const inp = await api.input(c.dataset, id);
-        const lab = inp.label === undefined ? null : inp.label;
-        S.labels.set(labelKey(c.dataset, id), lab);
-        if (lab !== null) $('.label', f).textContent = `label ${lab}`;
+        const x = (await api.inputs(c.dataset, id, 1, null, ready ? c.model : null)).inputs[0];
+        if (x && x.id === id) remember(c, id, x);
+        paintClasses(c, f);
       } catch (e) {
         showError(e, 'loading labels');
         return;
@@ -299,6 +381,100 @@ async function fillLabels(c, figs, seq) {
     }
   };
   await Promise.all(Array.from({ length: LABEL_FETCHES }, worker));
+}
+
+// ---------------------------------------------------------------- heatmaps
+
+// The view's default: a conv neuron's view shows where its channel fires.
+function defaultHeat(c, r) {
+  return r.view === 'neuron' && c.ly.shape.length === 3 ? 'channel' : null;
+}
+
+// The group a view's heatmaps are of: a neuron view's neuron, a query's
+// group (with its top-k agg), else the selection.
+function heatGroup(c) {
+  const r = S.route;
+  let neurons = S.selection, agg = 'sum';
+  if (r.view === 'neuron') neurons = [r.neuron];
+  else if (r.view === 'topk' || r.view === 'knn') {
+    const p = L.queryFromParams(r.view, r.params);
+    if (p.q && p.q.neurons.length) { neurons = p.q.neurons; if (p.q.agg) agg = p.q.agg; }
+  }
+  return { model: c.model, layer: c.layer, neurons: neurons.filter((n) => n < c.ly.neurons), agg };
+}
+
+// Points every heatable image under root at its heatmap or its thumbnail:
+// its own toggle when used, else the view's switch.
+function applyHeat(c, root = document) {
+  const g = heatGroup(c);
+  const method = S.heat || S.heatMethod;
+  for (const img of root.querySelectorAll('img.heatable')) {
+    const local = img.dataset.local;
+    const on = (local ? local === 'on' : !!S.heat) && g.neurons.length > 0;
+    const src = on ? L.attributionPath(c.dataset, img.dataset.input, g, method, Number(img.dataset.size)) : img.dataset.plain;
+    if (img.getAttribute('src') !== src) img.setAttribute('src', src);
+    img.dataset.heat = on ? method : '';
+    img.closest('.imgbox').classList.toggle('heat', on);
+    const btn = $('.heat-toggle', img.closest('.imgbox'));
+    if (btn) {
+      btn.setAttribute('aria-pressed', on ? 'true' : 'false');
+      btn.disabled = !g.neurons.length;
+      btn.title = g.neurons.length ? `${on ? 'hide' : 'show'} the ${L.HEAT_LABELS[method]} heatmap of this input` : 'select neurons first';
+    }
+  }
+  const box = $('#heat-on');
+  if (box && root === document) {
+    box.checked = !!S.heat;
+    box.disabled = !g.neurons.length;
+    $('#heat-hint').textContent = !g.neurons.length ? 'select neurons first'
+      : `${g.neurons.length === 1 ? `neuron ${L.neuronLabel(g.neurons[0], c.ly.shape)}` : `${g.neurons.length} neurons`} (${g.agg})`;
+  }
+}
+
+// The global switch (and method) of a view's heatmaps; kept in its URL.
+function heatControls(c) {
+  const methods = L.heatMethods(c.ly.shape);
+  const cur = S.heat || (methods.includes(S.heatMethod) ? S.heatMethod : 'gradient');
+  const box = h('input', { type: 'checkbox', id: 'heat-on', checked: !!S.heat || undefined, onchange: () => setHeat(c, box.checked ? sel.value : null) });
+  const sel = h('select', {
+    id: 'heat-method', 'aria-label': 'heatmap method',
+    title: 'gradient: d(group)/d(pixel) · SmoothGrad: averaged over 16 noisy copies · Grad-CAM: at the deepest conv layer up to this one' +
+      (methods.includes('channel') ? ' · channel map: the activation maps of the group\'s channels' : ''),
+    onchange: () => { S.heatMethod = sel.value; if (box.checked) setHeat(c, sel.value); },
+  }, methods.map((m) => option(m, L.HEAT_LABELS[m], m === cur)));
+  return h('span', { class: 'heatctl', id: 'heat-controls' },
+    h('label', { class: 'inline' }, box, ' heatmaps'), sel, h('span', { class: 'muted', id: 'heat-hint' }));
+}
+
+function setHeat(c, method) {
+  S.heat = method;
+  if (method) S.heatMethod = method;
+  for (const img of document.querySelectorAll('img.heatable')) img.dataset.local = '';
+  const dflt = defaultHeat(c, S.route);
+  const hash = L.setHashParam(location.hash, 'heat', method === dflt ? null : method || 'off');
+  if (hash !== location.hash) history.replaceState(null, '', hash);
+  applyHeat(c);
+}
+
+// A heatmap that does not load (a 4xx: the daemon says why) falls back to
+// the thumbnail; its message goes to the error display, once per view.
+async function heatFailed(c, img) {
+  const method = img.dataset.heat;
+  if (!method || method === 'failed') return;
+  const url = img.getAttribute('src');
+  img.dataset.heat = 'failed';
+  img.setAttribute('src', img.dataset.plain);
+  const key = `${S.seq}|${method}`;
+  if (S.heatErrs.has(key)) return;
+  S.heatErrs.add(key);
+  try {
+    const r = await fetch(url);
+    const js = await r.json().catch(() => null);
+    if (js && js.error) showError(new ApiError(r.status, js.error.code, js.error.message, url), `${L.HEAT_LABELS[method] || method} heatmap`);
+    else showError(new Error(`${url} answered ${r.status}`), 'heatmap');
+  } catch (e) {
+    showError(e, 'heatmap');
+  }
 }
 
 // ---------------------------------------------------------------- side: input card + query form
@@ -322,11 +498,13 @@ function setSelection(c, neurons, { updateUrl = true } = {}) {
   }
   // The input view's URL carries the selection, so a shared link keeps it.
   if (updateUrl && S.route && S.route.view === 'input') {
-    const hash = L.inputHash(c, S.route.input, S.selection);
+    const hash = L.inputHash(c, S.route.input, S.selection, L.inputExtras(L.parseRoute(location.hash).params));
     if (hash !== location.hash) history.replaceState(null, '', hash);
   }
   const count = $('#sel-count');
   if (count) count.textContent = S.selection.length ? `${S.selection.length} selected` : 'none selected';
+  // The input view's heatmap is of the selection: follow it.
+  if (S.route && S.route.view === 'input') applyHeat(c);
 }
 
 function toggleNeuron(c, n) {
@@ -352,14 +530,20 @@ function inputCard(c, id, seq) {
   const label = h('p', { class: 'muted', id: 'input-label' }, ' ');
   const chart = h('div', { id: 'barchart', class: 'chart' }, h('p', { class: 'muted' }, 'computing activations…'));
   const count = c.ds.count;
+  // The grid link goes back to the (filtered) page the input was opened from.
+  const f = L.browseFilter(S.route.params);
+  const gridPage = L.filterActive(f) ? L.pageFromParams(S.route.params, Infinity, 0) : Math.floor(id / L.PAGE_SIZE);
   const nav = h('nav', { class: 'inputnav' },
     id > 0 ? h('a', { href: L.inputHash(c, id - 1), title: 'previous input' }, '‹ prev') : h('span', { class: 'muted' }, '‹ prev'),
-    h('a', { href: L.browseHash(c, Math.floor(id / L.PAGE_SIZE)) }, 'grid'),
+    h('a', { href: L.browseHash(c, gridPage, f), id: 'grid-link' }, 'grid'),
     id + 1 < count ? h('a', { href: L.inputHash(c, id + 1), title: 'next input' }, 'next ›') : h('span', { class: 'muted' }, 'next ›'));
+  const big = heatImg(c, id, 224, { class: 'big', alt: `input ${id}`, width: 112, height: 112 });
   card.append(
     h('div', { class: 'input-head' },
-      h('a', { href: L.inputHash(c, id) }, h('img', { class: 'big', src: imageUrl(c.dataset, id, 224), alt: `input ${id}`, width: 112, height: 112 })),
+      h('div', { class: 'imgbox', id: 'card-image' }, h('a', { href: L.inputHash(c, id) }, big), heatToggle(c, big)),
       h('div', {}, h('h2', {}, `Input #${id}`), label, nav)),
+    // The input view has no results: its heatmap switch sits here.
+    S.route.view === 'input' ? h('div', { class: 'row heatrow' }, heatControls(c)) : '',
     h('h3', {}, `Most active neurons in ${c.layer}`),
     h('p', { class: 'hint' }, 'Click bars to select neurons. ',
       h('button', { type: 'button', class: 'link', id: 'select-top1', onclick: () => selectTop(c, id, 1) }, 'top 1'), ' · ',
@@ -368,15 +552,31 @@ function inputCard(c, id, seq) {
     chart);
   (async () => {
     const key = `${c.model}|${c.dataset}|${c.layer}|${id}`;
-    const [inp, rows] = await Promise.all([
+    const ready = predsReady(c);
+    const [inp, rows, row] = await Promise.all([
       api.input(c.dataset, id).catch((e) => ({ error: e })),
       S.acts.has(key) ? S.acts.get(key) : api.activations(c.dataset, id, c.model, c.layer, TOP_NEURONS).catch((e) => ({ error: e })),
+      // The model's prediction comes with the listing's row of this input.
+      ready ? api.inputs(c.dataset, id, 1, null, c.model).then((l) => l.inputs[0] || {}).catch((e) => ({ error: e })) : null,
     ]);
     if (seq !== S.seq) return;
     if (inp.error) label.replaceChildren(errorBlock(inp.error, 'input'));
     else {
-      if (inp.label !== undefined) S.labels.set(labelKey(c.dataset, id), inp.label);
-      label.textContent = `${inp.label !== undefined ? `label ${inp.label} · ` : ''}shape [${inp.shape.join('×')}]`;
+      remember(c, id, inp);
+      const classes = c.ds.classes;
+      const parts = [];
+      if (inp.label !== undefined) {
+        parts.push(h('span', { id: 'card-class' }, `label ${inp.label}${classes && classes[inp.label] !== undefined ? ` (${classes[inp.label]})` : ''}`), ' · ');
+      }
+      if (row && row.error) showError(row.error, 'loading the prediction');
+      else if (row && row.predicted !== undefined) {
+        remember(c, id, row);
+        const wrong = inp.label !== undefined && row.predicted !== inp.label;
+        parts.push(h('span', { id: 'card-pred', class: 'pred' + (wrong ? ' wrong' : ''), dataset: { predicted: row.predicted } },
+          `predicted ${row.predicted}${classes && classes[row.predicted] !== undefined ? ` (${classes[row.predicted]})` : ''}${wrong ? ' ✗' : ' ✓'}`), ' · ');
+      }
+      parts.push(`shape [${inp.shape.join('×')}]`);
+      label.replaceChildren(...parts);
     }
     if (rows.error) {
       chart.replaceChildren(errorBlock(rows.error, 'activations'));
@@ -390,6 +590,15 @@ function inputCard(c, id, seq) {
     card.dataset.ready = '1';
   })();
   return card;
+}
+
+// The hint under the query form's prediction filters: they need the
+// model's predictions over the dataset.
+function predsHint(c) {
+  const p = predsOf(c);
+  if (p && p.state === 'ready') return null;
+  return h('p', { class: 'hint', id: 'preds-hint' }, p && p.state === 'computing' ? 'Predictions are being computed: ' : 'These filters need the model\'s predictions: ',
+    h('a', { href: L.predictionsHash(c) }, p && p.state === 'computing' ? 'progress' : 'compute them'), '.');
 }
 
 function selectTop(c, id, n) {
@@ -421,14 +630,25 @@ function queryPanel(c, r) {
     L.AGGS.map((a) => option(a, a, a === S.form.agg)));
   const metric = h('select', { id: 'metric', onchange: () => { S.form.metric = metric.value; } },
     L.METRICS.map((m) => option(m, m, m === S.form.metric)));
+  const classes = c.ds.classes;
+  const classErr = (what) => `${what}: class numbers${classes ? ' or names' : ''} separated by commas`;
+  const classEx = classes ? `e.g. 0, 6 or ${classes[6] !== undefined ? classes[6] : classes[0]}` : 'e.g. 0, 6';
   const labels = h('input', {
-    id: 'labels', type: 'text', value: S.form.labels, placeholder: c.ds.labels === false ? 'dataset has no labels' : 'e.g. 0, 6 (empty: all)',
+    id: 'labels', type: 'text', value: S.form.labels, placeholder: c.ds.labels === false ? 'dataset has no labels' : `${classEx} (empty: all)`,
     disabled: c.ds.labels === false || undefined,
     oninput: () => {
       S.form.labels = labels.value;
-      $('#labels-error').textContent = L.parseLabelList(labels.value) === null ? 'labels: integers separated by commas' : '';
+      $('#labels-error').textContent = L.parseClassList(labels.value, classes) === null ? classErr('labels') : '';
     },
   });
+  const predicted = h('input', {
+    id: 'predicted', type: 'text', value: S.form.predicted, placeholder: `${classEx} (empty: all)`,
+    oninput: () => {
+      S.form.predicted = predicted.value;
+      $('#predicted-error').textContent = L.parseClassList(predicted.value, classes) === null ? classErr('predicted') : '';
+    },
+  });
+  const mis = h('input', { type: 'checkbox', id: 'misclassified', checked: S.form.misclassified || undefined, onchange: () => { S.form.misclassified = mis.checked; } });
   const run = (kind) => {
     const p = L.parseNeurons(neurons.value, shape, c.ly.neurons);
     if (p.error) { $('#neurons-error').textContent = p.error; neurons.focus(); return; }
@@ -441,14 +661,19 @@ function queryPanel(c, r) {
     if (!Number.isInteger(kv) || kv < 1) { $('#k-error').textContent = 'k must be an integer ≥ 1'; k.focus(); return; }
     if (kv > c.ds.count) { $('#k-error').textContent = `k is at most ${c.ds.count} (the dataset's inputs)`; k.focus(); return; }
     $('#k-error').textContent = '';
-    const labs = L.parseLabelList(labels.value);
-    if (labs === null) { $('#labels-error').textContent = 'labels: integers separated by commas'; labels.focus(); return; }
+    const labs = L.parseClassList(labels.value, classes);
+    if (labs === null) { $('#labels-error').textContent = classErr('labels'); labels.focus(); return; }
+    const preds = L.parseClassList(predicted.value, classes);
+    if (preds === null) { $('#predicted-error').textContent = classErr('predicted'); predicted.focus(); return; }
     setSelection(c, p.neurons, { updateUrl: false });
-    S.form = { k: kv, agg: agg.value, metric: metric.value, labels: labels.value };
-    const q = { kind, neurons: p.neurons, k: kv, agg: agg.value, metric: metric.value, labels: labs };
+    S.form = { k: kv, agg: agg.value, metric: metric.value, labels: labels.value, predicted: predicted.value, misclassified: mis.checked };
+    const q = { kind, neurons: p.neurons, k: kv, agg: agg.value, metric: metric.value, labels: labs, predicted: preds, misclassified: mis.checked };
     if (kind === 'knn') q.target = inp;
     let hash = L.queryHash(c, q);
-    if (kind === 'topk' && inp !== null) hash += (hash.includes('?') ? '&' : '?') + `input=${inp}`;
+    if (kind === 'topk' && inp !== null) hash = L.setHashParam(hash, 'input', inp);
+    // Heatmaps that are on stay on for the new answer (a neuron view's
+    // channel maps are that view's default, not a choice).
+    if (S.heat && r.view !== 'neuron') hash = L.setHashParam(hash, 'heat', S.heat);
     if (hash === location.hash) render(); else location.hash = hash;
   };
   return h('section', { class: 'panel query', id: 'query-panel' },
@@ -463,8 +688,12 @@ function queryPanel(c, r) {
       h('label', { class: 'field' }, h('span', {}, 'top-k agg'), agg),
       h('label', { class: 'field' }, h('span', {}, 'kNN metric'), metric)),
     h('div', { id: 'k-error', class: 'field-error', role: 'status' }),
-    h('label', { class: 'field' }, h('span', {}, 'Label filter'), labels),
+    h('label', { class: 'field' }, h('span', {}, 'True label'), labels),
     h('div', { id: 'labels-error', class: 'field-error', role: 'status' }),
+    h('label', { class: 'field' }, h('span', {}, 'Predicted class'), predicted),
+    h('div', { id: 'predicted-error', class: 'field-error', role: 'status' }),
+    h('label', { class: 'inline check' }, mis, ' misclassified only (prediction ≠ label)'),
+    predsHint(c),
     h('div', { class: 'row buttons' },
       h('button', { type: 'button', id: 'run-topk', class: 'primary', onclick: () => run('topk') }, 'Top-k'),
       h('button', {
@@ -486,8 +715,8 @@ function renderSide(c, r, seq) {
 
 // ---------------------------------------------------------------- views
 
-function pager(c, page, pages) {
-  const go = (p) => L.browseHash(c, p);
+function pager(c, page, pages, filter) {
+  const go = (p) => L.browseHash(c, p, filter);
   const field = h('input', {
     type: 'number', min: 1, max: pages, value: page + 1, 'aria-label': 'page', class: 'pagefield',
     onchange: () => {
@@ -504,36 +733,110 @@ function pager(c, page, pages) {
     link(page + 1, '›', 'next page'), link(pages - 1, '»', 'last page'));
 }
 
+function describeFilter(c, f) {
+  const parts = [];
+  if (f.label !== null) parts.push(`true ${L.className(f.label, c.ds.classes)}`);
+  if (f.predicted !== null) parts.push(`predicted ${L.className(f.predicted, c.ds.classes)}`);
+  if (f.misclassified) parts.push('misclassified');
+  return parts.join(' · ');
+}
+
+// The grid's filters (the listing's): true label, predicted class,
+// misclassified only. A change opens page 1 of the new listing.
+function browseFilters(c, f) {
+  const ready = predsReady(c);
+  const classes = c.ds.classes;
+  const go = (nf) => { location.hash = L.browseHash(c, 0, nf); };
+  const needs = ready ? undefined : 'needs the model\'s predictions over this dataset';
+  // With class names a list to pick from, else a class number.
+  const choice = (id, value, onchange, disabled, title) => (classes
+    ? h('select', { id, disabled, title, onchange: (ev) => onchange(ev.target.value === '' ? null : Number(ev.target.value)) },
+      option('', 'all', value === null), classes.map((n, i) => option(String(i), `${i} ${n}`, value === i)))
+    : h('input', {
+      id, type: 'number', step: 1, value: value === null ? '' : value, placeholder: 'all', disabled, title, class: 'classfield',
+      onchange: (ev) => onchange(/^-?\d+$/.test(ev.target.value.trim()) ? Number(ev.target.value) : null),
+    }));
+  const mis = h('input', {
+    type: 'checkbox', id: 'filter-mis', checked: f.misclassified || undefined, title: needs,
+    disabled: (!ready && !f.misclassified) || undefined, onchange: () => go({ ...f, misclassified: mis.checked }),
+  });
+  return h('div', { class: 'filters row', id: 'browse-filters' },
+    h('label', { class: 'field' }, h('span', {}, 'true label'),
+      choice('filter-label', f.label, (v) => go({ ...f, label: v }), c.ds.labels === false || undefined)),
+    h('label', { class: 'field' }, h('span', {}, 'predicted'),
+      choice('filter-predicted', f.predicted, (v) => go({ ...f, predicted: v }), (!ready && f.predicted === null) || undefined, needs)),
+    h('label', { class: 'inline check', title: needs }, mis, ' misclassified only'),
+    L.filterActive(f) ? h('a', { href: L.browseHash(c, 0), id: 'filter-clear' }, 'clear filters') : null,
+    ready ? h('a', { href: L.predictionsHash(c), class: 'muted' }, 'confusion matrix')
+      : h('a', { href: L.predictionsHash(c), class: 'muted', id: 'filters-preds' }, 'compute predictions to filter by them'));
+}
+
 async function viewBrowse(c, r, seq) {
   const content = $('#content');
-  const count = c.ds.count;
-  const pages = Math.max(1, Math.ceil(count / L.PAGE_SIZE));
+  const f = L.browseFilter(r.params);
+  const ready = predsReady(c);
   const cur = r.view === 'input' ? r.input : null;
-  const page = L.pageFromParams(r.params, pages, cur !== null ? Math.min(pages - 1, Math.floor(cur / L.PAGE_SIZE)) : 0);
-  const first = page * L.PAGE_SIZE, last = Math.min(count, first + L.PAGE_SIZE);
-  const figs = [];
-  for (let id = first; id < last; id++) figs.push(thumb(c, id, { highlight: id === cur }));
-  content.append(
-    h('div', { class: 'viewhead' },
-      h('h2', {}, `${c.dataset}: inputs ${first}–${last - 1} of ${count}`),
-      pager(c, page, pages)),
-    h('p', { class: 'hint' }, r.view === 'browse'
-      ? 'Open an input to see its most active neurons, select some, then run top-k or kNN.'
-      : `Input #${cur} is outlined; open another one, or use the selected neurons on the left.`),
-    h('div', { class: 'grid', id: 'browse', dataset: { page } }, figs));
-  // One request for the page's labels (the listing), not one per input.
-  try {
-    const listing = await api.inputs(c.dataset, first, last - first);
-    if (seq !== S.seq) return;
-    for (const x of listing.inputs) {
-      const lab = x.label === undefined ? null : x.label;
-      S.labels.set(labelKey(c.dataset, x.id), lab);
-      const f = figs[x.id - first];
-      if (f && lab !== null) $('.label', f).textContent = `label ${lab}`;
+  const hint = h('p', { class: 'hint' }, r.view === 'browse'
+    ? 'Open an input to see its most active neurons, select some, then run top-k or kNN.'
+    : `Input #${cur} is outlined; open another one, or use the selected neurons on the left.`);
+  if (!L.filterActive(f)) {
+    const count = c.ds.count;
+    const pages = Math.max(1, Math.ceil(count / L.PAGE_SIZE));
+    const page = L.pageFromParams(r.params, pages, cur !== null ? Math.min(pages - 1, Math.floor(cur / L.PAGE_SIZE)) : 0);
+    const first = page * L.PAGE_SIZE, last = Math.min(count, first + L.PAGE_SIZE);
+    const figs = [];
+    for (let id = first; id < last; id++) figs.push(thumb(c, id, { highlight: id === cur }));
+    content.append(
+      h('div', { class: 'viewhead' },
+        h('h2', {}, `${c.dataset}: inputs ${first}–${last - 1} of ${count}`),
+        pager(c, page, pages)),
+      browseFilters(c, f), hint,
+      h('div', { class: 'grid', id: 'browse', dataset: { page, state: 'done' } }, figs));
+    // One request for the page's labels and predictions (the listing), not one per input.
+    try {
+      const listing = await api.inputs(c.dataset, first, last - first, null, ready ? c.model : null);
+      if (seq !== S.seq) return;
+      for (const x of listing.inputs) {
+        remember(c, x.id, x);
+        const fig = figs[x.id - first];
+        if (fig) paintClasses(c, fig);
+      }
+    } catch (e) {
+      showError(e, 'loading labels');
     }
-  } catch (e) {
-    showError(e, 'loading labels');
+    return;
   }
+  // Filtered: the listing says which inputs match, and how many.
+  const page = L.pageFromParams(r.params, Infinity, 0);
+  const title = h('h2', {}, `${c.dataset}: ${describeFilter(c, f)}`);
+  const head = h('div', { class: 'viewhead' }, title);
+  const grid = h('div', { class: 'grid', id: 'browse', dataset: { page, state: 'loading' } }, h('p', { class: 'muted' }, 'loading…'));
+  content.append(head, browseFilters(c, f), hint, grid);
+  let listing;
+  try {
+    // predicted / misclassified need the model; its predictions are shown whenever there are some.
+    const model = ready || f.predicted !== null || f.misclassified ? c.model : null;
+    listing = await api.inputs(c.dataset, page * L.PAGE_SIZE, L.PAGE_SIZE, f, model);
+  } catch (e) {
+    if (seq !== S.seq) return;
+    grid.dataset.state = 'failed';
+    grid.replaceChildren(errorBlock(e, 'listing the inputs'));
+    return;
+  }
+  if (seq !== S.seq) return;
+  const pages = Math.max(1, Math.ceil(listing.total / L.PAGE_SIZE));
+  title.textContent = `${c.dataset}: ${listing.total} input${listing.total === 1 ? '' : 's'} · ${describeFilter(c, f)}`;
+  head.append(pager(c, Math.min(page, pages - 1), pages, f));
+  const extras = { ...L.inputExtras(r.params), page: page ? page + 1 : undefined, heat: undefined };
+  const figs = listing.inputs.map((x) => thumb(c, x.id, {
+    label: x.label === undefined ? null : x.label, predicted: x.predicted, highlight: x.id === cur,
+    href: L.inputHash(c, x.id, undefined, extras),
+  }));
+  grid.dataset.total = listing.total;
+  grid.dataset.state = 'done';
+  if (figs.length) grid.replaceChildren(...figs);
+  else if (listing.total) grid.replaceChildren(h('p', { class: 'muted' }, `page ${page + 1} is past the last one (${pages}): `, h('a', { href: L.browseHash(c, pages - 1, f) }, 'go there')));
+  else grid.replaceChildren(h('p', { class: 'muted', id: 'browse-empty' }, 'no input matches these filters'));
 }
 
 function statsBlock(stats) {
@@ -566,9 +869,12 @@ async function viewQuery(c, r, seq) {
     : `Top-${q.k} inputs (${q.agg})`;
   const status = h('p', { class: 'muted', id: 'query-status' }, 'running…');
   const results = h('div', { class: 'grid', id: 'results', dataset: { state: 'running' } });
+  const names = (list) => list.map((x) => L.className(x, c.ds.classes)).join(', ');
+  const filters = [q.labels.length ? `true ${names(q.labels)}` : '', q.predicted.length ? `predicted ${names(q.predicted)}` : '',
+    q.misclassified ? 'misclassified only' : ''].filter(Boolean);
   content.append(
-    h('div', { class: 'viewhead' }, h('h2', {}, title),
-      h('p', { class: 'muted' }, `layer ${c.layer} · neurons ${group}` + (q.labels.length ? ` · labels ${q.labels.join(', ')}` : '')),
+    h('div', { class: 'viewhead' }, h('h2', {}, title), heatControls(c),
+      h('p', { class: 'muted', id: 'query-filters' }, `layer ${c.layer} · neurons ${group}` + (filters.length ? ` · ${filters.join(' · ')}` : '')),
       h('p', { class: 'hist-links' }, 'Histograms: ', q.neurons.slice(0, 12).map((n, i) => [i ? ' · ' : '',
         h('a', { href: L.neuronHash(c, n, q.kind === 'knn' ? q.target : undefined), class: 'hist-link' }, L.neuronLabel(n, c.ly.shape))]))),
     status, results);
@@ -583,15 +889,19 @@ async function viewQuery(c, r, seq) {
   }
   if (seq !== S.seq) return;
   const key = q.kind === 'knn' ? 'distance' : 'score';
+  // The answer carries each input's label and (with predictions) its predicted class.
   const figs = res.results.map((x, i) => thumb(c, x.input, {
-    rank: i + 1, label: x.label === undefined ? null : x.label, caption: `${key} ${L.fmt(x[key], 4)}`,
-    highlight: q.kind === 'knn' && x.input === q.target,
+    rank: i + 1, label: x.label === undefined ? null : x.label, predicted: x.predicted, caption: `${key} ${L.fmt(x[key], 4)}`,
+    highlight: q.kind === 'knn' && x.input === q.target, heat: true,
   }));
   results.replaceChildren(...figs);
+  applyHeat(c);
   results.dataset.ids = res.results.map((x) => x.input).join(',');
   results.dataset.state = 'done';
-  status.textContent = res.results.length < q.k
-    ? `${res.results.length} inputs (fewer than k: the filter leaves only these)` : `${res.results.length} inputs`;
+  const wrong = res.results.filter((x) => x.predicted !== undefined && x.label !== undefined && x.predicted !== x.label).length;
+  status.textContent = (res.results.length < q.k
+    ? `${res.results.length} inputs (fewer than k: the filter leaves only these)` : `${res.results.length} inputs`) +
+    (res.results.some((x) => x.predicted !== undefined) ? ` · ${wrong} misclassified by ${c.model}` : '');
   if (res.stats) status.after(statsBlock(res.stats));
   // A query over a layer without an index builds one: show it.
   if (res.stats && res.stats.index !== 'used') refreshIndexes().then(() => renderLayerbar(resolve(S.route)));
@@ -665,7 +975,10 @@ async function viewNeuron(c, r, seq) {
     h('tbody', {}, parts.map((p) => h('tr', { class: p.partition === 0 ? 'mai' : '' },
       h('td', {}, p.partition === 0 ? '0 (MAI)' : String(p.partition)), h('td', {}, L.fmt(p.lower)), h('td', {}, L.fmt(p.upper)), h('td', {}, String(p.count))))));
   const mai = (entry.mai || []).slice(0, MAI_SHOWN);
-  const figs = mai.map((m, i) => thumb(c, m.input, { rank: i + 1, caption: `value ${L.fmt(m.value, 4)}`, highlight: m.input === inp }));
+  const figs = mai.map((m, i) => thumb(c, m.input, { rank: i + 1, caption: `value ${L.fmt(m.value, 4)}`, highlight: m.input === inp, heat: true }));
+  // A conv neuron's channel map: where on each top input its channel fires.
+  const spatial = c.ly.shape.length === 3;
+  const channel = spatial ? L.unflatten(n, c.ly.shape)[0] : null;
   body.replaceChildren(
     h('div', { class: 'neuron-grid' },
       h('div', { class: 'panel' },
@@ -679,10 +992,186 @@ async function viewNeuron(c, r, seq) {
         h('details', {}, h('summary', {}, 'partitions'), table)),
       h('div', {},
         h('h3', {}, `Top ${mai.length} inputs (from the MAI)`),
+        h('div', { class: 'row heatrow' }, heatControls(c)),
+        spatial ? h('p', { class: 'hint', id: 'channel-hint' }, `Channel map: where channel ${channel} (this neuron's, [${c.ly.shape.slice(1).join('×')}] over the image) fires on each input; ◐ switches one image.`) : null,
         h('div', { class: 'grid', id: 'mai' }, figs))));
+  applyHeat(c);
   body.dataset.state = 'ready';
   await fillLabels(c, figs, seq);
 }
+
+// ---------------------------------------------------------------- predictions
+
+function computePanel(c, entry) {
+  const computing = !!(entry && entry.state === 'computing');
+  const btn = h('button', {
+    type: 'button', id: 'preds-compute', class: 'primary', disabled: computing || undefined,
+    onclick: () => computePredictions(c, btn),
+  }, 'Compute predictions');
+  return h('div', { class: 'panel', id: 'preds-compute-panel' },
+    h('p', {}, computing ? `Computing the predictions of ${c.model} over ${c.dataset}…`
+      : `Not computed yet: one forward pass of ${c.model} over the ${c.ds.count} inputs of ${c.dataset}, kept by the daemon.`),
+    h('div', { class: 'row' }, btn,
+      h('div', { class: 'progress-wrap', id: 'preds-progress-wrap', hidden: !computing || undefined },
+        h('progress', { id: 'preds-progress', max: 1, value: 0 }), h('span', { id: 'preds-progress-text', class: 'muted' }))),
+    entry && entry.state === 'failed' ? h('p', { class: 'field-error' }, `the last computation failed${entry.error ? ': ' + entry.error : ''}`) : null);
+}
+
+async function computePredictions(c, btn) {
+  btn.disabled = true;
+  try {
+    const res = await api.computePredictions(c.model, c.dataset);
+    await refreshPredictions();
+    if (res.state === 'ready') { render(); return; }
+    $('#preds-progress-wrap').hidden = false;
+    $('#predictions').dataset.state = 'computing';
+    watchPredJob(res.job, c.model, c.dataset);
+  } catch (e) {
+    btn.disabled = false;
+    showError(e, `computing the predictions of ${c.model} over ${c.dataset}`);
+  }
+}
+
+// Polls a predictions job; its progress shows while the view is on screen,
+// and the view is drawn again (now with the matrix) when it ends.
+async function watchPredJob(job, model, dataset) {
+  const tag = `predictions/${job}`;
+  if (S.polls.has(tag)) return;
+  S.polls.add(tag);
+  try {
+    for (;;) {
+      let j;
+      try {
+        j = await api.job(job);
+      } catch (e) {
+        showError(e, `watching job ${job}`);
+        return;
+      }
+      const here = () => S.route && S.route.model === model && S.route.dataset === dataset;
+      if (here() && $('#preds-progress')) {
+        const p = $('#preds-progress');
+        $('#preds-progress-wrap').hidden = false;
+        p.max = j.total || 1;
+        p.value = j.done || 0;
+        const pct = j.total ? Math.floor((100 * j.done) / j.total) : 0;
+        $('#preds-progress-text').textContent = j.state === 'queued' ? 'queued…' : `${j.done} / ${j.total} inputs · ${pct}%`;
+        $('#predictions').dataset.progress = String(pct);
+      }
+      if (j.state === 'done' || j.state === 'failed') {
+        if (j.state === 'failed') showError(new Error(j.error || 'unknown error'), `predictions (job ${job}) failed`);
+        await refreshPredictions();
+        // Predictions cached from before (a deleted set) are not these.
+        const prefix = `${model}|${dataset}/`;
+        for (const k of [...S.preds.keys()]) if (k.startsWith(prefix)) S.preds.delete(k);
+        if (here()) {
+          if (S.route.view === 'predictions') render();
+          else { const now = resolve(S.route); if (now.ok) renderPredsBadge(now); }
+        }
+        return;
+      }
+      await new Promise((res) => setTimeout(res, 300));
+    }
+  } finally {
+    S.polls.delete(tag);
+  }
+}
+
+function classesEditor(c) {
+  const cur = c.ds.classes || [];
+  const text = h('textarea', { id: 'classes-text', rows: 10, spellcheck: 'false', placeholder: 'one class name per line, label 0 first' });
+  text.value = cur.join('\n');
+  const save = async () => {
+    const names = text.value.split('\n').map((x) => x.trim());
+    while (names.length && !names[names.length - 1]) names.pop();
+    try {
+      const d = await api.setClasses(c.dataset, names);
+      S.datasets = (S.datasets || []).map((x) => (x.name === d.name ? d : x));
+      render();
+    } catch (e) {
+      showError(e, 'setting the class names');
+    }
+  };
+  return h('details', { class: 'panel', id: 'classes-editor', open: !c.ds.classes || undefined },
+    h('summary', {}, c.ds.classes ? `Class names of ${c.dataset} (${cur.length})` : `Class names of ${c.dataset}: none yet`),
+    h('p', { class: 'hint' }, 'One per line, label 0 first. Thumbnails, the matrix, the filters and the query form show (and take) them.'),
+    text,
+    h('div', { class: 'row buttons' }, h('button', { type: 'button', id: 'classes-save', onclick: save }, 'Save class names')));
+}
+
+const pct = (v, d = 1) => (v === null || v === undefined ? '–' : `${(100 * v).toFixed(d)}%`);
+
+async function viewPredictions(c, r, seq) {
+  const content = $('#content');
+  const body = h('div', { id: 'predictions', dataset: { state: 'loading' } }, h('p', { class: 'muted' }, 'loading…'));
+  content.append(h('div', { class: 'viewhead' }, h('h2', {}, `Predictions of ${c.model} over ${c.dataset}`),
+    h('p', { class: 'muted' }, 'Each input\'s predicted class (the argmax of the model\'s output) against its label.')), body);
+  let p;
+  try {
+    p = await api.predictions(c.model, c.dataset);
+  } catch (e) {
+    if (seq !== S.seq) return;
+    if (e instanceof ApiError && e.code === 'predictions_missing') {
+      if (!predsOf(c) || predsOf(c).state === 'ready') await refreshPredictions();
+      if (seq !== S.seq) return;
+      const entry = predsOf(c);
+      body.dataset.state = entry && entry.state === 'computing' ? 'computing' : 'none';
+      body.replaceChildren(computePanel(c, entry), classesEditor(c));
+      if (entry && entry.state === 'computing' && entry.job) watchPredJob(entry.job, c.model, c.dataset);
+      return;
+    }
+    body.dataset.state = 'failed';
+    body.replaceChildren(errorBlock(e, 'predictions'));
+    return;
+  }
+  if (seq !== S.seq) return;
+  const cm = L.confusionCells(p.confusion || []);
+  const classes = p.classes || c.ds.classes;
+  const name = (i) => L.className(i, classes).replace(/^label /, '');
+  // Cells open the browse grid at the route's layer, else at the predictions' one.
+  const layer = r.layer || (c.m.layers.some((l) => l.name === p.layer) ? p.layer : c.m.layers[c.m.layers.length - 1].name);
+  const ctx = { model: c.model, dataset: c.dataset, layer };
+  const open = (f) => L.browseHash(ctx, 0, { label: null, predicted: null, misclassified: false, ...f });
+  const shade = (cell) => {
+    if (!cell.count) return null;
+    const a = cell.diag ? 0.12 + 0.7 * cell.strength : 0.08 + 0.8 * cell.strength;
+    return `background: rgba(${cell.diag ? '26, 127, 55' : '180, 35, 24'}, ${a.toFixed(3)});${a > 0.5 ? ' color: #fff;' : ''}`;
+  };
+  const head = (i, cls) => h('th', { class: cls, scope: cls === 'col' ? 'col' : 'row', title: `class ${i}: ${name(i)}` },
+    h('span', { class: 'cnum' }, String(i)), ' ', name(i));
+  const table = h('table', { class: 'confusion', id: 'confusion' },
+    h('thead', {}, h('tr', {},
+      h('th', { class: 'corner' }, 'true ↓ · predicted →'),
+      cm.cells.map((_, j) => head(j, 'col')),
+      h('th', { class: 'sum' }, 'inputs'), h('th', { class: 'sum' }, 'recall'))),
+    h('tbody', {}, cm.cells.map((row, t) => h('tr', {},
+      h('th', { class: 'row', scope: 'row' }, h('a', { href: open({ label: t }), title: `every input labelled ${name(t)}` }, h('span', { class: 'cnum' }, String(t)), ' ', name(t))),
+      row.map((cell) => h('td', {
+        class: cell.diag ? 'diag' : 'off', style: shade(cell),
+        dataset: { true: t, pred: cell.p, count: cell.count },
+        title: `${cell.count} ${name(t)} predicted as ${name(cell.p)} (${pct(cell.share)} of ${name(t)})`,
+      }, cell.count ? h('a', { href: open({ label: t, predicted: cell.p }) }, String(cell.count)) : h('span', { class: 'zero' }, '0'))),
+      h('td', { class: 'sum' }, String(cm.rowTotals[t])),
+      h('td', { class: 'sum' }, pct(cm.recall[t]))))),
+    h('tfoot', {}, h('tr', {},
+      h('th', { class: 'row', scope: 'row' }, 'precision'),
+      cm.precision.map((v) => h('td', { class: 'sum' }, pct(v))),
+      h('td', { class: 'sum' }, String(cm.total)), h('td', { class: 'sum' }, pct(p.accuracy, 2)))));
+  const wrong = cm.total - cm.correct;
+  body.replaceChildren(
+    h('div', { class: 'panel' },
+      h('p', { id: 'preds-summary' },
+        h('b', { id: 'preds-accuracy', dataset: { accuracy: p.accuracy } }, pct(p.accuracy, 2)),
+        ` accurate: ${cm.correct} of ${cm.total} inputs predicted as labelled (layer ${p.layer}) · `,
+        h('a', { href: open({ misclassified: true }), id: 'preds-misclassified' }, `${wrong} misclassified`),
+        cm.worst ? [' · most confused: ', h('a', { href: open({ label: cm.worst.t, predicted: cm.worst.p }) }, `${name(cm.worst.t)} → ${name(cm.worst.p)} (${cm.worst.count})`)] : null,
+        p.confusion_outside ? ` · ${p.confusion_outside} inputs have a label or prediction outside 0..${cm.n - 1} (not in the matrix)` : null),
+      h('p', { class: 'hint' }, 'Rows: the true label; columns: the predicted class. Green: correct, red: mistakes (each shaded against the largest of its kind). A cell opens the inputs it counts.'),
+      h('div', { class: 'chart' }, table)),
+    classesEditor(c));
+  body.dataset.state = 'ready';
+}
+
+// ---------------------------------------------------------------- views (home)
 
 function viewHome(c) {
   const content = $('#content');
@@ -720,6 +1209,13 @@ function viewHome(c) {
         h('td', {}, ix.state),
         h('td', {}, ix.state === 'ready' ? L.fmtBytes(ix.bytes) : '–')))))
       : h('p', { class: 'muted' }, 'none yet')));
+  const preds = S.predictions;
+  const mine = c.m && c.ds && !c.problem && !preds.some((p) => p.model === c.model && p.dataset === c.dataset);
+  cols.append(h('div', { class: 'panel', id: 'home-predictions' }, h('h3', {}, 'Predictions'),
+    preds.length ? h('ul', {}, preds.map((p) => h('li', {},
+      h('a', { href: L.predictionsHash(p) }, `${p.model} / ${p.dataset}`),
+      h('span', { class: 'muted' }, p.state === 'ready' ? ` · ${pct(p.accuracy, 2)} accurate` : ` · ${p.state}`)))) : h('p', { class: 'muted' }, 'none yet'),
+    mine ? h('p', {}, h('a', { href: L.predictionsHash(c) }, `compute ${c.model}'s predictions over ${c.dataset}`)) : null));
   content.append(cols);
 }
 
@@ -743,6 +1239,13 @@ async function render() {
   document.title = c.ok ? `${c.layer} · ${c.model} · ${c.dataset} · deepeverest` : 'deepeverest · neuron explorer';
   renderLayerbar(c);
   document.body.classList.toggle('has-side', c.ok);
+  // Predictions need only the model and the dataset.
+  if (r.view === 'predictions' && !c.ok && c.m && c.ds && !c.problem) {
+    document.title = `predictions · ${c.model} · ${c.dataset} · deepeverest`;
+    try { await viewPredictions(c, r, seq); } catch (e) { if (seq === S.seq) showError(e); }
+    if (seq === S.seq) content.dataset.ready = '1';
+    return;
+  }
   if (!c.ok) {
     viewHome(c);
     content.dataset.ready = '1';
@@ -766,11 +1269,18 @@ async function render() {
       if (p.q.agg) S.form.agg = p.q.agg;
       if (p.q.metric) S.form.metric = p.q.metric;
       S.form.labels = p.q.labels.join(', ');
+      S.form.predicted = p.q.predicted.join(', ');
+      S.form.misclassified = p.q.misclassified;
     }
   }
+  // The heatmap switch is the URL's (with a default per view).
+  const heat = L.heatFromParams(r.params, c.ly.shape, defaultHeat(c, r));
+  if (heat.error) showError(new Error(heat.error), 'this URL');
+  S.heat = r.view === 'browse' ? null : heat.method;
   renderSide(c, r, seq);
+  applyHeat(c);
   if (r.view === 'input' && !neurons && S.selection.length) {
-    history.replaceState(null, '', L.inputHash(c, r.input, S.selection));
+    history.replaceState(null, '', L.inputHash(c, r.input, S.selection, L.inputExtras(r.params)));
   }
   try {
     if (r.view === 'browse' || r.view === 'input') {
@@ -783,6 +1293,8 @@ async function render() {
       await viewQuery(c, r, seq);
     } else if (r.view === 'neuron') {
       await viewNeuron(c, r, seq);
+    } else if (r.view === 'predictions') {
+      await viewPredictions(c, r, seq);
     } else {
       content.append(errorBlock(new Error(`no such view: ${location.hash}`), 'this URL'),
         h('p', {}, h('a', { href: L.layerPath(c.model, c.dataset, c.layer) }, 'browse the dataset')));

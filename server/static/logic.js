@@ -3,7 +3,7 @@
 // can also load it straight into node.
 
 const AGGS = ['sum', 'mean', 'max', 'min'];
-const METRICS = ['l2', 'l1', 'linf'];
+const METRICS = ['l2', 'l1', 'linf', 'cosine'];
 export const PAGE_SIZE = 48;
 export const DEFAULT_K = 10;
 export { AGGS, METRICS };
@@ -15,6 +15,10 @@ export { AGGS, METRICS };
 // #/m/.../l/{layer}/neuron/{n}?input=ID          one neuron: histogram + top inputs
 // #/m/.../l/{layer}/topk?neurons=..&k=&agg=&labels=
 // #/m/.../l/{layer}/knn?target=ID&neurons=..&k=&metric=&labels=
+//   both query views also take predicted=0,6 and misclassified=1 (filters)
+// #/m/{model}/d/{ds}[/l/{layer}]/predictions    accuracy + confusion matrix
+// Browse and input views take the listing's filters label=L&predicted=P&
+// misclassified=1; input, query and neuron views take heat=METHOD|off.
 // Names are URI-encoded segments; the query string holds only numbers and
 // enum words, so a route reloads (or is shared) to exactly the same view.
 
@@ -38,6 +42,9 @@ export function parseRoute(hash) {
   r.dataset = take('d');
   if (!r.dataset) return r;
   r.layer = take('l');
+  // Predictions belong to (model, dataset); a layer in the route only keeps
+  // the side panel and where the confusion cells lead.
+  if (segs[i] === 'predictions' && i + 1 === segs.length) { r.view = 'predictions'; return r; }
   if (!r.layer) return r;
   r.view = 'browse';
   const rest = segs.slice(i);
@@ -69,9 +76,72 @@ function withQuery(base, params) {
   return parts.length ? `${base}?${parts.join('&')}` : base;
 }
 
+// The listing's filters as URL parameters (absent ones left out).
+function filterParams(f) {
+  if (!f) return {};
+  return {
+    label: f.label !== null && f.label !== undefined ? f.label : undefined,
+    predicted: f.predicted !== null && f.predicted !== undefined ? f.predicted : undefined,
+    misclassified: f.misclassified ? 1 : undefined,
+  };
+}
+
 // page: 0-based here, 1-based in the URL (the number the pager shows).
-export function browseHash(ctx, page) {
-  return withQuery(layerPath(ctx.model, ctx.dataset, ctx.layer), { page: page ? page + 1 : undefined });
+// filter: {label, predicted, misclassified} (browseFilter's), optional.
+export function browseHash(ctx, page, filter) {
+  return withQuery(layerPath(ctx.model, ctx.dataset, ctx.layer), { ...filterParams(filter), page: page ? page + 1 : undefined });
+}
+export function predictionsHash(ctx) {
+  const e = encodeURIComponent;
+  return ctx.layer ? `${layerPath(ctx.model, ctx.dataset, ctx.layer)}/predictions` : `#/m/${e(ctx.model)}/d/${e(ctx.dataset)}/predictions`;
+}
+
+// A browse/input URL's listing filter; bad values are dropped (a filter the
+// URL cannot say is no filter). Labels may be negative (int32).
+export function browseFilter(params) {
+  const int = (k) => { const t = params.get(k); return t !== null && /^-?\d+$/.test(t) ? Number(t) : null; };
+  const m = params.get('misclassified');
+  return { label: int('label'), predicted: int('predicted'), misclassified: m === '1' || m === 'true' };
+}
+export function filterActive(f) {
+  return !!f && (f.label !== null || f.predicted !== null || f.misclassified);
+}
+// The listing request's query string: GET /v1/datasets/{ds}/inputs?...
+// model asks for its predictions with each input (and is needed by the
+// predicted / misclassified filters).
+export function listingQuery(offset, limit, filter, model) {
+  const parts = [`offset=${offset}`, `limit=${limit}`];
+  const f = filter || {};
+  if (f.label !== null && f.label !== undefined) parts.push(`label=${f.label}`);
+  if (model) parts.push(`model=${encodeURIComponent(model)}`);
+  if (f.predicted !== null && f.predicted !== undefined) parts.push(`predicted=${f.predicted}`);
+  if (f.misclassified) parts.push('misclassified=true');
+  return parts.join('&');
+}
+
+// The parameters an input view carries besides its neurons (the grid's
+// filter and page, the heatmap), read from its URL so rewriting the
+// neuron list keeps them.
+export function inputExtras(params) {
+  const f = browseFilter(params);
+  const page = params.get('page');
+  const heat = params.get('heat');
+  return {
+    ...filterParams(f),
+    page: page !== null && /^\d+$/.test(page) && Number(page) >= 1 ? Number(page) : undefined,
+    heat: heat !== null && /^[a-z]+$/.test(heat) ? heat : undefined,
+  };
+}
+
+// Sets (or, with value null/undefined, removes) one parameter of a hash
+// route, leaving the others in their order.
+export function setHashParam(hash, key, value) {
+  const h = hash || '#/';
+  const q = h.indexOf('?');
+  const base = q < 0 ? h : h.slice(0, q);
+  const parts = (q < 0 ? [] : h.slice(q + 1).split('&')).filter((p) => p && p.split('=')[0] !== key);
+  if (value !== null && value !== undefined && value !== '') parts.push(`${key}=${value}`);
+  return parts.length ? `${base}?${parts.join('&')}` : base;
 }
 // The 0-based page of a browse URL (its page=P counts from 1), or `dflt`.
 export function pageFromParams(params, pages, dflt) {
@@ -79,18 +149,19 @@ export function pageFromParams(params, pages, dflt) {
   if (t === null || !/^\d+$/.test(t) || Number(t) < 1) return dflt;
   return Math.min(Number(t), pages) - 1;
 }
-export function inputHash(ctx, id, neurons) {
-  return withQuery(`${layerPath(ctx.model, ctx.dataset, ctx.layer)}/input/${id}`, { neurons });
+export function inputHash(ctx, id, neurons, extras) {
+  return withQuery(`${layerPath(ctx.model, ctx.dataset, ctx.layer)}/input/${id}`, { neurons, ...(extras || {}) });
 }
 export function neuronHash(ctx, n, input) {
   return withQuery(`${layerPath(ctx.model, ctx.dataset, ctx.layer)}/neuron/${n}`, { input });
 }
-// q: {kind:'topk'|'knn', neurons, k, agg, metric, labels, target}
+// q: {kind:'topk'|'knn', neurons, k, agg, metric, labels, predicted, misclassified, target}
 export function queryHash(ctx, q) {
   const base = `${layerPath(ctx.model, ctx.dataset, ctx.layer)}/${q.kind}`;
+  const filters = { labels: q.labels, predicted: q.predicted, misclassified: q.misclassified ? 1 : undefined };
   if (q.kind === 'knn')
-    return withQuery(base, { target: q.target, neurons: q.neurons, k: q.k, metric: q.metric, labels: q.labels });
-  return withQuery(base, { neurons: q.neurons, k: q.k, agg: q.agg, labels: q.labels });
+    return withQuery(base, { target: q.target, neurons: q.neurons, k: q.k, metric: q.metric, ...filters });
+  return withQuery(base, { neurons: q.neurons, k: q.k, agg: q.agg, ...filters });
 }
 
 // ---- numbers in URLs and fields ----
@@ -119,6 +190,41 @@ export function parseLabelList(s) {
     out.push(Number(p));
   }
   return out;
+}
+
+// Classes as typed: numbers and/or class names ("0, 6" or "Shirt, Coat";
+// names match case-insensitively), separated by commas or semicolons (a
+// name may hold spaces: "Ankle boot"); numbers alone may also be separated
+// by spaces. Returns the class numbers, or null on anything else.
+export function parseClassList(s, classes) {
+  const t = (s || '').trim();
+  if (!t) return [];
+  const byName = new Map((classes || []).map((c, i) => [String(c).trim().toLowerCase(), i]));
+  const out = [];
+  for (const tok of t.split(/[,;]+/).map((x) => x.trim()).filter(Boolean)) {
+    if (byName.has(tok.toLowerCase())) { out.push(byName.get(tok.toLowerCase())); continue; }
+    const nums = parseLabelList(tok);
+    if (nums === null) return null;
+    out.push(...nums);
+  }
+  return [...new Set(out)];
+}
+
+// What a thumbnail says about its class: the true class (its name, or
+// "label N" when the dataset has no names), the predicted one when known,
+// and whether they differ.
+export function className(label, classes) {
+  if (label === null || label === undefined) return '';
+  return classes && classes[label] !== undefined ? String(classes[label]) : `label ${label}`;
+}
+export function classCaption(label, predicted, classes) {
+  const known = predicted !== null && predicted !== undefined;
+  const pname = known ? (classes && classes[predicted] !== undefined ? String(classes[predicted]) : String(predicted)) : '';
+  return {
+    label: className(label, classes),
+    predicted: known ? `pred ${pname}` : '',
+    wrong: known && label !== null && label !== undefined && predicted !== label,
+  };
 }
 
 // ---- neurons: flat row-major index <-> coordinates in the layer's shape ----
@@ -231,7 +337,10 @@ export function queryFromParams(kind, params) {
   if (!Number.isInteger(k) || k < 1) return { error: `k=${kText} must be an integer >= 1` };
   const labels = parseLabelList(params.get('labels'));
   if (labels === null) return { error: `labels=${params.get('labels')} is not a list of integer labels` };
-  const q = { kind, neurons, k, labels };
+  const predicted = parseLabelList(params.get('predicted'));
+  if (predicted === null) return { error: `predicted=${params.get('predicted')} is not a list of classes` };
+  const mis = params.get('misclassified');
+  const q = { kind, neurons, k, labels, predicted, misclassified: mis === '1' || mis === 'true' };
   if (kind === 'knn') {
     const t = params.get('target');
     if (t === null || !/^\d+$/.test(t)) return { error: 'a kNN view needs target=<input id>' };
@@ -251,8 +360,65 @@ export function queryBody(ctx, q) {
   } else {
     body.agg = q.agg;
   }
-  if (q.labels && q.labels.length) body.filter = { labels: q.labels.slice() };
+  // The daemon ANDs the filters: true label, predicted class, misclassified.
+  const filter = {};
+  if (q.labels && q.labels.length) filter.labels = q.labels.slice();
+  if (q.predicted && q.predicted.length) filter.predicted = q.predicted.slice();
+  if (q.misclassified) filter.misclassified = true;
+  if (Object.keys(filter).length) body.filter = filter;
   return body;
+}
+
+// ---- heatmaps: GET .../inputs/{id}/attribution.png ----
+// The page's method choices; smoothgrad is the gradient averaged over noisy
+// copies (samples=16), which is less speckled. channel only exists for a
+// layer of [C,H,W] outputs.
+export const HEAT_LABELS = { gradient: 'gradient', smoothgrad: 'SmoothGrad', gradcam: 'Grad-CAM', channel: 'channel map' };
+export function heatMethods(shape) {
+  return shape && shape.length === 3 ? ['gradient', 'smoothgrad', 'gradcam', 'channel'] : ['gradient', 'smoothgrad', 'gradcam'];
+}
+// A view's heat=METHOD: the method, null for off ("off" or absent without a
+// default), or {error} for a method this layer has not.
+export function heatFromParams(params, shape, dflt = null) {
+  const t = params.get('heat');
+  if (t === null || t === '') return { method: dflt };
+  if (t === 'off') return { method: null };
+  if (!heatMethods(shape).includes(t))
+    return { method: null, error: t === 'channel' ? `heat=channel needs a layer of [C,H,W] outputs (this one is [${(shape || []).join('×')}])` : `heat=${t} is not one of ${heatMethods(shape).join(', ')}` };
+  return { method: t };
+}
+// g: {model, layer, neurons, agg}. The heatmap over input id's thumbnail.
+export function attributionPath(dataset, id, g, method, size) {
+  const e = encodeURIComponent;
+  const m = method === 'smoothgrad' ? 'gradient&samples=16' : method;
+  return `/v1/datasets/${e(dataset)}/inputs/${e(id)}/attribution.png?model=${e(g.model)}&layer=${e(g.layer)}` +
+    `&neurons=${g.neurons.join(',')}&agg=${g.agg || 'sum'}&method=${m}${size ? `&size=${size}` : ''}`;
+}
+
+// ---- the confusion matrix (rows: true label, columns: predicted) ----
+// Per cell its count, its share of the row (recall for the diagonal) and a
+// colour strength 0..1: the diagonal against the largest diagonal count,
+// the errors against the largest error, so the mistakes stay visible next
+// to the (much larger) correct counts.
+export function confusionCells(confusion) {
+  const n = confusion.length;
+  const rowTotals = confusion.map((row) => row.reduce((a, b) => a + b, 0));
+  const colTotals = Array.from({ length: n }, (_, p) => confusion.reduce((a, row) => a + (row[p] || 0), 0));
+  let maxDiag = 0, maxOff = 0, correct = 0, worst = null;
+  confusion.forEach((row, t) => row.forEach((v, p) => {
+    if (t === p) { maxDiag = Math.max(maxDiag, v); correct += v; } else if (v > maxOff) { maxOff = v; worst = { t, p, count: v }; }
+  }));
+  const cells = confusion.map((row, t) => row.map((count, p) => ({
+    t, p, count, diag: t === p,
+    share: rowTotals[t] ? count / rowTotals[t] : 0,
+    strength: count ? count / (t === p ? maxDiag : maxOff) : 0,
+  })));
+  const total = rowTotals.reduce((a, b) => a + b, 0);
+  return {
+    n, cells, rowTotals, colTotals, total, correct, worst,
+    recall: rowTotals.map((r, t) => (r ? confusion[t][t] / r : null)),
+    precision: colTotals.map((c, p) => (c ? confusion[p][p] / c : null)),
+  };
 }
 
 // ---- histogram of one neuron from its index entry ----

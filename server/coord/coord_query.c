@@ -468,8 +468,9 @@ void coord_index_neuron(http_req *r)
         for (size_t i = 0; v && i < n && (long)i < want; i++) json_array_append(top, v[i]);
         free(v);
         json_decref(mai);
-        http_reply_json(r, 200, json_pack("{s:I,s:s,s:I,s:o,s:o}", "index", num(per[0], "id"), "neuron",
-                                          r->params[1], "mai_count", mai_count, "partitions", parts, "mai", top));
+        http_reply_json(r, 200, json_pack("{s:I,s:I,s:I,s:o,s:o}", "index", num(per[0], "id"), "neuron",
+                                          num(js[0], "neuron"), "mai_count", mai_count, "partitions", parts, "mai",
+                                          top));
     }
     free_all(c, js);
     coord_calls_free(c, calls);

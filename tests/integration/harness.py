@@ -59,15 +59,17 @@ class Daemon:
         self.port = None
         self.log = None
 
-    def start(self, extra=None, timeout=60):
+    def command(self, binary):
+        return [binary, "--data", self.data, "--listen", "127.0.0.1:%d" % self.port] + self.extra
+
+    def start(self, extra=None, timeout=60, same_port=False):
         if extra is not None:
             self.extra = list(extra)
-        self.port = free_port()
+        if not (same_port and self.port):
+            self.port = free_port()
         binary = os.path.join(ROOT, args().build, "deepeverestd")
         self.log = open(os.path.join(self.data, "daemon.log"), "ab")
-        self.proc = subprocess.Popen(
-            [binary, "--data", self.data, "--listen", "127.0.0.1:%d" % self.port] + self.extra,
-            stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.command(binary), stdout=self.log, stderr=subprocess.STDOUT)
         t0 = time.time()
         while time.time() - t0 < timeout:
             if self.proc.poll() is not None:
@@ -156,6 +158,19 @@ class Daemon:
                 return j
             time.sleep(0.2)
         raise AssertionError("job %d did not finish" % job)
+
+
+class Coordinator(Daemon):
+    """deepeverestd --coordinator in front of shard Daemons (no data of its own;
+    its data dir holds only its log)."""
+
+    def __init__(self, shards, extra=()):
+        super().__init__(extra=extra)
+        self.shards = shards
+
+    def command(self, binary):
+        urls = ",".join("http://127.0.0.1:%d" % d.port for d in self.shards)
+        return [binary, "--coordinator", "--shards", urls, "--listen", "127.0.0.1:%d" % self.port] + self.extra
 
 
 def expect_error(resp, status, code=None, mentions=None):

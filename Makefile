@@ -132,11 +132,13 @@ asan: deps
 	@ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	    bash tests/run_all.sh build-asan
 
-# The explorer in headless Chromium against a real daemon (playwright-core
-# from npm into tests/browser/node_modules). Screenshots: tests/out/browser/.
+# The explorer in headless Chromium against a real daemon, then through a
+# coordinator over 3 shards (playwright-core from npm into
+# tests/browser/node_modules). Screenshots: tests/out/browser/.
 browser-test: all
 	bash scripts/install-deps.sh browser
 	bash tests/browser/run.sh $(BUILD)
+	DE_SHARDS=3 bash tests/browser/run.sh $(BUILD)
 
 # No compiler warning (-Werror) and no cppcheck finding; the findings that
 # are false positives are suppressed where they stand, with the reason.

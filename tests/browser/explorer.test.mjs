@@ -170,10 +170,10 @@ await step('API setup: register the model and import Fashion-MNIST', async () =>
   });
   assert.equal(d.count, 10000);
   // A dataset the model cannot take ([3,4,4] inputs), to see it marked.
-  const hdr = "{'descr': '|u1', 'fortran_order': False, 'shape': (2, 3, 4, 4), }";
+  const hdr = "{'descr': '|u1', 'fortran_order': False, 'shape': (6, 3, 4, 4), }"; // 6: splits over 1-3 shards
   const pad = hdr + ' '.repeat(64 - ((10 + hdr.length + 1) % 64)) + '\n';
   const npy = Buffer.concat([Buffer.from([0x93]), Buffer.from('NUMPY\x01\x00'), Buffer.from([pad.length & 255, pad.length >> 8]),
-    Buffer.from(pad), Buffer.alloc(2 * 48)]);
+    Buffer.from(pad), Buffer.alloc(6 * 48)]);
   const r = await fetch(`${BASE}/v1/datasets/rgb`, { method: 'PUT', body: npy });
   assert.equal(r.status, 201, await r.text());
 });

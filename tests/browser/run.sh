@@ -8,7 +8,8 @@
 # so tests/run_all.sh can count it with run_suite); exits non-zero on failure.
 # Screenshots: tests/out/browser/*.png. Needs node + npm, Debian's chromium
 # (apt-get install -y chromium) and models/fmnist_cnn.pt. DE_STATIC=DIR serves the
-# page from DIR instead of server/static (to check that a broken page fails).
+# page from DIR instead of server/static (to check that a broken page fails);
+# DE_SHARDS=N runs it through a coordinator over N shards (the same answers).
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -34,33 +35,51 @@ if [ ! -f "$HERE/node_modules/playwright-core/package.json" ]; then
     >"$OUT/npm-install.log" 2>&1 || { cat "$OUT/npm-install.log" >&2; fail "npm install failed"; }
 fi
 DATA=$(mktemp -d /tmp/de-browser-XXXXXX)
-PID=
+PIDS=()
 cleanup() {
-  if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
-    kill -TERM "$PID" 2>/dev/null
-    for _ in $(seq 1 100); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$PID" 2>/dev/null
-  fi
+  for PID in "${PIDS[@]}"; do
+    if kill -0 "$PID" 2>/dev/null; then
+      kill -TERM "$PID" 2>/dev/null
+      for _ in $(seq 1 100); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$PID" 2>/dev/null
+    fi
+  done
   rm -rf "$DATA"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-PORT=$(node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
-"$DAEMON" --data "$DATA" --listen "127.0.0.1:$PORT" --static "${DE_STATIC:-$ROOT/server/static}" >"$OUT/daemon.log" 2>&1 &
-PID=$!
-up=0
-for _ in $(seq 1 300); do
-  kill -0 "$PID" 2>/dev/null || break
-  if node -e 'fetch(process.argv[1]).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))' "http://127.0.0.1:$PORT/v1/health" 2>/dev/null; then
-    up=1; break
-  fi
-  sleep 0.2
-done
-if [ $up -ne 1 ]; then
-  tail -30 "$OUT/daemon.log" >&2
-  fail "the daemon did not start"
+free_port() { node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
+wait_up() { # pid port log
+  for _ in $(seq 1 300); do
+    kill -0 "$1" 2>/dev/null || break
+    if node -e 'fetch(process.argv[1]).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))' "http://127.0.0.1:$2/v1/health" 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  tail -30 "$3" >&2
+  return 1
+}
+STATIC="${DE_STATIC:-$ROOT/server/static}"
+PORT=$(free_port)
+if [ "${DE_SHARDS:-0}" -gt 0 ]; then
+  # DE_SHARDS=N: the same test through a coordinator over N shard daemons
+  urls=()
+  for i in $(seq 0 $((DE_SHARDS - 1))); do
+    sp=$(free_port); mkdir -p "$DATA/shard-$i"
+    "$DAEMON" --data "$DATA/shard-$i" --listen "127.0.0.1:$sp" --threads 1 >"$OUT/shard-$i.log" 2>&1 &
+    PIDS+=($!)
+    wait_up $! "$sp" "$OUT/shard-$i.log" || fail "shard $i did not start"
+    urls+=("http://127.0.0.1:$sp")
+  done
+  "$DAEMON" --coordinator --shards "$(IFS=,; echo "${urls[*]}")" --listen "127.0.0.1:$PORT" --static "$STATIC" \
+    >"$OUT/daemon.log" 2>&1 &
+else
+  "$DAEMON" --data "$DATA" --listen "127.0.0.1:$PORT" --static "$STATIC" >"$OUT/daemon.log" 2>&1 &
 fi
+PIDS+=($!)
+wait_up $! "$PORT" "$OUT/daemon.log" || fail "the daemon did not start"
 
 DE_URL="http://127.0.0.1:$PORT" DE_ROOT="$ROOT" DE_OUT="$OUT" CHROMIUM="$CHROMIUM" \
   timeout 170 node "$HERE/explorer.test.mjs"

@@ -672,7 +672,7 @@ int proto_parse_query(const char *body, size_t len, int knn, proto_query_req *r,
     uint64_t batch = 0;
     /* One table per endpoint: a top-k "target" or a kNN "agg" is a mistake to
      * report, not a field to ignore. */
-    jspec specs[20];
+    jspec specs[22];
     int n = 0;
     specs[n++] = (jspec){.name = "model", .type = JS_NAME, .required = 1, .dest = r->model};
     specs[n++] = (jspec){.name = "dataset", .type = JS_NAME, .required = 1, .dest = r->dataset};
@@ -694,6 +694,8 @@ int proto_parse_query(const char *body, size_t len, int knn, proto_query_req *r,
     specs[n++] = (jspec){.name = "timeout_s", .type = JS_JSON, .dest = &timeout};
     specs[n++] = (jspec){.name = "eager", .type = JS_ENUM, .dest = &r->eager, .present = &r->has_eager,
                          .choices = proto_eager_names};
+    specs[n++] = (jspec){.name = "threshold", .type = JS_NUMBER, .dest = &r->threshold, .present = &r->has_threshold,
+                         .dmin = -DBL_MAX, .dmax = DBL_MAX};
     specs[n++] = (jspec){0};
 
     json_t *root = load_object(body, len, e);

@@ -149,6 +149,8 @@ typedef struct proto_query_req {
     double timeout_s;                  /* 0 = server default */
     int has_eager;                     /* the query builds its layer's index: */
     int eager;                         /* which other layers too (enum proto_eager) */
+    int has_threshold;                 /* "threshold": inputs strictly worse may be left out */
+    double threshold;                  /*   (a coordinator's bound from other shards) */
 } proto_query_req;
 
 int proto_parse_model(const char *body, size_t len, proto_model_req *r, proto_err *e);

@@ -44,6 +44,7 @@ typedef struct app_config {
     const char *static_dir;      /* explorer files */
     const char *shards;          /* --coordinator --shards URL[,URL...] */
     double shard_timeout_s;      /* a shard call's bound */
+    int merge_threshold;         /* --merge threshold|parallel */
 } app_config;
 
 typedef struct app_metrics {

@@ -37,7 +37,8 @@ static void usage(FILE *f)
             "                    [--static DIR] [--map-mb N] [--client-timeout-s S]\n"
             "                    [--infer-memory-mb N] [--eager-layers none|before|fit|all]\n"
             "       deepeverestd --coordinator --shards URL[,URL...] [--listen HOST:PORT]\n"
-            "                    [--token-file F] [--shard-timeout-s S] [--static DIR]\n"
+            "                    [--token-file F] [--shard-timeout-s S] [--merge parallel|threshold]\n"
+            "                    [--static DIR]\n"
             "       deepeverestd --data DIR --stat\n"
             "       deepeverestd [--coordinator] --routes\n");
 }
@@ -108,6 +109,7 @@ static int coordinator_main(app *A)
         fprintf(stderr, "%s\n", err);
         return 2;
     }
+    A->coord->threshold_merge = c->merge_threshold;
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
@@ -161,7 +163,7 @@ int main(int argc, char **argv)
 
     enum { O_DATA = 1, O_LISTEN, O_DEVICE, O_CACHE, O_THREADS, O_TOKEN, O_BATCH, O_BUILDMEM,
            O_IMPORT, O_MAXBODY, O_MAXUP, O_QTIME, O_MAXBUILDS, O_STATIC, O_STAT, O_MAPGB, O_CTIME, O_INFERMEM,
-           O_ROUTES, O_EAGER, O_COORD, O_SHARDS, O_STIME, O_HELP };
+           O_ROUTES, O_EAGER, O_COORD, O_SHARDS, O_STIME, O_MERGE, O_HELP };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},
         {"listen", required_argument, 0, O_LISTEN},
@@ -186,6 +188,7 @@ int main(int argc, char **argv)
         {"coordinator", no_argument, 0, O_COORD},
         {"shards", required_argument, 0, O_SHARDS},
         {"shard-timeout-s", required_argument, 0, O_STIME},
+        {"merge", required_argument, 0, O_MERGE},
         {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0}};
     int o;
@@ -222,6 +225,13 @@ int main(int argc, char **argv)
         case O_COORD: coordinator = 1; break;
         case O_SHARDS: c->shards = optarg; break;
         case O_STIME: if (parse_size(optarg, 1, 86400, &v)) goto bad; c->shard_timeout_s = (double)v; break;
+        case O_MERGE:
+            if (strcmp(optarg, "parallel") && strcmp(optarg, "threshold")) {
+                fprintf(stderr, "--merge is parallel or threshold\n");
+                return 2;
+            }
+            c->merge_threshold = strcmp(optarg, "threshold") == 0;
+            break;
         case O_EAGER: {
             static const char *modes[] = {"none", "before", "fit", "all"};
             int found = -1;

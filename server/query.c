@@ -397,6 +397,8 @@ int query_run(app *a, const proto_query_req *q, query_answer *out, proto_err *e)
             /* a multiple of the inference batch (a smaller fetch would be padded) */
             .first_batch = (uint32_t)(((q->k + q->k / 2) / c.m->batch + 1) * c.m->batch),
             .cancel = &c.src.cancel,
+            .has_threshold = q->has_threshold,
+            .threshold = q->threshold,
         };
         if (execute(&c, &eq, out, e) != 0) goto done;
     }

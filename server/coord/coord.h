@@ -42,6 +42,8 @@ typedef struct coord {
     coord_shard shards[COORD_MAX_SHARDS];
     double timeout_s;            /* a call's bound (queries may build inline) */
     const char *token;           /* presented to the shards, or NULL */
+    int threshold_merge;         /* --merge threshold: shard 0 first, the others told its k-th
+                                    best (they may stop earlier; TPUT's idea); else all at once */
 } coord;
 
 /* "http://a:1,http://b:2" -> *out; -1 with err on a bad list. */

@@ -729,7 +729,33 @@ static void query(http_req *r, int knn)
             calls[i].len = strlen(other);
         }
     }
-    coord_run(c, calls);
+    if (c->threshold_merge && c->n > 1 && !q.has_threshold) {
+        /* shard 0 first; its k-th best bounds what the others must return */
+        for (int i = 1; i < c->n; i++) calls[i].skip = 1;
+        coord_run(c, calls);
+        if (coord_first_failure(c, calls, 0, &e) != 0) goto fail;
+        json_t *js0 = coord_json(&calls[0]);
+        json_t *res = json_object_get(js0, "results");
+        if (json_array_size(res) >= q.k && q.k > 0) {
+            double t = json_number_value(json_object_get(json_array_get(res, q.k - 1), knn ? "distance" : "score"));
+            for (int i = 1; i < c->n; i++) {
+                const char *base = other && i != owner ? other : plain;
+                json_t *bi = json_loadb(base, strlen(base), 0, NULL);
+                json_object_set_new(bi, "threshold", json_real(t));
+                calls[i].owned = json_dumps(bi, JSON_COMPACT);
+                calls[i].body = calls[i].owned;
+                calls[i].len = calls[i].owned ? strlen(calls[i].owned) : 0;
+                json_decref(bi);
+            }
+        }
+        json_decref(js0);
+        for (int i = 1; i < c->n; i++) calls[i].skip = 0;
+        calls[0].skip = 1;
+        coord_run(c, calls);
+        calls[0].skip = 0;
+    } else {
+        coord_run(c, calls);
+    }
     if (coord_first_failure(c, calls, 0, &e) != 0) goto fail;
     parse_all(c, calls, js);
     /* merge by (value, id): the exact top of every shard's exact top */

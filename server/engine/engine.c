@@ -1055,7 +1055,11 @@ static int run_nta(run *r)
             rc = -1;
             break;
         }
-        if (s.npending || !eng_topk_full(r->h))
+        if (s.npending)
+            continue;
+        if (q->has_threshold && better(q, q->threshold, nta_threshold(r, &s)))
+            break; /* nothing unseen can reach the bound from elsewhere */
+        if (!eng_topk_full(r->h))
             continue;
         double worst = eng_topk_worst(r->h), thr = nta_threshold(r, &s);
         if (better(q, worst, thr))
@@ -1457,6 +1461,12 @@ static int run_bounds(run *r)
         }
         if (next == ready)
             break;
+        if (q->has_threshold) {
+            uint32_t cid = order[next];
+            double nb = q->kind == ENG_TOPK ? -bound[cid] : bound[cid];
+            if (better(q, q->threshold, nb))
+                break; /* nothing left can reach the bound from elsewhere */
+        }
         if (eng_topk_full(r->h)) {
             /* Every candidate left comes after order[next] in (bound, id)
              * order: at best it ties the k-th on value, and then loses on id

@@ -98,6 +98,10 @@ typedef struct eng_query {
     uint32_t first_batch;        /* BOUNDS: inputs of its first fetch (0 = batch);
                                     each later fetch doubles, up to batch */
     const volatile int *cancel;  /* polled between batches; nonzero stops with -2 */
+    int has_threshold;           /* a bound from elsewhere (a coordinator's other shards): */
+    double threshold;            /*   inputs scoring strictly worse than it may be left out,
+                                      so NTA and BOUNDS also stop once nothing left can reach it;
+                                      what is returned is still exact, ties with it included */
     size_t scratch_budget;       /* bytes of optional scratch beyond O(N) (NTA keeps
                                   * unpacked partition ids of neurons within it and
                                   * scans the packed ids of the rest); 0 = 64 MiB */

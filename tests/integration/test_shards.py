@@ -163,18 +163,28 @@ def test_random_queries_equal_one_daemon():
     for i in (17, 5000, 9000):
         TENSORS.append(ONE.ok("GET", "/v1/datasets/fmnist/inputs/%d?tensor=1" % i)["tensor"])
     n = 0
-    computed = {"coord": 0, "one": 0}
-    for layer in LAYERS:
-        for _ in range(120):
-            kind, body = random_body(layer)
-            a, b = both("POST", "/v1/query/" + kind, body)
-            assert a["results"] == b["results"], (kind, body, a["results"][:3], b["results"][:3])
-            assert a["stats"]["shards"] == S and len(a["stats"]["shard_ms"]) == S
-            computed["coord"] += a["stats"]["inputs_computed"]
-            computed["one"] += b["stats"]["inputs_computed"]
-            n += 1
-    print("  %d random queries equal; inputs computed: shards %d, one daemon %d" % (n, computed["coord"],
-                                                                                    computed["one"]))
+    computed = {"coord": 0, "one": 0, "threshold": 0}
+    # a second coordinator over the same shards (stateless replicas) that
+    # merges with a threshold: shard 0 first, the others told its k-th best
+    cot = H.Coordinator(SHARDS, extra=["--merge", "threshold"]).start()
+    try:
+        for layer in LAYERS:
+            for i in range(120):
+                kind, body = random_body(layer)
+                a, b = both("POST", "/v1/query/" + kind, body)
+                assert a["results"] == b["results"], (kind, body, a["results"][:3], b["results"][:3])
+                assert a["stats"]["shards"] == S and len(a["stats"]["shard_ms"]) == S
+                computed["coord"] += a["stats"]["inputs_computed"]
+                computed["one"] += b["stats"]["inputs_computed"]
+                if i % 2 == 0:
+                    t = cot.ok("POST", "/v1/query/" + kind, body)
+                    assert t["results"] == b["results"], ("threshold", kind, body, t["results"][:3])
+                    computed["threshold"] += t["stats"]["inputs_fetched"]
+                n += 1
+    finally:
+        cot.close()
+    print("  %d random queries equal (%d through a threshold-merging coordinator too); inputs computed: "
+          "shards %d, one daemon %d" % (n, n // 2, computed["coord"], computed["one"]))
     # errors read as a daemon's
     base = {"model": "cnn", "dataset": "fmnist", "layer": "fc1", "neurons": [1], "k": 3}
     for body, status in ((dict(base, k=0), 422), (dict(base, target=N), 422), (dict(base, layer="nope"), 404),

@@ -404,6 +404,40 @@ static uint64_t run_and_compare(const ds *s, eng_query *q, int method, const npi
     return y.fetched;
 }
 
+/* A threshold from elsewhere (a coordinator's other shards): the answer
+ * may leave out inputs strictly worse than it, but what it returns is
+ * exact and it holds every want entry that is not strictly worse. */
+static void run_with_threshold(const ds *s, eng_query *q, int method, const npi_view *gv, const eng_result *want,
+                               size_t nwant, const char *label)
+{
+    if (!nwant)
+        return;
+    double t = want[rng_below((uint32_t)nwant)].value;
+    size_t cap = q->k < s->n ? q->k : s->n, keep = 0;
+    while (keep < nwant && !(q->kind == ENG_KNN ? want[keep].value > t : want[keep].value < t))
+        keep++;
+    eng_result *got = malloc((cap ? cap : 1) * sizeof *got);
+    uint32_t *count = calloc(s->n ? s->n : 1, sizeof *count);
+    ck_assert(got && count);
+    synth y = {.s = s, .q = q, .count = count};
+    eng_source src = {&y, synth_fetch, test_geo};
+    char err[256] = "";
+    size_t nout = 0;
+    q->method = method;
+    q->has_threshold = 1;
+    q->threshold = t;
+    int rc = eng_run(q, gv, &src, got, &nout, NULL, err, sizeof err);
+    q->has_threshold = 0;
+    ck_assert_msg(rc == 0, "%s threshold method=%s: rc %d (%s)", label, method_name[method], rc, err);
+    size_t bad = 0;
+    while (bad < keep && bad < nout && got[bad].input == want[bad].input && got[bad].value == want[bad].value)
+        bad++;
+    ck_assert_msg(bad == keep && nout >= keep && y.bad == 0, "%s threshold %.17g method=%s: %zu of %zu kept ranks "
+                  "right (%zu results)", label, t, method_name[method], bad, keep, nout);
+    free(got);
+    free(count);
+}
+
 static const uint32_t sizes[] = {1, 2, 7, 50, 333, 2000};
 static const uint32_t parts[] = {2, 3, 16, 64};
 static const double ratios[] = {0, 0.01, 0.03, 0.5};
@@ -530,6 +564,10 @@ static void random_query(const ds *s, int dist, int qi)
     T->fetched[ENG_BOUNDS] += run_and_compare(s, &q, ENG_BOUNDS, gv, want, nwant, label);
     run_and_compare(s, &q, ENG_AUTO, gv, want, nwant, label);
     run_and_compare(s, &q, ENG_AUTO, NULL, want, nwant, label);
+    if (rng_below(3) == 0) {
+        run_with_threshold(s, &q, ENG_NTA, gv, want, nwant, label);
+        run_with_threshold(s, &q, ENG_BOUNDS, gv, want, nwant, label);
+    }
     set_geometry(0, 0, 0);
 
     free(neurons);

@@ -149,11 +149,32 @@ lint:
 	    -Iproto -Istorage -Iserver -Iserver/engine -Iserver/builder -Iserver/http -Iserver/coord -Ishim server storage proto shim
 
 # Offline validation of the project's documents with maintained npm
-# packages (tests/tools/package.json): the OpenAPI document.
+# packages (tests/tools/package.json): the OpenAPI document, and the
+# Kubernetes manifests: every overlay of deploy/k8s rendered by kubectl's
+# kustomize (NAME:cpu|gpu, how its shards are meant to run), each object
+# checked against the Kubernetes schemas (kubernetes-models) and the
+# project's invariants (tests/tools/validate_k8s.mjs), the examples against
+# the schemas; then --self-test shows that mutated manifests are rejected.
 validate:
 	bash scripts/install-deps.sh node
-	@cd tests/tools && { [ -d node_modules/@apidevtools ] || npm ci --no-audit --no-fund >/dev/null; }
+	@cd tests/tools && { [ -d node_modules/@apidevtools ] && [ -d node_modules/kubernetes-models ] && \
+	    [ -d node_modules/yaml ] || npm ci --no-audit --no-fund >/dev/null; }
 	node tests/tools/validate_openapi.mjs
+	@command -v kubectl >/dev/null || { echo "validate: kubectl (1.27 or later, with kustomize) is needed to render deploy/k8s" >&2; exit 1; }
+	@mkdir -p tests/out/k8s; set -e; specs="cpu-dev:cpu gpu:gpu"; args=""; \
+	for d in deploy/k8s/overlays/*/; do \
+	  case " $$specs " in *" $$(basename $$d):"*) ;; \
+	    *) echo "validate: overlay $$d is not in the validate target's list (NAME:cpu|gpu)" >&2; exit 1;; esac; \
+	done; \
+	for spec in $$specs; do \
+	  o=$${spec%%:*}; \
+	  kubectl kustomize deploy/k8s/overlays/$$o > tests/out/k8s/$$o.yaml || \
+	    { echo "validate: kubectl kustomize deploy/k8s/overlays/$$o failed" >&2; exit 1; }; \
+	  echo "k8s: rendered deploy/k8s/overlays/$$o -> tests/out/k8s/$$o.yaml ($$(grep -c '^kind:' tests/out/k8s/$$o.yaml) objects)"; \
+	  args="$$args --$${spec##*:} tests/out/k8s/$$o.yaml"; \
+	done; \
+	node tests/tools/validate_k8s.mjs $$args --schema-only deploy/k8s/examples/*.yaml; \
+	node tests/tools/validate_k8s.mjs --self-test $$args
 
 # libFuzzer (clang) over every parser that reads outside bytes; FUZZ_SECONDS
 # each (default 60). New corpus entries go to build-fuzz/corpus, the seeds

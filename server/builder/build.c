@@ -494,6 +494,11 @@ static const job_ops MATERIALIZE_OPS = {"materialize", build_run, build_abandon,
 
 /* ---- eager layers ---- */
 
+/* What indexing a layer costs per byte of its activations, measured on the
+ * project's machines (2 cores): adding them into a build (transpose, first
+ * touch of fresh memory) ~1.5 ns, the finish (partitions, MAI, LMDB) ~1 ns. */
+#define BUILD_EAGER_NS_PER_BYTE 2.5
+
 typedef struct eager_pick {
     int layer;
     uint64_t bytes;
@@ -526,13 +531,20 @@ static void pick_eager(app *a, registry_model *m, const store_dataset *d, const 
         for (int i = 0; i < *n; i++) asked |= layers[i] == l;
         if (asked) continue;
         if (l > deepest && p->eager == EAGER_BEFORE) continue;
-        if (l > deepest && p->eager == EAGER_FIT && !(m->layer_ms && m->layer_ms[l] <= 1.25 * m->layer_ms[deepest]))
-            continue;
+        uint64_t bytes = d->count * (uint64_t)shim_layer_at(m->shim, l)->neurons * 4;
+        if (p->eager == EAGER_FIT) {
+            if (!m->layer_ms) continue;
+            double batches = (double)((d->count + m->batch - 1) / m->batch);
+            double pass_s = m->layer_ms[l] * batches / 1000, index_s = (double)bytes * BUILD_EAGER_NS_PER_BYTE * 1e-9;
+            double ext_s = l > deepest ? (m->layer_ms[l] - m->layer_ms[deepest]) * batches / 1000 : 0;
+            if (l > deepest && m->layer_ms[l] > 1.25 * m->layer_ms[deepest]) continue;
+            if (index_s + 2 * ext_s > pass_s) continue; /* cheaper to build when it is asked for */
+        }
         store_index same = {0};
         if (catalog_find_same(t, m->name, d->name, shim_layer_at(m->shim, l)->name, p->kind, p->partitions,
                               (float)p->mai_ratio, &same))
             continue;
-        cand[nc++] = (eager_pick){l, d->count * (uint64_t)shim_layer_at(m->shim, l)->neurons * 4};
+        cand[nc++] = (eager_pick){l, bytes};
     }
     store_txn_abort(t);
     qsort(cand, (size_t)nc, sizeof *cand, by_bytes);

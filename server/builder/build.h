@@ -18,8 +18,14 @@
  *   before  and the earlier layers whose activations fit in memory beside
  *           them (within --build-memory-mb, smallest first): no inference
  *           more, no spill;
- *   fit     and, likewise, deeper layers whose forward (timed at load)
- *           costs at most 1.25x the forward to the deepest layer asked;
+ *   fit     of those, the layers worth indexing now: one whose index
+ *           costs less than the pass a later query on it would need
+ *           (activation bytes x BUILD_EAGER_NS_PER_BYTE against the forward
+ *           to it, timed at load, over the dataset); that is the break-even
+ *           when such a query comes with probability 1/2. Deeper layers too,
+ *           when their forward costs at most 1.25x the forward to the
+ *           deepest layer asked and index + twice the longer pass still
+ *           costs less than a pass to them;
  *   all     every layer of the model, spilling what does not fit.
  * Queries that build an index use --eager-layers (default fit) or their
  * "eager" field; POST /v1/indexes builds what it names unless "eager".

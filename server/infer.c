@@ -224,17 +224,27 @@ int infer_run(app *a, registry_model *m, const uint32_t *ids, const float *in, s
                 }
             }
         }
-        for (size_t p = 0; p < B; p++) {
-            if (slot_of[p] == SIZE_MAX)
-                memset(bin + p * numel, 0, numel * sizeof *bin);
-            else
-                memcpy(bin + p * numel, in + slot_of[p] * numel, numel * sizeof *bin);
+        /* A whole block of consecutive inputs (a build's pass, a scan) goes
+         * in and comes out in place: no copies of a wide layer's batch. */
+        int direct = natural && used == B && slot_of[0] == done;
+        const float *bx = bin;
+        if (direct) {
+            bx = in + done * numel;
+            for (int l = 0; l < nouts; l++) so[l].dst = outs[l].dst + done * width[l];
+        } else {
+            for (size_t p = 0; p < B; p++) {
+                if (slot_of[p] == SIZE_MAX)
+                    memset(bin + p * numel, 0, numel * sizeof *bin);
+                else
+                    memcpy(bin + p * numel, in + slot_of[p] * numel, numel * sizeof *bin);
+            }
+            for (int l = 0; l < nouts; l++) so[l].dst = bout[l];
         }
-        if (shim_run(m->shim, bin, (int64_t)B, so, nouts, err, errlen) != 0) goto fail;
+        if (shim_run(m->shim, bx, (int64_t)B, so, nouts, err, errlen) != 0) goto fail;
         atomic_fetch_add(&a->metrics.inference_batches, 1);
         if (forwards) (*forwards)++;
         atomic_fetch_add(&a->metrics.inputs_computed, used);
-        for (size_t p = 0; p < B; p++) {
+        for (size_t p = 0; !direct && p < B; p++) {
             if (slot_of[p] == SIZE_MAX) continue;
             for (int l = 0; l < nouts; l++)
                 memcpy(outs[l].dst + slot_of[p] * width[l], bout[l] + p * width[l], width[l] * sizeof(float));

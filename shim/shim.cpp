@@ -118,9 +118,12 @@ extern "C" int shim_init(int threads, char *err, size_t errlen)
 {
     try {
         // glibc serves each large tensor by a fresh mmap and unmaps it after
-        // the forward unless these thresholds are raised (shim/README.md).
+        // the forward unless these thresholds are raised, and a thread's own
+        // arena (heaps of 64 MiB at most, deleted when they empty) faults a
+        // wide layer's tensors in again every forward: one arena (README.md).
         mallopt(M_MMAP_THRESHOLD, 64 << 20);
         mallopt(M_TRIM_THRESHOLD, 128 << 20);
+        mallopt(M_ARENA_MAX, 1);
         int n = threads > 0 ? threads : (int)std::max(1u, std::thread::hardware_concurrency());
         at::set_num_threads(n);  // 1 by default on these machines
         try {

@@ -294,7 +294,7 @@ static int build_pass(app *a, registry_model *m, const store_dataset *d, job *j,
         out[l].digest = x.digest;
         log_msg("index %u: layer built in %.0f ms, %llu bytes, peak %zu activation bytes%s", j->parts[l],
                 clock_ms() - t_mark, (unsigned long long)x.bytes, bcore_peak_bytes(bc[l]),
-                bcore_spilled(bc[l]) ? " (spilled)" : "");
+                bcore_spilled(bc[l]) ? (bcore_spill_direct(bc[l]) ? " (spilled) with direct I/O" : " (spilled)") : "");
         bcore_free(bc[l]);
         bc[l] = NULL;
     }

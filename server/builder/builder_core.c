@@ -8,10 +8,17 @@
  *    n_inputs * chunk_n * 4 bytes, input-major inside (row i of the chunk at
  *    i * chunk_n floats), so every batch appends one contiguous slice per
  *    chunk. bcore_finish reads one chunk back, block by block through a
- *    staging buffer, into neuron-major columns.
+ *    staging buffer, into neuron-major columns. Slices whose offset and
+ *    length are whole 4 KiB blocks (chunk_n a multiple of 1024 makes them
+ *    all so) bypass the page cache (O_DIRECT): on the project's VMs a
+ *    buffered write runs at ~330 MB/s, most of it the kernel faulting in
+ *    fresh page-cache memory, a direct one at ~1.5 GB/s; reads 2.6 GB/s.
+ *    Chunks hold at most CHUNK_MAX bytes (and at least 1024 neurons) because
+ *    fresh memory costs ~2 ms per MiB here: one small chunk buffer reused
+ *    is cheaper than one big one touched once.
  *
  * Memory. Activation buffers -- the matrix, or one chunk's columns plus the
- * staging block (budget/8) -- never exceed mem_budget. bcore_peak_bytes adds
+ * staging block (budget/8, 64 MiB at most) -- never exceed mem_budget. bcore_peak_bytes adds
  * the finished-blob ring of bcore_finish (2 blobs per thread, or up to
  * 16 MiB of small blobs). Not counted:
  * each thread's npi scratch (about 27 bytes per input plus 0.4 MiB). In
@@ -27,10 +34,12 @@
 #include "builder_core.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -42,6 +51,9 @@
 
 #define MIN_BUDGET ((size_t)1 << 20)
 #define RING_BYTES ((size_t)16 << 20)
+#define STAGE_MAX ((size_t)64 << 20)
+#define CHUNK_MAX ((size_t)256 << 20)
+#define DIRECT_ALIGN 4096u
 
 struct bcore {
     uint32_t n;          /* inputs */
@@ -51,6 +63,7 @@ struct bcore {
     uint64_t chunk;      /* neurons per chunk */
     uint64_t n_chunks;
     int spill_fd;        /* -1: in memory */
+    int direct_fd;       /* the same file opened O_DIRECT, or -1 */
     float *mat;          /* in memory: neurons x n, neuron-major */
     size_t mat_bytes;    /* its mapping's length */
     size_t mat_released; /* bytes at its start already given back */
@@ -163,6 +176,7 @@ int bcore_new(uint32_t n_inputs, uint64_t neurons, uint32_t partitions, uint32_t
     b->mai_count = mai_count;
     b->budget = mem_budget;
     b->spill_fd = -1;
+    b->direct_fd = -1;
 
     if (neurons <= mem_budget / column) {
         b->chunk = neurons;
@@ -186,7 +200,8 @@ int bcore_new(uint32_t n_inputs, uint64_t neurons, uint32_t partitions, uint32_t
 
     /* Spill: a chunk's columns plus the staging block fit the budget; a
      * staging block holds at least one row of a chunk. */
-    b->stage_bytes = mem_budget / 8;
+    b->stage_bytes = mem_budget / 8 < STAGE_MAX ? mem_budget / 8 : STAGE_MAX;
+    b->stage_bytes &= ~(size_t)(DIRECT_ALIGN - 1); /* >= 128 KiB: budget >= 1 MiB */
     uint64_t fit = (mem_budget - b->stage_bytes) / column;
     if (fit == 0) {
         set_err(err, errlen,
@@ -197,6 +212,10 @@ int bcore_new(uint32_t n_inputs, uint64_t neurons, uint32_t partitions, uint32_t
     }
     if (fit > b->stage_bytes / sizeof(float))
         fit = b->stage_bytes / sizeof(float);
+    if (fit > CHUNK_MAX / column)
+        fit = CHUNK_MAX / column > 1024 ? CHUNK_MAX / column : (fit < 1024 ? fit : 1024);
+    if (fit >= 1024)
+        fit &= ~(uint64_t)1023; /* rows of whole 4 KiB blocks */
     b->chunk = fit;
     b->n_chunks = (neurons + fit - 1) / fit;
     b->stage = big_alloc(b->stage_bytes);
@@ -218,6 +237,7 @@ int bcore_new(uint32_t n_inputs, uint64_t neurons, uint32_t partitions, uint32_t
         set_err(err, errlen, "cannot create a spill file in %s: %s", dir, strerror(errno));
         goto fail;
     }
+    b->direct_fd = open(path, O_RDWR | O_DIRECT); /* -1 where refused (tmpfs) */
     unlink(path); /* nothing is left behind, even by a crash */
     free(path);
     path = NULL;
@@ -245,6 +265,24 @@ static int write_all(int fd, const void *buf, size_t len, off_t off)
     return 0;
 }
 
+/* A block goes through direct_fd when its offset, length and address allow
+ * it; a filesystem that refuses (EINVAL) gets buffered I/O from then on.
+ * Linux keeps the two coherent (a direct read flushes cached pages of its
+ * range first), and a direct block is never part-written buffered. */
+static int spill_fd_for(bcore *b, const void *buf, size_t len, off_t off)
+{
+    if (b->direct_fd >= 0 && len % DIRECT_ALIGN == 0 && (uint64_t)off % DIRECT_ALIGN == 0 &&
+        (uintptr_t)buf % DIRECT_ALIGN == 0)
+        return b->direct_fd;
+    return b->spill_fd;
+}
+
+static void direct_refused(bcore *b)
+{
+    close(b->direct_fd);
+    b->direct_fd = -1;
+}
+
 static int read_all(int fd, void *buf, size_t len, off_t off)
 {
     char *p = buf;
@@ -262,6 +300,28 @@ static int read_all(int fd, void *buf, size_t len, off_t off)
         off += r;
     }
     return 0;
+}
+
+static int spill_write(bcore *b, const void *buf, size_t len, off_t off)
+{
+    int fd = spill_fd_for(b, buf, len, off);
+    int r = write_all(fd, buf, len, off);
+    if (r < 0 && errno == EINVAL && fd == b->direct_fd) {
+        direct_refused(b);
+        r = write_all(b->spill_fd, buf, len, off);
+    }
+    return r;
+}
+
+static int spill_read(bcore *b, void *buf, size_t len, off_t off)
+{
+    int fd = spill_fd_for(b, buf, len, off);
+    int r = read_all(fd, buf, len, off);
+    if (r < 0 && errno == EINVAL && fd == b->direct_fd) {
+        direct_refused(b);
+        r = read_all(b->spill_fd, buf, len, off);
+    }
+    return r;
 }
 
 /* dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols,
@@ -424,7 +484,7 @@ int bcore_add(bcore *b, const float *rows, uint32_t first, uint32_t count, char 
                 memcpy(b->stage + (size_t)i * cn, rows + (size_t)(r + i) * b->neurons + j0,
                        row_bytes);
             off_t off = chunk_offset(b, c) + (off_t)(first + r) * (off_t)row_bytes;
-            if (write_all(b->spill_fd, b->stage, (size_t)k * row_bytes, off) < 0) {
+            if (spill_write(b, b->stage, (size_t)k * row_bytes, off) < 0) {
                 set_err(err, errlen, "writing the spill file: %s", strerror(errno));
                 return -1;
             }
@@ -603,7 +663,7 @@ static int load_chunk(bcore *b, uint64_t c, float *cols, char *err, size_t errle
     for (uint32_t r = 0; r < b->n; r += per) {
         uint32_t k = b->n - r < per ? b->n - r : per;
         off_t off = chunk_offset(b, c) + (off_t)r * (off_t)row_bytes;
-        if (read_all(b->spill_fd, b->stage, (size_t)k * row_bytes, off) < 0) {
+        if (spill_read(b, b->stage, (size_t)k * row_bytes, off) < 0) {
             set_err(err, errlen, "reading the spill file: %s", strerror(errno));
             return -1;
         }
@@ -776,6 +836,11 @@ int bcore_spilled(const bcore *b)
     return b && b->spill_fd >= 0;
 }
 
+int bcore_spill_direct(const bcore *b)
+{
+    return b && b->spill_fd >= 0 && b->direct_fd >= 0;
+}
+
 size_t bcore_peak_bytes(const bcore *b)
 {
     return b ? b->peak : 0;
@@ -788,6 +853,8 @@ void bcore_free(bcore *b)
     stop_helper(b);
     if (b->spill_fd >= 0)
         close(b->spill_fd);
+    if (b->direct_fd >= 0)
+        close(b->direct_fd);
     big_free(b->mat, b->mat_bytes);
     big_free(b->stage, b->stage_bytes);
     free(b);

@@ -50,6 +50,9 @@ void bcore_set_raw(bcore *b, int raw);
 
 /* Whether the layer spilled to disk, and the most activation bytes held. */
 int bcore_spilled(const bcore *b);
+/* Whether the spill file still bypasses the page cache for its whole 4 KiB
+ * blocks (O_DIRECT; 0 where the filesystem refused it or nothing spilled). */
+int bcore_spill_direct(const bcore *b);
 size_t bcore_peak_bytes(const bcore *b);
 
 void bcore_free(bcore *b);

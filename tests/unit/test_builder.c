@@ -2,6 +2,7 @@
  * memory and spilled, single- and multi-threaded, are byte-identical to
  * npi_build run directly on each neuron's column; emit order; errors; the
  * spill file leaves nothing behind. */
+#include <fcntl.h>
 #include <check.h>
 #include <dirent.h>
 #include <math.h>
@@ -170,6 +171,64 @@ START_TEST(test_spilled)
     run_layer(5000, 300, 16, 150, 4 * MIB, 3, 1);
     /* one neuron per chunk: columns of 600 KB */
     run_layer(150000, 3, 256, 4500, MIB, 3, 1);
+}
+END_TEST
+
+static int count_emits(uint64_t neuron, const void *blob, size_t len, void *arg)
+{
+    (void)neuron, (void)blob, (void)len;
+    ++*(uint64_t *)arg;
+    return 0;
+}
+
+/* Whether dir's filesystem takes O_DIRECT (tmpfs may not). */
+static int dir_takes_direct(const char *dir)
+{
+    char path[256];
+    snprintf(path, sizeof path, "%s/probe-XXXXXX", dir);
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    int d = open(path, O_RDWR | O_DIRECT);
+    unlink(path);
+    close(fd);
+    if (d < 0)
+        return 0;
+    close(d);
+    return 1;
+}
+
+/* Chunks of 1024 neurons: rows of whole 4 KiB blocks go around the page
+ * cache, the short last chunk (452 neurons) through it, in one file; and a
+ * wide layer's chunks stop at CHUNK_MAX (256 MiB) even when the budget
+ * would take more. */
+START_TEST(test_spilled_direct)
+{
+    rng_seed(7);
+    run_layer(2000, 2500, 16, 60, 16 * MIB, 1, 1);
+    run_layer(2000, 2500, 16, 60, 16 * MIB, 3, 1);
+    char err[256] = "";
+    bcore *b = NULL;
+    ck_assert_int_eq(bcore_new(2000, 2500, 16, 60, 16 * MIB, "/tmp", &b, err, sizeof err), 0);
+    ck_assert_int_eq(bcore_spill_direct(b), dir_takes_direct("/tmp"));
+    bcore_free(b);
+    /* 1,000 inputs x 100,000 neurons (381 MiB) against 352 MiB: chunks stop
+     * at 256 MiB (66,560 neurons) where the budget would take 80,740 */
+    uint32_t n = 1000, neurons = 100000;
+    ck_assert_int_eq(bcore_new(n, neurons, 16, 10, 352 * MIB, "/tmp", &b, err, sizeof err), 0);
+    ck_assert_int_eq(bcore_spilled(b), 1);
+    float *rows = malloc((size_t)100 * neurons * sizeof(float));
+    ck_assert_ptr_nonnull(rows);
+    for (uint32_t first = 0; first < n; first += 100) {
+        for (size_t i = 0; i < (size_t)100 * neurons; i++)
+            rows[i] = (float)((i * 2654435761u + first) % 1000);
+        ck_assert_msg(bcore_add(b, rows, first, 100, err, sizeof err) == 0, "%s", err);
+    }
+    free(rows);
+    uint64_t count = 0;
+    ck_assert_msg(bcore_finish(b, 2, count_emits, &count, err, sizeof err) == 0, "%s", err);
+    ck_assert_uint_eq(count, neurons);
+    ck_assert_uint_le(bcore_peak_bytes(b), 44 * MIB + 256 * MIB + 16 * MIB);
+    bcore_free(b);
 }
 END_TEST
 
@@ -454,6 +513,7 @@ int main(void)
     tcase_add_test(tc, test_emit_stops_spilled);
     tcase_add_test(tc, test_raw);
     tcase_add_test(tc, test_in_memory_releases_pages);
+    tcase_add_test(tc, test_spilled_direct);
     tcase_add_test(tc, test_plan_budgets);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);

@@ -69,6 +69,12 @@ struct bcore {
     size_t mat_released; /* bytes at its start already given back */
     float *stage;        /* spilled: staging block */
     size_t stage_bytes;
+    /* Spilled, while adding: the stage cut into one area per chunk, each
+     * holding up to area_rows[c] rows before one write (0: no areas, each
+     * step writes its slice at once); area_held[c] rows held, from input
+     * area_first[c]. */
+    size_t area_bytes;
+    uint32_t *area_rows, *area_held, *area_first;
     uint32_t added;
     int finished;
     int raw;             /* emit raw columns instead of index blobs */
@@ -133,6 +139,44 @@ static uint64_t chunk_neurons(const bcore *b, uint64_t c)
 static off_t chunk_offset(const bcore *b, uint64_t c)
 {
     return (off_t)(c * b->chunk * (uint64_t)b->n * sizeof(float));
+}
+
+/* Rows of chunk c held before a write: a multiple of the rows that make
+ * whole 4 KiB blocks, so that every full area's write is direct. Many
+ * small writes cost here what the bytes do (~27,000 writes of 0.5 MB for
+ * 12.5 GB: 36 s against 8 s). Without room for that, no areas. */
+static void plan_areas(bcore *b)
+{
+    if (b->n_chunks < 1 || b->n_chunks > 4096)
+        return;
+    size_t area = (b->stage_bytes / b->n_chunks) & ~(size_t)(DIRECT_ALIGN - 1);
+    uint32_t *rows = calloc(b->n_chunks, sizeof *rows);
+    uint32_t *held = calloc(b->n_chunks, sizeof *held);
+    uint32_t *first = calloc(b->n_chunks, sizeof *first);
+    if (!rows || !held || !first || area == 0)
+        goto none;
+    for (uint64_t c = 0; c < b->n_chunks; c++) {
+        size_t rb = (size_t)chunk_neurons(b, c) * sizeof(float), g = rb, m = DIRECT_ALIGN;
+        while (m) { /* gcd(rb, 4096) */
+            size_t t = g % m;
+            g = m;
+            m = t;
+        }
+        size_t unit = DIRECT_ALIGN / g; /* rows per whole number of blocks */
+        size_t cap = area / rb / unit * unit;
+        if (cap < 2 * unit || cap > UINT32_MAX)
+            goto none; /* no better than a write per step */
+        rows[c] = (uint32_t)cap;
+    }
+    b->area_bytes = area;
+    b->area_rows = rows;
+    b->area_held = held;
+    b->area_first = first;
+    return;
+none:
+    free(rows);
+    free(held);
+    free(first);
 }
 
 int bcore_new(uint32_t n_inputs, uint64_t neurons, uint32_t partitions, uint32_t mai_count,
@@ -224,6 +268,7 @@ int bcore_new(uint32_t n_inputs, uint64_t neurons, uint32_t partitions, uint32_t
         goto fail;
     }
     hold(b, b->stage_bytes);
+    plan_areas(b);
     const char *dir = tmpdir && *tmpdir ? tmpdir : "/tmp";
     size_t plen = strlen(dir) + sizeof "/deepeverest-spill-XXXXXX";
     path = malloc(plen);
@@ -442,6 +487,41 @@ static void split_transpose(bcore *b, const float *src, size_t src_stride, size_
     pthread_mutex_unlock(&b->hmu);
 }
 
+/* Writes the rows area c holds. */
+static int flush_area(bcore *b, uint64_t c)
+{
+    size_t row_bytes = (size_t)chunk_neurons(b, c) * sizeof(float);
+    float *area = (float *)((char *)b->stage + c * b->area_bytes);
+    off_t off = chunk_offset(b, c) + (off_t)b->area_first[c] * (off_t)row_bytes;
+    if (b->area_held[c] && spill_write(b, area, (size_t)b->area_held[c] * row_bytes, off) < 0)
+        return -1;
+    b->area_first[c] += b->area_held[c];
+    b->area_held[c] = 0;
+    return 0;
+}
+
+/* Rows [first, first + count) into each chunk's area, writing the areas
+ * that fill; the last rows of the layer flush them all. */
+static int add_to_areas(bcore *b, const float *rows, uint32_t first, uint32_t count)
+{
+    for (uint64_t c = 0; c < b->n_chunks; c++) {
+        uint64_t cn = chunk_neurons(b, c), j0 = c * b->chunk;
+        size_t row_bytes = (size_t)cn * sizeof(float);
+        float *area = (float *)((char *)b->stage + c * b->area_bytes);
+        for (uint32_t i = 0; i < count; i++) {
+            if (b->area_held[c] == b->area_rows[c] && flush_area(b, c) < 0)
+                return -1;
+            if (b->area_held[c] == 0)
+                b->area_first[c] = first + i;
+            memcpy(area + (size_t)b->area_held[c] * cn, rows + (size_t)i * b->neurons + j0, row_bytes);
+            b->area_held[c]++;
+        }
+        if (first + count == b->n && flush_area(b, c) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 int bcore_add(bcore *b, const float *rows, uint32_t first, uint32_t count, char *err,
               size_t errlen)
 {
@@ -471,6 +551,14 @@ int bcore_add(bcore *b, const float *rows, uint32_t first, uint32_t count, char 
     }
     if (b->spill_fd < 0) {
         split_transpose(b, rows, (size_t)b->neurons, count, (size_t)b->neurons, b->mat + first, b->n);
+        b->added += count;
+        return 0;
+    }
+    if (b->area_rows) {
+        if (add_to_areas(b, rows, first, count) < 0) {
+            set_err(err, errlen, "writing the spill file: %s", strerror(errno));
+            return -1;
+        }
         b->added += count;
         return 0;
     }
@@ -857,6 +945,9 @@ void bcore_free(bcore *b)
         close(b->direct_fd);
     big_free(b->mat, b->mat_bytes);
     big_free(b->stage, b->stage_bytes);
+    free(b->area_rows);
+    free(b->area_held);
+    free(b->area_first);
     free(b);
 }
 

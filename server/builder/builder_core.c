@@ -487,11 +487,17 @@ static void split_transpose(bcore *b, const float *src, size_t src_stride, size_
     pthread_mutex_unlock(&b->hmu);
 }
 
+/* Chunk c's area of the stage (area_bytes: whole 4 KiB blocks). */
+static float *area_of(const bcore *b, uint64_t c)
+{
+    return b->stage + c * (b->area_bytes / sizeof(float));
+}
+
 /* Writes the rows area c holds. */
 static int flush_area(bcore *b, uint64_t c)
 {
     size_t row_bytes = (size_t)chunk_neurons(b, c) * sizeof(float);
-    float *area = (float *)((char *)b->stage + c * b->area_bytes);
+    float *area = area_of(b, c);
     off_t off = chunk_offset(b, c) + (off_t)b->area_first[c] * (off_t)row_bytes;
     if (b->area_held[c] && spill_write(b, area, (size_t)b->area_held[c] * row_bytes, off) < 0)
         return -1;
@@ -507,7 +513,7 @@ static int add_to_areas(bcore *b, const float *rows, uint32_t first, uint32_t co
     for (uint64_t c = 0; c < b->n_chunks; c++) {
         uint64_t cn = chunk_neurons(b, c), j0 = c * b->chunk;
         size_t row_bytes = (size_t)cn * sizeof(float);
-        float *area = (float *)((char *)b->stage + c * b->area_bytes);
+        float *area = area_of(b, c);
         for (uint32_t i = 0; i < count; i++) {
             if (b->area_held[c] == b->area_rows[c] && flush_area(b, c) < 0)
                 return -1;

@@ -33,6 +33,8 @@ typedef struct app_config {
     size_t build_memory_mb;      /* activations a build may hold */
     size_t infer_memory_mb;      /* what one forward may hold: bounds a model's batch */
     int eager_layers;            /* enum proto_eager: what a query-built index pass indexes too */
+    int exact_partitions;        /* --partitioning exact: every layer ranked whole (builder_core.h),
+                                    not cut at a sample in the pass (builder_stream.h) */
     uint32_t batch;              /* inference batch size (at most; see infer.h) */
     const char *import_root;     /* path imports confined here; NULL = anywhere */
     size_t max_body_mb;          /* cap of a JSON body; raw uploads: max_upload_mb */

@@ -85,14 +85,15 @@ int infer_calibrate(registry_model *m, char *err, size_t errlen)
         m->slot_class[p] = q < p ? m->slot_class[q] : (uint16_t)m->nclass++;
         m->class_slots[m->slot_class[p]]++;
     }
-    /* one forward to each layer, the fastest of two (the first may pay
-     * for allocations), extracting a single neuron */
+    /* one forward to each layer, the fastest of three (the first may pay
+     * for allocations; eager layers are picked by these times, so one
+     * slowed by another process must not count), extracting a single neuron */
     free(m->layer_ms);
     if (!(m->layer_ms = calloc((size_t)L, sizeof *m->layer_ms))) goto oom;
     for (int l = 0; l < L; l++) {
         uint32_t col = 0;
         shim_out one = {.layer = l, .cols = &col, .ncols = 1, .dst = o[0]};
-        for (int rep = 0; rep < 2; rep++) {
+        for (int rep = 0; rep < 3; rep++) {
             struct timespec t0, t1;
             clock_gettime(CLOCK_MONOTONIC, &t0);
             if (shim_run(m->shim, in, (int64_t)B, &one, 1, err, errlen) != 0) goto done;

@@ -5,7 +5,7 @@
  *   [--build-memory-mb 2048] [--import-root DIR] [--max-body-mb 64]
  *   [--max-upload-mb 4096] [--query-timeout-s 300] [--max-builds 1]
  *   [--static DIR] [--map-mb 65536] [--client-timeout-s 60]
- *   [--infer-memory-mb 2048] [--eager-layers fit]
+ *   [--infer-memory-mb 2048] [--eager-layers fit] [--partitioning sampled]
  * deepeverestd --data DIR --stat      print the catalog and indexes, exit
  *                                     (read-only, beside a running daemon)
  * deepeverestd --coordinator --shards URL[,URL...] [--listen ...] [--token-file F]
@@ -36,6 +36,7 @@ static void usage(FILE *f)
             "                    [--max-upload-mb N] [--query-timeout-s S] [--max-builds N]\n"
             "                    [--static DIR] [--map-mb N] [--client-timeout-s S]\n"
             "                    [--infer-memory-mb N] [--eager-layers none|before|fit|all]\n"
+            "                    [--partitioning sampled|exact]\n"
             "       deepeverestd --coordinator --shards URL[,URL...] [--listen HOST:PORT]\n"
             "                    [--token-file F] [--shard-timeout-s S] [--merge parallel|threshold]\n"
             "                    [--static DIR]\n"
@@ -163,7 +164,7 @@ int main(int argc, char **argv)
 
     enum { O_DATA = 1, O_LISTEN, O_DEVICE, O_CACHE, O_THREADS, O_TOKEN, O_BATCH, O_BUILDMEM,
            O_IMPORT, O_MAXBODY, O_MAXUP, O_QTIME, O_MAXBUILDS, O_STATIC, O_STAT, O_MAPGB, O_CTIME, O_INFERMEM,
-           O_ROUTES, O_EAGER, O_COORD, O_SHARDS, O_STIME, O_MERGE, O_HELP };
+           O_ROUTES, O_EAGER, O_PARTS, O_COORD, O_SHARDS, O_STIME, O_MERGE, O_HELP };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},
         {"listen", required_argument, 0, O_LISTEN},
@@ -185,6 +186,7 @@ int main(int argc, char **argv)
         {"stat", no_argument, 0, O_STAT},
         {"routes", no_argument, 0, O_ROUTES},
         {"eager-layers", required_argument, 0, O_EAGER},
+        {"partitioning", required_argument, 0, O_PARTS},
         {"coordinator", no_argument, 0, O_COORD},
         {"shards", required_argument, 0, O_SHARDS},
         {"shard-timeout-s", required_argument, 0, O_STIME},
@@ -244,6 +246,13 @@ int main(int argc, char **argv)
             c->eager_layers = found;
             break;
         }
+        case O_PARTS:
+            if (strcmp(optarg, "sampled") && strcmp(optarg, "exact")) {
+                fprintf(stderr, "--partitioning is sampled or exact\n");
+                return 2;
+            }
+            c->exact_partitions = strcmp(optarg, "exact") == 0;
+            break;
         case O_HELP: usage(stdout); return 0;
         default: usage(stderr); return 2;
         }

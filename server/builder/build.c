@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "builder_core.h"
+#include "builder_stream.h"
 #include "catalog.h"
 #include "infer.h"
 #include "inputs.h"
@@ -120,7 +121,7 @@ static int emit_blob(uint64_t neuron, const void *blob, size_t len, void *arg)
 
 /* Frees the cores of layers dropped since the last call and acknowledges
  * the drops (no write txn is open here). Nonzero: the whole job stops. */
-static int poll_job(app *a, job *j, bcore **bc, int nlayers, unsigned *handled)
+static int poll_job(app *a, job *j, bcore **bc, bstream **bs, int nlayers, unsigned *handled)
 {
     unsigned d = jobs_dropped(j) & ~*handled;
     if (d) {
@@ -128,6 +129,8 @@ static int poll_job(app *a, job *j, bcore **bc, int nlayers, unsigned *handled)
             if (d & 1u << l) {
                 bcore_free(bc[l]);
                 bc[l] = NULL;
+                bstream_free(bs[l]);
+                bs[l] = NULL;
             }
         *handled |= d;
         jobs_ack(a, j, d);
@@ -148,6 +151,7 @@ static int build_pass(app *a, registry_model *m, const store_dataset *d, job *j,
     uint32_t n = (uint32_t)d->count;
     size_t numel = inputs_numel(d);
     bcore *bc[BUILD_MAX_LAYERS] = {0};
+    bstream *bs[BUILD_MAX_LAYERS] = {0};
     float *outs[BUILD_MAX_LAYERS] = {0};
     infer_out io[BUILD_MAX_LAYERS];
     float *in = NULL, *gx = NULL;
@@ -156,7 +160,7 @@ static int build_pass(app *a, registry_model *m, const store_dataset *d, job *j,
     unsigned handled = jobs_dropped(j); /* parts dropped while queued */
     uint32_t mai = npi_mai_count(n, bj->p.mai_ratio);
     /* phase times for the log: where a build's time beyond inference goes */
-    double t_load = 0, t_infer = 0, t_add = 0, t_mark;
+    double t_load = 0, t_infer = 0, t_add = 0, t_sample = 0, t_mark;
     int threads = a->cfg.threads > 0 ? a->cfg.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     *store_rc = STORE_OK;
 
@@ -173,13 +177,42 @@ static int build_pass(app *a, registry_model *m, const store_dataset *d, job *j,
     }
     size_t chunk = (size_t)m->batch * 4;
     while (chunk > m->batch && chunk * row_bytes > budget / 8) chunk -= m->batch;
-    size_t rows_bytes = chunk * row_bytes;
-    bcore_plan_budgets(rows_bytes < budget ? budget - rows_bytes : 0, nlayers, layer_bytes, budgets);
+    size_t rows_bytes = chunk * row_bytes, avail = rows_bytes < budget ? budget - rows_bytes : 0;
+    /* Partition indexes are cut at a sample in the pass (builder_stream.h)
+     * where their state fits, smallest first; the rest, and full
+     * materializations, go through builder_core. */
+    uint32_t samples = bj->p.kind == STORE_INDEX_NPI && !a->cfg.exact_partitions ? bstream_sample_count(n) : 0;
+    int streamed[BUILD_MAX_LAYERS] = {0}, any_stream = 0;
+    if (samples) {
+        size_t used = 0;
+        for (;;) {
+            int best = -1;
+            size_t best_b = 0;
+            for (int l = 0; l < nlayers; l++) {
+                if (streamed[l] || (handled & 1u << l)) continue;
+                size_t sb = bstream_bytes(n, shim_layer_at(m->shim, shim_layers[l])->neurons, bj->p.partitions, mai,
+                                          samples);
+                if (best < 0 || sb < best_b) best = l, best_b = sb;
+            }
+            if (best < 0 || used + best_b > avail) break;
+            used += best_b;
+            streamed[best] = any_stream = 1;
+            layer_bytes[best] = 0; /* no share of the cores' budget */
+        }
+        avail -= used;
+    }
+    bcore_plan_budgets(avail, nlayers, layer_bytes, budgets);
     for (int l = 0; l < nlayers; l++) {
         const shim_layer *ly = shim_layer_at(m->shim, shim_layers[l]);
         if (!(outs[l] = malloc(chunk * (size_t)ly->neurons * sizeof(float)))) goto oom;
         io[l] = (infer_out){.layer = shim_layers[l], .dst = outs[l]};
         if (handled & 1u << l) continue;
+        if (streamed[l]) {
+            if (bstream_new(n, (uint64_t)ly->neurons, bj->p.partitions, mai, samples, &bs[l], err, errlen) != 0)
+                goto fail;
+            bstream_set_threads(bs[l], threads > 1 ? 2 : 1);
+            continue;
+        }
         if (bcore_new(n, (uint64_t)ly->neurons, bj->p.partitions, mai, budgets[l], a->cfg.data_dir, &bc[l], err,
                       errlen) != 0)
             goto fail;
@@ -193,9 +226,38 @@ static int build_pass(app *a, registry_model *m, const store_dataset *d, job *j,
     if (!in || !ids || !gids || (ans && !gx)) goto oom;
     atomic_store(&j->total, n);
 
+    /* The sample first: inputs spread over the dataset, so that the cuts do
+     * not depend on how the dataset is ordered (samples <= n/8 inputs). */
+    for (uint32_t off = 0; any_stream && off < samples; off += (uint32_t)chunk) {
+        uint32_t cnt = samples - off < chunk ? samples - off : (uint32_t)chunk;
+        if (poll_job(a, j, bc, bs, nlayers, &handled) || (cancel && *cancel)) {
+            snprintf(err, errlen, "cancelled");
+            goto fail;
+        }
+        for (uint32_t i = 0; i < cnt; i++) {
+            ids[i] = bstream_sample_id(n, samples, off + i);
+            gids[i] = (uint32_t)(d->first + ids[i]);
+        }
+        t_mark = clock_ms();
+        if (store_txn_begin(a->st, 1, &t) != STORE_OK) {
+            snprintf(err, errlen, "store: %s", store_errmsg());
+            goto fail;
+        }
+        if (inputs_load(t, d, ids, cnt, in, err, errlen) != 0) goto fail;
+        store_txn_abort(t);
+        t = NULL;
+        infer_turn_begin(m);
+        int ir = infer_run(a, m, gids, in, cnt, io, nlayers, NULL, err, errlen);
+        infer_turn_end(m);
+        if (ir != 0) goto fail;
+        for (int l = 0; l < nlayers; l++)
+            if (bs[l] && bstream_sample(bs[l], outs[l], cnt, err, errlen) != 0) goto fail;
+        t_sample += clock_ms() - t_mark;
+    }
+
     for (uint32_t off = 0; off < n; off += (uint32_t)chunk) {
         uint32_t cnt = n - off < chunk ? n - off : (uint32_t)chunk;
-        if (poll_job(a, j, bc, nlayers, &handled) || (cancel && *cancel)) {
+        if (poll_job(a, j, bc, bs, nlayers, &handled) || (cancel && *cancel)) {
             snprintf(err, errlen, "cancelled");
             goto fail;
         }
@@ -224,8 +286,10 @@ static int build_pass(app *a, registry_model *m, const store_dataset *d, job *j,
         infer_turn_end(m);
         if (ir != 0) goto fail;
         t_mark = clock_ms();
-        for (int l = 0; l < nlayers; l++)
+        for (int l = 0; l < nlayers; l++) {
             if (bc[l] && bcore_add(bc[l], outs[l], off, cnt, err, errlen) != 0) goto fail;
+            if (bs[l] && bstream_add(bs[l], outs[l], off, cnt, err, errlen) != 0) goto fail;
+        }
         t_add += clock_ms() - t_mark;
         if (ans) {
             const eng_query *q = ans->q;
@@ -246,14 +310,18 @@ static int build_pass(app *a, registry_model *m, const store_dataset *d, job *j,
         free(outs[l]);
         outs[l] = NULL;
     }
-    log_msg("build pass over %u inputs: load %.0f ms, inference %.0f ms, into the builders %.0f ms", n, t_load,
-            t_infer, t_add);
+    if (any_stream)
+        log_msg("build pass over %u inputs: a sample of %u in %.0f ms, load %.0f ms, inference %.0f ms, into the "
+                "builders %.0f ms", n, samples, t_sample, t_load, t_infer, t_add);
+    else
+        log_msg("build pass over %u inputs: load %.0f ms, inference %.0f ms, into the builders %.0f ms", n, t_load,
+                t_infer, t_add);
     for (int l = 0; l < nlayers; l++) {
-        if (poll_job(a, j, bc, nlayers, &handled)) {
+        if (poll_job(a, j, bc, bs, nlayers, &handled)) {
             snprintf(err, errlen, "cancelled");
             goto fail;
         }
-        if (!bc[l]) continue; /* dropped */
+        if (!bc[l] && !bs[l]) continue; /* dropped */
         t_mark = clock_ms();
         emit_ctx x = {.a = a, .j = j, .bit = 1u << l, .index = j->parts[l], .digest = FNV_OFFSET};
         int r = store_txn_begin(a->st, 0, &x.txn);
@@ -262,7 +330,8 @@ static int build_pass(app *a, registry_model *m, const store_dataset *d, job *j,
             snprintf(x.msg, sizeof x.msg, "%s", store_errmsg());
             r = -1;
         } else {
-            r = bcore_finish(bc[l], threads, emit_blob, &x, err, errlen);
+            r = bs[l] ? bstream_finish(bs[l], emit_blob, &x, err, errlen)
+                      : bcore_finish(bc[l], threads, emit_blob, &x, err, errlen);
         }
         if (r == 0) {
             int crc = store_txn_commit(x.txn);
@@ -292,13 +361,21 @@ static int build_pass(app *a, registry_model *m, const store_dataset *d, job *j,
         out[l].ok = 1;
         out[l].bytes = x.bytes;
         out[l].digest = x.digest;
-        log_msg("index %u: layer built in %.0f ms, %llu bytes, peak %zu activation bytes%s", j->parts[l],
-                clock_ms() - t_mark, (unsigned long long)x.bytes, bcore_peak_bytes(bc[l]),
-                bcore_spilled(bc[l]) ? (bcore_spill_direct(bc[l]) ? " (spilled) with direct I/O" : " (spilled)") : "");
+        if (bs[l])
+            log_msg("index %u: layer finished in %.0f ms, %llu bytes, partitions cut at the sample, peak %zu bytes of "
+                    "builder state", j->parts[l], clock_ms() - t_mark, (unsigned long long)x.bytes,
+                    bstream_peak_bytes(bs[l]));
+        else
+            log_msg("index %u: layer built in %.0f ms, %llu bytes, peak %zu activation bytes%s", j->parts[l],
+                    clock_ms() - t_mark, (unsigned long long)x.bytes, bcore_peak_bytes(bc[l]),
+                    bcore_spilled(bc[l]) ? (bcore_spill_direct(bc[l]) ? " (spilled) with direct I/O" : " (spilled)")
+                                         : "");
         bcore_free(bc[l]);
         bc[l] = NULL;
+        bstream_free(bs[l]);
+        bs[l] = NULL;
     }
-    poll_job(a, j, bc, nlayers, &handled);
+    poll_job(a, j, bc, bs, nlayers, &handled);
     rc = 0;
     goto fail;
 oom:
@@ -307,6 +384,7 @@ fail:
     store_txn_abort(t);
     for (int l = 0; l < nlayers; l++) {
         bcore_free(bc[l]);
+        bstream_free(bs[l]);
         free(outs[l]);
     }
     free(in);
@@ -497,7 +575,12 @@ static const job_ops MATERIALIZE_OPS = {"materialize", build_run, build_abandon,
 /* What indexing a layer costs per byte of its activations, measured on the
  * project's machines (2 cores): adding them into a build (transpose, first
  * touch of fresh memory) ~1.5 ns, the finish (partitions, MAI, LMDB) ~1 ns. */
-#define BUILD_EAGER_NS_PER_BYTE 2.5
+/* What indexing a layer in the pass costs per byte of its activations,
+ * measured on the CI-class machine (2 cores), writing the index included:
+ * cut at a sample in the pass (builder_stream.h) ~1.5 ns (0.9 in the pass,
+ * 0.6 writing it), ranked whole after it (builder_core.h) ~2.5. */
+#define BUILD_EAGER_NS_PER_BYTE_STREAM 1.5
+#define BUILD_EAGER_NS_PER_BYTE_EXACT 2.5
 
 typedef struct eager_pick {
     int layer;
@@ -525,6 +608,22 @@ static void pick_eager(app *a, registry_model *m, const store_dataset *d, const 
     eager_pick cand[256];
     int nc = 0;
     store_txn *t;
+    const double ns_per_byte = a->cfg.exact_partitions ? BUILD_EAGER_NS_PER_BYTE_EXACT : BUILD_EAGER_NS_PER_BYTE_STREAM;
+    const double batches = (double)((d->count + m->batch - 1) / m->batch);
+    /* How deep the pass goes: to the deepest layer worth the extension.
+     * Extending by ext and indexing it (index) saves, when a later query
+     * asks for it, the pass it would need (pass) less ext, and wastes ext +
+     * index when none does. A query on it or on any layer the extension
+     * passes (their passes cost at most its own) is likelier than one on a
+     * single layer: with probability 1/2, index + 2 ext <= pass. */
+    int reach = deepest;
+    if (p->eager == EAGER_FIT && m->layer_ms)
+        for (int l = deepest + 1; l < L; l++) {
+            double pass_s = m->layer_ms[l] * batches / 1000;
+            double ext_s = (m->layer_ms[l] - m->layer_ms[deepest]) * batches / 1000;
+            double index_s = (double)(d->count * (uint64_t)shim_layer_at(m->shim, l)->neurons * 4) * ns_per_byte * 1e-9;
+            if (index_s + 2 * ext_s <= pass_s) reach = l;
+        }
     if (store_txn_begin(a->st, 1, &t) != STORE_OK) return;
     for (int l = 0; l < L && nc < 256; l++) {
         int asked = 0;
@@ -533,12 +632,12 @@ static void pick_eager(app *a, registry_model *m, const store_dataset *d, const 
         if (l > deepest && p->eager == EAGER_BEFORE) continue;
         uint64_t bytes = d->count * (uint64_t)shim_layer_at(m->shim, l)->neurons * 4;
         if (p->eager == EAGER_FIT) {
-            if (!m->layer_ms) continue;
-            double batches = (double)((d->count + m->batch - 1) / m->batch);
-            double pass_s = m->layer_ms[l] * batches / 1000, index_s = (double)bytes * BUILD_EAGER_NS_PER_BYTE * 1e-9;
-            double ext_s = l > deepest ? (m->layer_ms[l] - m->layer_ms[deepest]) * batches / 1000 : 0;
-            if (l > deepest && m->layer_ms[l] > 1.25 * m->layer_ms[deepest]) continue;
-            if (index_s + 2 * ext_s > pass_s) continue; /* cheaper to build when it is asked for */
+            if (!m->layer_ms || l > reach) continue;
+            /* computed anyway: indexing it now costs index, and saves the pass
+             * a later query would need with probability 1/3 (a session asks a
+             * few of a model's layers): index <= pass / 2 */
+            double pass_s = m->layer_ms[l] * batches / 1000, index_s = (double)bytes * ns_per_byte * 1e-9;
+            if (2 * index_s > pass_s) continue; /* cheaper to build when it is asked for */
         }
         store_index same = {0};
         if (catalog_find_same(t, m->name, d->name, shim_layer_at(m->shim, l)->name, p->kind, p->partitions,

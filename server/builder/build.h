@@ -1,6 +1,12 @@
 /* build.h -- index builds: one inference pass over a dataset at the deepest
  * of its layers, feeding one builder core (builder_core.h) per layer.
  *
+ * Each layer's index is made by one of two builder cores: partitions cut
+ * at a sample during the pass (builder_stream.h; the sample's forwards run
+ * first), or every neuron's values ranked after it (builder_core.h; with
+ * --partitioning exact, for full materializations, datasets under 512
+ * inputs, and layers whose pass-time state does not fit the budget).
+ *
  * The blobs are written in bounded write transactions, the index records
  * flipped to READY in the last one, so an index is visible only when
  * complete. A build is a job (jobs.h): QUEUED -> RUNNING -> DONE/FAILED in
@@ -18,14 +24,14 @@
  *   before  and the earlier layers whose activations fit in memory beside
  *           them (within --build-memory-mb, smallest first): no inference
  *           more, no spill;
- *   fit     of those, the layers worth indexing now: one whose index
- *           costs less than the pass a later query on it would need
- *           (activation bytes x BUILD_EAGER_NS_PER_BYTE against the forward
- *           to it, timed at load, over the dataset); that is the break-even
- *           when such a query comes with probability 1/2. Deeper layers too,
- *           when their forward costs at most 1.25x the forward to the
- *           deepest layer asked and index + twice the longer pass still
- *           costs less than a pass to them;
+ *   fit     the layers worth indexing now: the pass goes on to the
+ *           deepest layer whose index + twice the extension of the pass
+ *           costs at most the pass a later query on it would need (the
+ *           break-even at probability 1/2 -- of a query on it or on a layer
+ *           the extension passes); of the layers it computes, those within
+ *           the budget whose index costs at most half the pass to them (the
+ *           break-even at probability 1/3). Costs: activation bytes x
+ *           BUILD_EAGER_NS_PER_BYTE_* against the forwards timed at load;
  *   all     every layer of the model, spilling what does not fit.
  * Queries that build an index use --eager-layers (default fit) or their
  * "eager" field; POST /v1/indexes builds what it names unless "eager".

@@ -8,7 +8,15 @@
  * sizes differ by at most one, the larger ones first. Partition p's bounds
  * [lower[p], upper[p]] are the min and max value of its members (an empty
  * partition has lower = +inf, upper = -inf). Every input has its partition id
- * in `bits` = ceil(log2 P) bits (at least 1).
+ * in `bits` = ceil(log2 P) bits (at least 1). That is what npi_build makes.
+ *
+ * What a reader may rely on is less, and the pass-time builder
+ * (server/builder/builder_stream.h) makes only that: the header's
+ * mai_count (<= m) first ranks are the MAI in rank order with exact values;
+ * every other input has a partition >= 1 whose bounds enclose its value;
+ * partitions are ordered (every value of p is >= every value of p + 1) but
+ * of about equal size; empty partitions have lower = +inf, upper = -inf.
+ * Readers count members from the ids, never from the sizes above.
  *
  * Blob layout (little-endian, every section 4-byte aligned):
  *   u32 magic 'NPI1', u32 n, u32 partitions, u32 mai_count, u32 bits, u32 pad

@@ -56,16 +56,24 @@ def test_build_two_layers_one_job():
     print("  progress seen while running:", seen_progress)
 
 
-def test_neuron_entries_are_equi_depth():
+def test_neuron_entries_are_about_equi_depth():
+    """Partitions cut at the pass's sample (the default): about equal sizes,
+    except a partition holding one repeated value (a ReLU's zeros) -- each
+    within [0.4, 2.5] x its share; exactly equal ones are --partitioning
+    exact's (test_scale holds that build to a spilled one byte for byte)."""
     ix = indexes("fc1")[0]
     for neuron in (0, 7, 63):
         e = D.ok("GET", "/v1/indexes/%d/neurons/%d?mai=1000" % (ix["id"], neuron))
         parts = e["partitions"]
         assert len(parts) == 16 and sum(p["count"] for p in parts) == N
         assert parts[0]["count"] == e["mai_count"] == 300  # ceil(0.03 * 10000)
-        sizes = [p["count"] for p in parts[1:]]
-        assert max(sizes) - min(sizes) <= 1, sizes
-        for a, b in zip(parts[1:], parts[2:]):
+        light = [p for p in parts[1:] if p["count"] and p["lower"] != p["upper"]]
+        one_value = [p for p in parts[1:] if p["count"] and p["lower"] == p["upper"]]
+        share = (N - 300 - sum(p["count"] for p in one_value)) / (15 - len(one_value))
+        for p in light:
+            assert 0.4 * share <= p["count"] <= 2.5 * share, (neuron, p, [q["count"] for q in parts])
+        used = [p for p in parts[1:] if p["count"]]  # an empty one has no bounds (null)
+        for a, b in zip(used, used[1:]):
             assert a["lower"] >= b["upper"], (a, b)  # partition p above p+1
         vals = [m["value"] for m in e["mai"]]
         assert vals == sorted(vals, reverse=True) and vals[-1] >= parts[1]["upper"]

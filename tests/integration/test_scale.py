@@ -131,7 +131,9 @@ def test_random_queries_on_the_wide_layer_equal_scan():
 def test_in_memory_build_is_byte_identical():
     ix0, e0 = BUILT["spilled"]
     assert D.ok("DELETE", "/v1/indexes/%d" % ix0["id"])["deleted"]
-    start(["--build-memory-mb", "2048", "--cache-mb", "0"])
+    # the same builder as the spilled one (which a 32 MiB budget forces):
+    # every neuron's values ranked whole, in memory this time
+    start(["--build-memory-mb", "2048", "--cache-mb", "0", "--partitioning", "exact"])
     ix = build()
     log = D.tail(400)
     line = [l for l in log.splitlines() if "index %d: layer built" % ix["id"] in l][-1]
@@ -141,6 +143,29 @@ def test_in_memory_build_is_byte_identical():
         a.pop("index")
         b.pop("index")
         assert a == b
+    BUILT["in_memory"] = ix
+
+
+def test_sampled_build_of_the_wide_layer_is_exact():
+    """The default in memory: partitions cut at a sample during the pass
+    (builder_stream.h). Within the storage budget, and random queries with
+    every method equal scan."""
+    ix0 = BUILT["in_memory"]
+    assert D.ok("DELETE", "/v1/indexes/%d" % ix0["id"])["deleted"]
+    start(["--build-memory-mb", "2048", "--cache-mb", "0"])
+    ix = build()
+    log = D.tail(400)
+    lines = [l for l in log.splitlines() if "index %d: layer finished" % ix["id"] in l]
+    assert lines and "partitions cut at the sample" in lines[-1], log[-2000:]
+    assert ix["ratio"] <= 0.20, ix
+    for _ in range(20):
+        kind, body = random_query()
+        ref = D.ok("POST", "/v1/query/" + kind, dict(body, method="scan"))
+        for method in ("bounds", "nta", "auto"):
+            got = D.ok("POST", "/v1/query/" + kind, dict(body, method=method))
+            assert got["results"] == ref["results"], (kind, method, len(body["neurons"]), body.get("agg"),
+                                                      body.get("metric"), body["k"])
+            assert got["stats"]["index"] == "used"
 
 
 def test_batch_follows_infer_memory():

@@ -234,6 +234,11 @@ static int build_pass(app *a, registry_model *m, const store_dataset *d, job *j,
             snprintf(err, errlen, "cancelled");
             goto fail;
         }
+        if (ans && ans->deadline_ms > 0 && clock_ms() > ans->deadline_ms) {
+            ans->timed_out = 1;
+            snprintf(err, errlen, "time limit reached");
+            goto fail;
+        }
         for (uint32_t i = 0; i < cnt; i++) {
             ids[i] = bstream_sample_id(n, samples, off + i);
             gids[i] = (uint32_t)(d->first + ids[i]);
@@ -594,6 +599,16 @@ static int by_bytes(const void *a, const void *b)
     return x->layer - y->layer;
 }
 
+/* What building one layer's index holds: the pass-time state where it is
+ * cut at a sample (as build_pass decides), else its activations. */
+static uint64_t hold_bytes(const app *a, uint32_t n, uint64_t neurons, const build_params *p)
+{
+    uint32_t samples = p->kind == STORE_INDEX_NPI && !a->cfg.exact_partitions ? bstream_sample_count(n) : 0;
+    if (samples)
+        return bstream_bytes(n, neurons, p->partitions, npi_mai_count(n, p->mai_ratio), samples);
+    return (uint64_t)n * neurons * 4;
+}
+
 /* Adds to layers[0..*n) (the asked ones, as shim indexes) the layers the
  * policy p->eager indexes in the same pass (see build.h). */
 static void pick_eager(app *a, registry_model *m, const store_dataset *d, const build_params *p, int *layers, int *n)
@@ -603,7 +618,7 @@ static void pick_eager(app *a, registry_model *m, const store_dataset *d, const 
     uint64_t used = 0, budget = (uint64_t)a->cfg.build_memory_mb << 20;
     for (int i = 0; i < *n; i++) {
         if (layers[i] > deepest) deepest = layers[i];
-        used += d->count * (uint64_t)shim_layer_at(m->shim, layers[i])->neurons * 4;
+        used += hold_bytes(a, (uint32_t)d->count, shim_layer_at(m->shim, layers[i])->neurons, p);
     }
     eager_pick cand[256];
     int nc = 0;
@@ -643,7 +658,7 @@ static void pick_eager(app *a, registry_model *m, const store_dataset *d, const 
         if (catalog_find_same(t, m->name, d->name, shim_layer_at(m->shim, l)->name, p->kind, p->partitions,
                               (float)p->mai_ratio, &same))
             continue;
-        cand[nc++] = (eager_pick){l, bytes};
+        cand[nc++] = (eager_pick){l, hold_bytes(a, (uint32_t)d->count, shim_layer_at(m->shim, l)->neurons, p)};
     }
     store_txn_abort(t);
     qsort(cand, (size_t)nc, sizeof *cand, by_bytes);

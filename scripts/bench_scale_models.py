@@ -102,10 +102,12 @@ def run_layer(name, cfg, layer, reps, rng):
             build_s = time.time() - t0
         assert j["state"] == "done", j
         ix = d.index(r["id"])
-        spilled = "(spilled)" in "\n".join(l for l in d.tail(400).splitlines() if "index %d:" % ix["id"] in l)
+        ilog = "\n".join(l for l in d.tail(400).splitlines() if "index %d:" % ix["id"] in l)
+        spilled = "(spilled)" in ilog
+        builder = "sampled" if "partitions cut at the sample" in ilog else "exact"
         row.update(build_s=round(build_s, 2), build_over_pass=round(build_s / (scan_ms / 1000), 2),
                    index_bytes=ix["bytes"], ratio=round(ix["ratio"], 4), partitions=ix["partitions"],
-                   mai_ratio=ix["mai_ratio"], spilled=spilled, build_mem=mem.report())
+                   mai_ratio=ix["mai_ratio"], spilled=spilled, builder=builder, build_mem=mem.report())
         pages = store_neurons_bytes(d)
         if pages:
             row["store_bytes"] = int(pages)
@@ -173,14 +175,14 @@ def markdown(res):
            "1,000,000 shifted and flipped Fashion-MNIST inputs." % (
                mach["date"], mach["cpu"], mach["cores"], mach["mem_gb"], mach["commit"]), "",
            "## Builds", "",
-           "| model | layer | neurons | N | full | index (ratio) | LMDB pages (ratio) | plain pass s | build s | build / pass | spilled | peak RSS over idle MB |",
+           "| model | layer | neurons | N | full | index (ratio) | LMDB pages (ratio) | plain pass s | build s | build / pass | partitions | peak RSS over idle MB |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         out.append("| %s | %s | %d | %d | %.2f GB | %.1f MB (%.3f) | %s | %.1f%s | %.1f | %.2f | %s | %s |" % (
             r["model"], r["layer"], r["neurons"], r["n"], r["full_bytes"] / 1e9, r["index_bytes"] / 1e6, r["ratio"],
             "%.1f MB (%.3f)" % (r["store_bytes"] / 1e6, r["store_ratio"]) if r.get("store_bytes") else "-",
             r["pass_s"], " (est.)" if r["pass_estimated"] else "", r["build_s"], r["build_over_pass"],
-            "yes" if r["spilled"] else "no", r["build_mem"]["peak_rss_over_before_mb"]))
+            r.get("builder", "exact") + (", spilled" if r["spilled"] else ""), r["build_mem"]["peak_rss_over_before_mb"]))
     out += ["", "## Queries (k=10; p50 ms, inputs computed, speedup over the scan of the same run)", "",
             "| model | layer | N | query | G=1 | G=10 | G=30 | G=100 | query peak RSS over idle MB |", "|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:

@@ -226,89 +226,68 @@ static int build_pass(app *a, registry_model *m, const store_dataset *d, job *j,
     if (!in || !ids || !gids || (ans && !gx)) goto oom;
     atomic_store(&j->total, n);
 
-    /* The sample first: inputs spread over the dataset, so that the cuts do
-     * not depend on how the dataset is ordered (samples <= n/8 inputs). */
-    for (uint32_t off = 0; any_stream && off < samples; off += (uint32_t)chunk) {
-        uint32_t cnt = samples - off < chunk ? samples - off : (uint32_t)chunk;
-        if (poll_job(a, j, bc, bs, nlayers, &handled) || (cancel && *cancel)) {
-            snprintf(err, errlen, "cancelled");
-            goto fail;
-        }
-        if (ans && ans->deadline_ms > 0 && clock_ms() > ans->deadline_ms) {
-            ans->timed_out = 1;
-            snprintf(err, errlen, "time limit reached");
-            goto fail;
-        }
-        for (uint32_t i = 0; i < cnt; i++) {
-            ids[i] = bstream_sample_id(n, samples, off + i);
-            gids[i] = (uint32_t)(d->first + ids[i]);
-        }
-        t_mark = clock_ms();
-        if (store_txn_begin(a->st, 1, &t) != STORE_OK) {
-            snprintf(err, errlen, "store: %s", store_errmsg());
-            goto fail;
-        }
-        if (inputs_load(t, d, ids, cnt, in, err, errlen) != 0) goto fail;
-        store_txn_abort(t);
-        t = NULL;
-        infer_turn_begin(m);
-        int ir = infer_run(a, m, gids, in, cnt, io, nlayers, NULL, err, errlen);
-        infer_turn_end(m);
-        if (ir != 0) goto fail;
-        for (int l = 0; l < nlayers; l++)
-            if (bs[l] && bstream_sample(bs[l], outs[l], cnt, err, errlen) != 0) goto fail;
-        t_sample += clock_ms() - t_mark;
-    }
-
-    for (uint32_t off = 0; off < n; off += (uint32_t)chunk) {
-        uint32_t cnt = n - off < chunk ? n - off : (uint32_t)chunk;
-        if (poll_job(a, j, bc, bs, nlayers, &handled) || (cancel && *cancel)) {
-            snprintf(err, errlen, "cancelled");
-            goto fail;
-        }
-        if (ans && ans->deadline_ms > 0 && clock_ms() > ans->deadline_ms) {
-            ans->timed_out = 1;
-            snprintf(err, errlen, "time limit reached");
-            goto fail;
-        }
-        for (uint32_t i = 0; i < cnt; i++) {
-            ids[i] = off + i;
-            gids[i] = (uint32_t)(d->first + off + i);
-        }
-        t_mark = clock_ms();
-        if (store_txn_begin(a->st, 1, &t) != STORE_OK) {
-            snprintf(err, errlen, "store: %s", store_errmsg());
-            goto fail;
-        }
-        if (inputs_load(t, d, ids, cnt, in, err, errlen) != 0) goto fail;
-        store_txn_abort(t);
-        t = NULL;
-        t_load += clock_ms() - t_mark;
-        infer_turn_begin(m);
-        t_mark = clock_ms();
-        int ir = infer_run(a, m, gids, in, cnt, io, nlayers, NULL, err, errlen);
-        t_infer += clock_ms() - t_mark;
-        infer_turn_end(m);
-        if (ir != 0) goto fail;
-        t_mark = clock_ms();
-        for (int l = 0; l < nlayers; l++) {
-            if (bc[l] && bcore_add(bc[l], outs[l], off, cnt, err, errlen) != 0) goto fail;
-            if (bs[l] && bstream_add(bs[l], outs[l], off, cnt, err, errlen) != 0) goto fail;
-        }
-        t_add += clock_ms() - t_mark;
-        if (ans) {
-            const eng_query *q = ans->q;
-            size_t D = (size_t)shim_layer_at(m->shim, shim_layers[0])->neurons;
-            const float *rows = outs[0];
-            for (uint32_t i = 0; i < cnt; i++) {
-                uint32_t id = off + i;
-                if ((int64_t)id == q->exclude || (q->allowed && !q->allowed[id])) continue;
-                for (size_t g = 0; g < q->gsize; g++) gx[g] = rows[i * D + q->neurons[g]];
-                eng_topk_push(ans->heap, id, eng_score(q, gx));
-                ans->scored++;
+    /* Phase 0, the sample: inputs spread over the dataset, so that the cuts
+     * do not depend on how the dataset is ordered (samples <= n/8 inputs).
+     * Phase 1, the pass: every input in order. */
+    for (int phase = any_stream ? 0 : 1; phase < 2; phase++) {
+        const uint32_t total = phase ? n : samples;
+        const double t_phase = clock_ms();
+        for (uint32_t off = 0; off < total; off += (uint32_t)chunk) {
+            uint32_t cnt = total - off < chunk ? total - off : (uint32_t)chunk;
+            if (poll_job(a, j, bc, bs, nlayers, &handled) || (cancel && *cancel)) {
+                snprintf(err, errlen, "cancelled");
+                goto fail;
             }
+            if (ans && ans->deadline_ms > 0 && clock_ms() > ans->deadline_ms) {
+                ans->timed_out = 1;
+                snprintf(err, errlen, "time limit reached");
+                goto fail;
+            }
+            for (uint32_t i = 0; i < cnt; i++) {
+                ids[i] = phase ? off + i : bstream_sample_id(n, samples, off + i);
+                gids[i] = (uint32_t)(d->first + ids[i]);
+            }
+            t_mark = clock_ms();
+            if (store_txn_begin(a->st, 1, &t) != STORE_OK) {
+                snprintf(err, errlen, "store: %s", store_errmsg());
+                goto fail;
+            }
+            if (inputs_load(t, d, ids, cnt, in, err, errlen) != 0) goto fail;
+            store_txn_abort(t);
+            t = NULL;
+            if (phase) t_load += clock_ms() - t_mark;
+            infer_turn_begin(m);
+            t_mark = clock_ms();
+            int ir = infer_run(a, m, gids, in, cnt, io, nlayers, NULL, err, errlen);
+            if (phase) t_infer += clock_ms() - t_mark;
+            infer_turn_end(m);
+            if (ir != 0) goto fail;
+            if (!phase) {
+                for (int l = 0; l < nlayers; l++)
+                    if (bs[l] && bstream_sample(bs[l], outs[l], cnt, err, errlen) != 0) goto fail;
+                t_sample = clock_ms() - t_phase;
+                continue;
+            }
+            t_mark = clock_ms();
+            for (int l = 0; l < nlayers; l++) {
+                if (bc[l] && bcore_add(bc[l], outs[l], off, cnt, err, errlen) != 0) goto fail;
+                if (bs[l] && bstream_add(bs[l], outs[l], off, cnt, err, errlen) != 0) goto fail;
+            }
+            t_add += clock_ms() - t_mark;
+            if (ans) {
+                const eng_query *q = ans->q;
+                size_t D = (size_t)shim_layer_at(m->shim, shim_layers[0])->neurons;
+                const float *rows = outs[0];
+                for (uint32_t i = 0; i < cnt; i++) {
+                    uint32_t id = off + i;
+                    if ((int64_t)id == q->exclude || (q->allowed && !q->allowed[id])) continue;
+                    for (size_t g = 0; g < q->gsize; g++) gx[g] = rows[i * D + q->neurons[g]];
+                    eng_topk_push(ans->heap, id, eng_score(q, gx));
+                    ans->scored++;
+                }
+            }
+            atomic_store(&j->done, (unsigned long long)off + cnt);
         }
-        atomic_store(&j->done, (unsigned long long)off + cnt);
     }
     /* Inference is done; free its buffers before the sort needs memory. */
     for (int l = 0; l < nlayers; l++) {

@@ -228,7 +228,9 @@ static int build_pass(app *a, registry_model *m, const store_dataset *d, job *j,
 
     /* Phase 0, the sample: inputs spread over the dataset, so that the cuts
      * do not depend on how the dataset is ordered (samples <= n/8 inputs).
-     * Phase 1, the pass: every input in order. */
+     * Phase 1, the pass: every input in order. infer_run computes each input
+     * in a slot of its id's class (README "Exactness") in both, so the cut
+     * values are the very bits the pass and every query compute. */
     for (int phase = any_stream ? 0 : 1; phase < 2; phase++) {
         const uint32_t total = phase ? n : samples;
         const double t_phase = clock_ms();

@@ -33,6 +33,8 @@
  */
 #include "builder_core.h"
 
+#include "bigmem.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -98,23 +100,6 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
-}
-
-/* Big buffers come straight from mmap, never from malloc: a tens-of-MB
- * block in a thread's malloc arena pushes the model's per-forward tensors
- * into heaps that glibc unmaps when they empty, so every forward faults
- * its memory in again (measured: a spilled build's inference ran 5x slower,
- * a third of it in page faults). */
-static void *big_alloc(size_t bytes)
-{
-    void *p = mmap(NULL, bytes ? bytes : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? NULL : p;
-}
-
-static void big_free(void *p, size_t bytes)
-{
-    if (p)
-        munmap(p, bytes ? bytes : 1);
 }
 
 static void hold(bcore *b, size_t bytes)

@@ -18,6 +18,7 @@
  */
 #include "builder_stream.h"
 
+#include "bigmem.h"
 #include "npi.h"
 
 #include <math.h>
@@ -25,10 +26,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#ifdef __SSE2__
-#include <emmintrin.h>
-#endif
 
 #define SAMPLE_MAX 512u
 #define HDR_WORDS 6u
@@ -90,18 +87,6 @@ static size_t pid_bytes(uint32_t n, uint32_t bits)
 static uint32_t cap_of(uint32_t m)
 {
     return m + m / 2 + 16;
-}
-
-static void *map(size_t bytes)
-{
-    void *p = mmap(NULL, bytes ? bytes : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? NULL : p;
-}
-
-static void unmap(void *p, size_t bytes)
-{
-    if (p)
-        munmap(p, bytes ? bytes : 1);
 }
 
 static void hold(bstream *b, size_t bytes)
@@ -437,7 +422,7 @@ int bstream_new(uint32_t n, uint64_t neurons, uint32_t partitions, uint32_t mai_
     b->pid_len = pid_bytes(n, b->bits);
     b->threads = 1;
     b->state_bytes = state_size(n, neurons, partitions, mai_count);
-    if (!(b->state = map(b->state_bytes))) goto oom;
+    if (!(b->state = big_alloc(b->state_bytes))) goto oom;
     hold(b, b->state_bytes);
     /* sections of the one mapping, 8-byte ones first */
     char *p = b->state;
@@ -458,7 +443,7 @@ int bstream_new(uint32_t n, uint64_t neurons, uint32_t partitions, uint32_t mai_
     b->pids = (uint8_t *)p;
     if (samples) {
         b->sample_bytes = (size_t)neurons * samples * 4;
-        if (!(b->sample = map(b->sample_bytes))) goto oom;
+        if (!(b->sample = big_alloc(b->sample_bytes))) goto oom;
         hold(b, b->sample_bytes);
     }
     *out = b;
@@ -644,7 +629,7 @@ int bstream_add(bstream *b, const float *rows, uint32_t first, uint32_t count, c
     }
     if (!b->planned) {
         over_neurons(b, 0, b->neurons, plan_range, NULL);
-        unmap(b->sample, b->sample_bytes);
+        big_free(b->sample, b->sample_bytes);
         b->sample = NULL;
         b->held -= b->sample_bytes;
         b->sample_bytes = 0;
@@ -731,7 +716,7 @@ int bstream_finish(bstream *b, int (*emit)(uint64_t neuron, const void *blob, si
     size_t blk_bytes = block_size(b->n, b->neurons, b->P, b->m);
     size_t len[FINISH_BLOCK];
     f.len = len;
-    if (!(f.blk = map(blk_bytes))) {
+    if (!(f.blk = big_alloc(blk_bytes))) {
         snprintf(err, errlen, "out of memory for the index blobs");
         return -1;
     }
@@ -749,7 +734,7 @@ int bstream_finish(bstream *b, int (*emit)(uint64_t neuron, const void *blob, si
             }
         }
     }
-    unmap(f.blk, blk_bytes);
+    big_free(f.blk, blk_bytes);
     b->held -= blk_bytes;
     return rc;
 }
@@ -763,8 +748,8 @@ void bstream_free(bstream *b)
 {
     if (!b)
         return;
-    unmap(b->sample, b->sample_bytes);
-    unmap(b->state, b->state_bytes);
+    big_free(b->sample, b->sample_bytes);
+    big_free(b->state, b->state_bytes);
     free(b);
 }
 

@@ -358,7 +358,7 @@ static void plan_range(bstream *b, uint64_t j0, uint64_t j1, void *arg)
         } else {
             /* the sample's 3m-th value, admitted with its ties */
             uint64_t r = S ? ((uint64_t)3 * b->m * S + b->n - 1) / b->n + 1 : 0;
-            b->lim[j] = S && r < S ? (uint64_t)s[r] + 1 : (uint64_t)1 << 32;
+            b->lim[j] = S && tmp && r < S ? (uint64_t)s[r] + 1 : (uint64_t)1 << 32; /* unsorted: admit all */
         }
         b->ext[2 * j] = UINT32_MAX; /* empty: smallest > largest */
         b->ext[2 * j + 1] = 0;

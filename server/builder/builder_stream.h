@@ -25,7 +25,8 @@
  * sampled input at the upper cut (a member, unless it ranks in the MAI) and
  * the one at the lower cut (the next partition's largest), so no input
  * outside the MAI lies between a bound and the members it bounds; tracking
- * every partition's extremes instead cost half the pass. What differs from
+ * every partition's extremes instead took ~27% of the per-value loop as it
+ * was measured (3.5 of 12.8 ns per value). What differs from
  * npi_build: partitions hold about, not exactly, equal numbers of inputs;
  * -0.0 ranks just below +0.0 rather than tying with it; and a neuron's MAI
  * may hold fewer than m inputs (its mai_count) when fewer than m were ever

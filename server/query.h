@@ -32,6 +32,7 @@ typedef struct query_answer {
     uint32_t index_id;
     uint64_t inputs;             /* candidates' dataset size (for fractions) */
     uint64_t computed, cache_hits, fetched, rounds, forwards;
+    uint64_t known;               /* scored from the index's exact values, no forward */
     double elapsed_ms, inference_ms, cell_ms;
 } query_answer;
 

@@ -1264,10 +1264,44 @@ static int cell_bounds_cosine(run *r, const uint32_t *order, size_t ncand, doubl
     return 0;
 }
 
+/* Cells that are points. An input whose every group neuron's value the index
+ * holds exactly -- an MAI value, or a partition whose bounds are equal (the
+ * bounds enclose every member, so each member has that value: a ReLU's zeros)
+ * -- has a score known without a forward. Not [-inf, -inf]: a partition
+ * holding a NaN has lower = -inf (npi.h), and a NaN scores the worst. exact_neuron folds neuron j into
+ * es[id] the way eng_score does (same term, same combination, group order),
+ * so the score is the one a forward would give (rule 1); a value the index
+ * does not hold exactly clears known[id]. NaN values are never known. */
+static void exact_neuron(const eng_query *q, size_t j, const npi_view *v, const uint32_t *order, size_t ncand,
+                         const uint8_t *pid8, const float *maival, double *es, uint8_t *known)
+{
+    int ck = combine_kind(q);
+    float point[NPI_MAX_PARTITIONS]; /* the value of a point partition, NaN otherwise */
+    for (uint32_t p = 0; p < NPI_MAX_PARTITIONS; p++)
+        point[p] = p > 0 && p < v->partitions && v->lower[p] == v->upper[p] && v->lower[p] != -INFINITY
+                       ? v->lower[p] : NAN;
+    for (size_t c = 0; c < ncand; c++) {
+        uint32_t id = order[c];
+        if (!known[id])
+            continue;
+        uint32_t p = pid8 ? pid8[id] : npi_pid(v, id);
+        float x = p == 0 ? maival[id] : point[p];
+        if (x != x) {
+            known[id] = 0;
+            continue;
+        }
+        double t = q->kind == ENG_KNN ? fabs((double)x - (double)q->target[j]) : (double)x;
+        es[id] = combine(ck, es[id], term_of(q, j, t));
+    }
+}
+
 /* Fills bound[id] (the key: smaller is better) of every candidate in
  * order[0..ncand) from the cells and q->target. maival[n] must be all NaN
- * (left so); pid8[n+1] is unpack scratch or NULL (packed reads). */
-static int cell_bounds(run *r, const uint32_t *order, size_t ncand, double *bound, float *maival, uint8_t *pid8)
+ * (left so); pid8[n+1] is unpack scratch or NULL (packed reads). With es and
+ * known (not for cosine), also marks known[id] the candidates whose score the
+ * index holds exactly (see exact_neuron) and gives that score in es[id]. */
+static int cell_bounds(run *r, const uint32_t *order, size_t ncand, double *bound, float *maival, uint8_t *pid8,
+                       double *es, uint8_t *known)
 {
     const eng_query *q = r->q;
     if (is_cosine(q))
@@ -1275,9 +1309,17 @@ static int cell_bounds(run *r, const uint32_t *order, size_t ncand, double *boun
     double init = combine_init(q);
     for (size_t c = 0; c < ncand; c++)
         bound[order[c]] = init;
+    if (known)
+        for (size_t c = 0; c < ncand; c++) {
+            es[order[c]] = init;
+            known[order[c]] = 1;
+        }
     int ck = combine_kind(q);
     for (size_t j = 0; j < q->gsize; j++) {
-        if (!neuron_active(q, j))
+        /* an inactive neuron bounds nothing, but eng_score adds its term:
+         * a score is known only with its value known too */
+        int active = neuron_active(q, j);
+        if (!active && !known)
             continue;
         const npi_view *v = &r->idx[j];
         double tab[NPI_MAX_PARTITIONS];
@@ -1296,13 +1338,17 @@ static int cell_bounds(run *r, const uint32_t *order, size_t ncand, double *boun
             return -1;
         if (pid8)
             npi_unpack(v, pid8);
-        if (pid8 && ck == CMB_SUM) {
+        if (!active) {
+            /* no bound term */
+        } else if (pid8 && ck == CMB_SUM) {
             BOUNDS_LOOP(pid8[id], bound[id] + t)
         } else if (pid8) {
             BOUNDS_LOOP(pid8[id], combine(ck, bound[id], t))
         } else {
             BOUNDS_LOOP(npi_pid(v, id), combine(ck, bound[id], t))
         }
+        if (known)
+            exact_neuron(q, j, v, order, ncand, pid8, maival, es, known);
         clear_mai(v, maival);
     }
     for (size_t c = 0; c < ncand; c++) {
@@ -1311,6 +1357,10 @@ static int cell_bounds(run *r, const uint32_t *order, size_t ncand, double *boun
         if (b != b)
             b = best_value(q);
         bound[id] = q->kind == ENG_TOPK ? -b : b;
+        if (known && known[id]) {
+            double s = finish_value(q, es[id]);
+            es[id] = s != s ? worst_value(q) : s;
+        }
     }
     return 0;
 }
@@ -1326,6 +1376,7 @@ static int target_round(run *r, eng_query *q, uint32_t *order, size_t ncand, dou
 {
     const eng_geometry *g = r->geo;
     uint32_t tid = (uint32_t)q->target_input;
+    int exact = 1; /* every value of the target is in the index exactly */
     for (size_t j = 0; j < q->gsize; j++) {
         const npi_view *v = &r->idx[j];
         uint32_t p = npi_pid(v, tid);
@@ -1336,11 +1387,17 @@ static int target_round(run *r, eng_query *q, uint32_t *order, size_t ncand, dou
                     guess = v->mai_values[i];
         } else if (p < v->partitions && v->lower[p] <= v->upper[p]) {
             guess = (float)(((double)v->lower[p] + (double)v->upper[p]) / 2);
+            exact &= v->lower[p] == v->upper[p] && v->lower[p] != -INFINITY;
+        } else {
+            exact = 0;
         }
+        exact &= guess == guess && isfinite(guess);
         r->tbuf[j] = guess == guess && isfinite(guess) ? guess : 0.0f;
     }
     q->target = r->tbuf;
-    if (cell_bounds(r, order, ncand, bound, maival, pid8) != 0)
+    if (exact)
+        return 0; /* the target is known: the main rounds compute what is needed */
+    if (cell_bounds(r, order, ncand, bound, maival, pid8, NULL, NULL) != 0)
         return -1;
     size_t slots = g ? g->slots : r->batch, take = ncand < 8 * slots ? ncand : 8 * slots;
     uint64_t rng = 0x2545f4914f6cdd1dull;
@@ -1405,7 +1462,12 @@ static int run_bounds(run *r)
     uint8_t *pid8 = dense ? malloc((size_t)n + 1) : NULL;
     uint8_t *computed = calloc(n ? n : 1, 1);  /* per input: computed already */
     uint32_t *round_ids = NULL;  /* one forward's inputs */
-    if (!bound || !order || !maival || (dense && !pid8) || !computed) {
+    /* scores the index holds exactly (exact_neuron); not for cosine, whose
+     * bound is not its score's arithmetic */
+    int track = !is_cosine(q);
+    double *es = track ? malloc((size_t)n * sizeof *es) : NULL;
+    uint8_t *known = track ? calloc(n ? n : 1, 1) : NULL;
+    if (!bound || !order || !maival || (dense && !pid8) || !computed || (track && (!es || !known))) {
         seterr(r->err, r->errlen, "out of memory");
         goto done;
     }
@@ -1420,8 +1482,21 @@ static int run_bounds(run *r)
             goto done;
         rc = -1;
     }
-    if (cell_bounds(r, order, ncand, bound, maival, pid8) != 0)
+    if (cell_bounds(r, order, ncand, bound, maival, pid8, es, known) != 0)
         goto done;
+    if (track)
+        for (size_t c = 0; c < ncand; c++) {
+            uint32_t id = order[c];
+            if (known[id] && !computed[id]) {
+                eng_topk_push(r->h, id, es[id]);
+                computed[id] = 1;
+                r->st->inputs_known++;
+            }
+        }
+    free(es);
+    es = NULL;
+    free(known);
+    known = NULL;
     free(maival);
     maival = NULL;
     free(pid8);
@@ -1519,6 +1594,8 @@ done:
     free(pid8);
     free(computed);
     free(round_ids);
+    free(es);
+    free(known);
     return rc;
 }
 

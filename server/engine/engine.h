@@ -115,6 +115,8 @@ typedef struct eng_result {
 typedef struct eng_stats {
     int method;                  /* the method that ran (never ENG_AUTO) */
     uint64_t inputs_fetched;     /* inputs asked of the source */
+    uint64_t inputs_known;       /* scored from the index's exact values (MAI
+                                  * values, point partitions), no forward */
     eng_fetch_stats fetch;       /* what the source reported */
     uint64_t rounds;             /* NTA rounds / bounds batches */
     double cell_ms;              /* time spent computing cell bounds / partition lists */

@@ -15,7 +15,10 @@
  * mai_count (<= m) first ranks are the MAI in rank order with exact values;
  * every other input has a partition >= 1 whose bounds enclose its value;
  * partitions are ordered (every value of p is >= every value of p + 1) but
- * of about equal size; empty partitions have lower = +inf, upper = -inf.
+ * of about equal size; empty partitions have lower = +inf, upper = -inf;
+ * bounds count a NaN member as -inf (so a partition holding a NaN has
+ * lower = -inf, and one whose bounds are equal and not -inf holds only that
+ * value: the engine scores its members without a forward).
  * Readers count members from the ids, never from the sizes above.
  *
  * Blob layout (little-endian, every section 4-byte aligned):

@@ -31,6 +31,7 @@ static void run(http_req *r, int knn)
                               ans.inputs ? (double)ans.computed / (double)ans.inputs : 0.0);
     json_object_set_new(stats, "forwards", json_integer((json_int_t)ans.forwards));
     json_object_set_new(stats, "inputs", json_integer((json_int_t)ans.inputs));
+    json_object_set_new(stats, "inputs_from_index", json_integer((json_int_t)ans.known));
     query_answer_free(&ans);
     proto_free_query(&q);
     if (csv) { /* the results, a row each; the stats stay in JSON answers */

@@ -84,6 +84,41 @@ def test_random_queries_every_method_equals_scan():
         print("  %s: median fraction of inputs fetched %.4f" % (m, f[len(f) // 2]))
 
 
+def test_scores_held_by_the_index_need_no_forward():
+    """A top-k of one neuron within the MAI, and a kNN among a ReLU's zeros,
+    are scored from the values the index holds exactly: equal to scan, and
+    counted in stats.inputs_from_index."""
+    ix = {x["layer"]: x for x in D.ok("GET", "/v1/indexes")["indexes"] if x["state"] == "ready"}
+    for layer in LAYERS:
+        n = RNG.randrange(LAYERS[layer])
+        body = {"layer": layer, "neurons": [n], "k": 10}
+        got = q("topk", body)
+        assert got["results"] == q("topk", dict(body, method="scan"))["results"]
+        assert got["stats"]["forwards"] == 0 and got["stats"]["inputs_from_index"] >= 10, got["stats"]
+    # pool2 neurons whose zeros fill a partition of their own, and an input at zero on all of them
+    zeros = []
+    for n in range(0, LAYERS["pool2"], 97):
+        e = D.ok("GET", "/v1/indexes/%d/neurons/%d" % (ix["pool2"]["id"], n))
+        if any(p["lower"] == p["upper"] == 0 and p["count"] >= N // 4 for p in e["partitions"][1:]):
+            zeros.append(n)
+        if len(zeros) == 3:
+            break
+    assert len(zeros) == 3, zeros
+    ns = ",".join(map(str, zeros))
+    for t in RNG.sample(range(N), 200):
+        a = D.ok("GET", "/v1/datasets/fmnist/inputs/%d/activations?model=cnn&layer=pool2&neurons=%s" % (t, ns))
+        if all(x["value"] == 0 for x in a):
+            break
+    else:
+        raise AssertionError("no input at zero on %s" % zeros)
+    for metric in ("l2", "l1", "linf"):
+        body = {"layer": "pool2", "neurons": zeros, "k": 10, "target": t, "metric": metric}
+        got = q("knn", body)
+        assert got["results"] == q("knn", dict(body, method="scan"))["results"], (metric, got["results"])
+        assert got["stats"]["inputs_from_index"] >= 10, got["stats"]
+        assert all(r["distance"] == 0 for r in got["results"]), got["results"]
+
+
 def group_acts(ids, layer, neurons):
     out = {}
     ns = ",".join(map(str, neurons))

@@ -363,6 +363,8 @@ typedef struct totals {
 static totals *T;
 
 /* Runs q with `method` and compares with the expectation; returns fetches. */
+static uint64_t last_known; /* inputs_known of the last run_and_compare */
+
 static uint64_t run_and_compare(const ds *s, eng_query *q, int method, const npi_view *gv,
                                 const eng_result *want, size_t nwant, const char *label)
 {
@@ -401,6 +403,7 @@ static uint64_t run_and_compare(const ds *s, eng_query *q, int method, const npi
     free(got);
     free(count);
     T->runs++;
+    last_known = st.inputs_known;
     return y.fetched;
 }
 
@@ -711,6 +714,71 @@ START_TEST(test_dead_neuron_ties_stop)
     eng_query q = {.kind = ENG_KNN, .metric = ENG_L1, .n = s.n, .k = 25, .gsize = 2,
                    .neurons = neurons, .exclude = 7, .batch = 64, .target = target};
     ck_assert_uint_le(fetches(&s, &q, ENG_BOUNDS, gv), 64);
+    ds_free(&s);
+}
+END_TEST
+
+/* Scores the index holds: an input whose every group value is an MAI value
+ * or in a partition of one value is scored without a forward, and exactly.
+ * Partitions of one value occur after ReLU (its zeros); a NaN among them
+ * must not pass for the value (npi_build counts it as -inf in the bounds). */
+START_TEST(test_index_held_scores)
+{
+    rng_seed(4711);
+    ds s;
+    ds_make(&s, 3000, 5, D_RELU);
+    for (uint32_t i = 0; i < s.n; i++) {
+        s.mat[(size_t)i * s.d + 1] = 0.0f;                               /* dead */
+        s.mat[(size_t)i * s.d + 2] = i % 3 ? 0.0f : (float)(i % 7);      /* mostly zero */
+        s.mat[(size_t)i * s.d + 3] = i % 20 == 0 ? NAN : i % 2 ? 0.0f : -1.0f; /* NaN among two values */
+    }
+    ds_index(&s, 16, 0.03); /* m = 90 */
+    uint32_t all[5] = {0, 1, 2, 3, 4};
+    npi_view gv[5];
+    for (int j = 0; j < 5; j++)
+        gv[j] = s.views[j];
+    /* top-k of one neuron, k <= m: the MAI is the answer, no forward */
+    eng_query q = {.kind = ENG_TOPK, .agg = ENG_SUM, .n = s.n, .k = 10, .gsize = 1, .neurons = all,
+                   .exclude = -1, .batch = 64};
+    ck_assert_uint_eq(fetches(&s, &q, ENG_BOUNDS, gv), 0);
+    ck_assert_uint_ge(last_known, 10);
+    /* kNN on the dead neuron: every score is held, no forward; with the
+     * mostly-zero one too, only the zeros that share a partition with other
+     * values (the smaller ids among them) are computed */
+    float target[5] = {0, 0, 0, 0, 0};
+    q = (eng_query){.kind = ENG_KNN, .metric = ENG_L2, .n = s.n, .k = 25, .gsize = 1, .neurons = all + 1,
+                    .exclude = 7, .batch = 64, .target = target};
+    ck_assert_uint_eq(fetches(&s, &q, ENG_BOUNDS, gv + 1), 0);
+    ck_assert_uint_eq(last_known, s.n - 1);
+    q.gsize = 2;
+    ck_assert_uint_le(fetches(&s, &q, ENG_BOUNDS, gv + 1), 64);
+    ck_assert_uint_ge(last_known, 1000);
+    q.gsize = 1;
+    /* the target an input whose values are held: not even its own forward */
+    q.target_is_input = 1;
+    q.target_input = 4;
+    q.target = NULL;
+    {
+        eng_result *want = malloc(s.n * sizeof *want);
+        q.target = target;
+        size_t nwant = brute_force(&s, &q, want);
+        q.target = NULL;
+        ck_assert_uint_eq(run_and_compare(&s, &q, ENG_BOUNDS, gv + 1, want, nwant, "[held target]"), 0);
+        free(want);
+    }
+    /* NaN among the values: every rank of every aggregation, each NaN input
+     * the worst (k = n compares them all), some scored from the index */
+    static const int aggs[] = {ENG_SUM, ENG_MAX, ENG_MIN};
+    for (int a = 0; a < 3; a++) {
+        q = (eng_query){.kind = ENG_TOPK, .agg = aggs[a], .n = s.n, .k = s.n, .gsize = 3, .neurons = all + 1,
+                        .exclude = -1, .batch = 64};
+        fetches(&s, &q, ENG_BOUNDS, gv + 1);
+        ck_assert_uint_gt(last_known, 0);
+    }
+    q = (eng_query){.kind = ENG_KNN, .metric = ENG_L1, .n = s.n, .k = s.n, .gsize = 3, .neurons = all + 1,
+                    .exclude = -1, .batch = 64, .target = target};
+    fetches(&s, &q, ENG_BOUNDS, gv + 1);
+    ck_assert_uint_gt(last_known, 0);
     ds_free(&s);
 }
 END_TEST
@@ -1149,6 +1217,7 @@ int main(void)
     tcase_add_loop_test(tc, test_larger_n, 0, 6);
     tcase_add_test(tc, test_fetch_counts);
     tcase_add_test(tc, test_dead_neuron_ties_stop);
+    tcase_add_test(tc, test_index_held_scores);
     tcase_add_test(tc, test_whole_forwards);
     tcase_add_test(tc, test_nta_stops_on_ties);
     suite_add_tcase(s, tc);

@@ -109,10 +109,15 @@ def main():
             close += [i + j for j in range(lg.shape[0]) if float(top[j, 0] - top[j, 1]) < 1e-4]
 
     cases = [
-        {"input": 7, "layer": "fc1", "neurons": [3, 17, 40], "agg": "sum", "method": "gradient"},
-        {"input": 123, "layer": "logits", "neurons": [2], "agg": "sum", "method": "gradient"},
+        # plain gradients at inputs where they do not hang on the last bits of
+        # the forward (checked below): at most inputs a max-pool window holds
+        # two near-equal values (the background), and which one takes the
+        # gradient changes with the batch the forward ran in and the CPU --
+        # measured up to 1.6% of the map's largest value between two hosts
+        {"input": 119, "layer": "fc1", "neurons": [3, 17, 40], "agg": "sum", "method": "gradient"},
+        {"input": 98, "layer": "logits", "neurons": [2], "agg": "sum", "method": "gradient"},
         {"input": 4567, "layer": "conv4", "neurons": "top3", "agg": "max", "method": "gradient"},
-        {"input": 9, "layer": "fc1", "neurons": [1, 2, 5, 8], "agg": "sum", "weights": [1, -0.5, 2, -1],
+        {"input": 126, "layer": "fc1", "neurons": [1, 2, 5, 8], "agg": "sum", "weights": [1, -0.5, 2, -1],
          "method": "gradient"},
         {"input": 7, "layer": "fc1", "neurons": [3, 17, 40], "agg": "mean", "method": "gradient", "samples": 8,
          "noise": 0.2, "seed": 42},
@@ -171,6 +176,14 @@ def main():
         g, = torch.autograd.grad(t, [xb])
         g = g.double().mean(dim=0) if samples else g[0].double()
         vals = g.sum(dim=0)  # channels summed: [H, W]
+        if not samples:  # the same gradient with the input in a batch of 64 (the daemon's forwards)
+            xb64 = x[c["input"]:c["input"] + 64].clone().requires_grad_(True)
+            t64 = group_target(m(xb64)[c["layer"]][0:1], c["neurons"], c["agg"], c.get("weights")).sum()
+            g64, = torch.autograd.grad(t64, [xb64])
+            drift = float((g64[0].double().sum(dim=0) - vals).abs().max() / vals.abs().max())
+            if drift > 1e-6:
+                raise SystemExit("case %s: the gradient moves by %.2g of its largest value with the batch: "
+                                 "pick another input" % (c, drift))
         out.append(dict(c, shape=list(vals.shape), values=vals.flatten().tolist()))
     fixture = {"normalization": {"scale": SCALE, "mean": MEAN, "std": STD}, "torch": torch.__version__,
                "predicted": preds, "near_ties": close, "attributions": out}

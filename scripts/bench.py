@@ -757,8 +757,17 @@ def main():
     p.add_argument("--build-timeout", type=float, default=1800)
     p.add_argument("--daemon-arg", action="append", default=[], help="extra deepeverestd argument (repeatable)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the data dirs under bench/tmp")
+    p.add_argument("--methods", default=",".join(ALL_METHODS),
+                   help="query methods to run (the speedups need scan; default all)")
+    p.add_argument("--ks", default=",".join(str(k) for k in KS), help="k values of the query section")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args()
+    global KS
+    KS = tuple(int(x) for x in a.ks.split(","))
+    a.methods = [m for m in a.methods.split(",") if m]
+    for m in a.methods:
+        if m not in ALL_METHODS:
+            sys.exit("bench: unknown method %s (known: %s)" % (m, ", ".join(ALL_METHODS)))
     a.n = a.n or (10000 if a.quick else 70000)
     a.fast_reps = a.fast_reps or (3 if a.quick else 7)
     a.scan_reps = a.scan_reps if a.scan_reps is not None else (1 if a.quick else 3)
@@ -805,14 +814,14 @@ def main():
                 res["notes"].append("PreprocessAll skipped: the daemon does not accept index kind 'full' "
                                     "(or its build failed); see builds.*.full")
             save(res, a.out)
-            methods = list(FAST) + ["scan"]
+            methods = [m for m in list(FAST) + ["scan"] if m in a.methods]
             if full_ok:
                 st, js = d.call("POST", "/v1/query/topk", qbody(layers[0], [0], 10, "materialized"))
                 if st != 200:
                     full_ok = False
                     res["notes"].append("method 'materialized' answered %d %s: PreprocessAll queries skipped"
                                         % (st, json.dumps(js)))
-            if not full_ok:
+            if not full_ok and "materialized" in methods:
                 methods.remove("materialized")
             if "queries" in sections:
                 part_queries(d, layers, info, methods, a, res)

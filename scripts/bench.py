@@ -732,6 +732,7 @@ def save(res, outdir):
 # ---------------------------------------------------------------- main
 
 def main():
+    global KS  # --ks replaces the default k values
     global MODEL
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="10,000 inputs, fewer repetitions (a smoke test)")
@@ -762,7 +763,6 @@ def main():
     p.add_argument("--ks", default=",".join(str(k) for k in KS), help="k values of the query section")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args()
-    global KS
     KS = tuple(int(x) for x in a.ks.split(","))
     a.methods = [m for m in a.methods.split(",") if m]
     for m in a.methods:

@@ -13,6 +13,7 @@
 #include "infer.h"
 #include "inputs.h"
 #include "npi.h"
+#include "shape.h"
 
 /* Blobs go out in write transactions of about 16 MiB: LMDB holds a write
  * transaction's dirty pages in memory (malloc'd), and other writers wait for
@@ -27,36 +28,13 @@
 void build_params_resolve(const build_params *req, uint64_t n, build_params *out)
 {
     *out = *req;
-    double budget = req->budget > 0 ? req->budget : 0.2;
-    out->budget = budget;
+    out->budget = req->budget > 0 ? req->budget : 0.2;
     if (req->kind == STORE_INDEX_FULL) { /* raw columns: the core wants valid index parameters anyway */
         out->partitions = 2;
         out->mai_ratio = 0;
         return;
     }
-    uint32_t N = n > UINT32_MAX ? UINT32_MAX : (uint32_t)(n ? n : 1);
-    double room = budget * 0.98 * 4.0 * N; /* bytes per neuron, 2% kept for LMDB's keys */
-    if (!req->partitions) {
-        /* ids cost bits/32 of full materialization; give them ~62% of the
-         * budget (16 partitions at 0.2, the paper's setting), fewer bits
-         * where the fixed costs leave less room */
-        int bits = (int)floor(budget * 32 * 0.625);
-        if (bits < 1) bits = 1;
-        if (bits > 8) bits = 8;
-        while (bits > 1 && (double)npi_blob_size(N, 1u << bits, 0) > room) bits--;
-        out->partitions = 1u << bits;
-    }
-    if (req->mai_ratio < 0) {
-        /* the MAI takes what is left: whole percent, tenths below 1% */
-        double left = room - (double)npi_blob_size(N, out->partitions, 0);
-        double mai = left > 0 ? left / 8.0 / N : 0;
-        mai = mai >= 0.01 ? floor(mai * 100 + 1e-9) / 100 : floor(mai * 1000 + 1e-9) / 1000;
-        while (mai > 0 && (double)npi_blob_size(N, out->partitions, npi_mai_count(N, mai)) > room)
-            mai = mai > 0.01 ? mai - 0.01 : mai - 0.001;
-        if (mai < 0) mai = 0;
-        if (mai > 0.5) mai = 0.5;
-        out->mai_ratio = mai;
-    }
+    shape_pick(n, out->budget, &out->partitions, &out->mai_ratio);
 }
 
 /* ---- a build job ---- */

@@ -58,11 +58,7 @@ typedef struct build_params {
 } build_params;
 
 /* The parameters a build over n inputs uses: those given, the others picked
- * so that one neuron's entry -- fixed costs included (header, partition
- * bounds, MAI rounding), which weigh more the smaller n is -- takes at most
- * `budget` of its n floats where that is possible at all (n >= ~60): id bits
- * get ~62% of the budget, the MAI what is left in whole percent (tenths
- * below 1%). */
+ * from the budget (default 0.2) by shape_pick (shape.h). */
 void build_params_resolve(const build_params *req, uint64_t n, build_params *out);
 
 /* What build_submit did, layer by layer. */

@@ -45,6 +45,7 @@ ALL_METHODS = FAST + ("scan",)
 TOPK_G = (1, 3, 10, 30)
 KNN_G = (3, 10, 30)
 KS = (10, 50)
+SHAPE = None  # (partitions, mai_ratio) of the npi builds; None: the budget's
 SELECTIONS = ("top", "random")
 
 
@@ -155,6 +156,8 @@ def build(d, layer, kind, timeout):
     body = {"model": "cnn", "dataset": "fmnist", "layers": [layer]}
     if kind == "full":
         body["kind"] = "full"
+    elif SHAPE:
+        body["partitions"], body["mai_ratio"] = SHAPE
     with MemSampler(d.pid) as ms:
         t0 = time.perf_counter()
         st, js = d.call("POST", "/v1/indexes", body)
@@ -732,7 +735,7 @@ def save(res, outdir):
 # ---------------------------------------------------------------- main
 
 def main():
-    global KS  # --ks replaces the default k values
+    global KS, SHAPE  # --ks and --shape replace the defaults
     global MODEL
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="10,000 inputs, fewer repetitions (a smoke test)")
@@ -761,9 +764,13 @@ def main():
     p.add_argument("--methods", default=",".join(ALL_METHODS),
                    help="query methods to run (the speedups need scan; default all)")
     p.add_argument("--ks", default=",".join(str(k) for k in KS), help="k values of the query section")
+    p.add_argument("--shape", default=None, help="P,MAI: the npi builds' partitions and mai_ratio (default: the budget's)")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args()
     KS = tuple(int(x) for x in a.ks.split(","))
+    if a.shape:
+        P, mai = a.shape.split(",")
+        SHAPE = (int(P), float(mai))
     a.methods = [m for m in a.methods.split(",") if m]
     for m in a.methods:
         if m not in ALL_METHODS:
@@ -788,7 +795,7 @@ def main():
     res = {"meta": {"quick": a.quick, "n": a.n, "layers": layers, "fast_reps": a.fast_reps, "scan_reps": a.scan_reps,
                     "scan_reps_other": a.scan_reps_other, "seed": a.seed, "machine": machine(),
                     "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
-                    "topk_groups": TOPK_G, "knn_groups": KNN_G, "ks": KS},
+                    "topk_groups": TOPK_G, "knn_groups": KNN_G, "ks": KS, "shape": SHAPE},
            "failures": [], "notes": []}
     img, lab = prepare_fmnist(a.tmp, a.n)
     log("dataset %s (%d inputs)" % (img, a.n))

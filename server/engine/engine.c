@@ -1270,36 +1270,55 @@ static int cell_bounds_cosine(run *r, const uint32_t *order, size_t ncand, doubl
  * -- has a score known without a forward. Not [-inf, -inf]: a partition
  * holding a NaN has lower = -inf (npi.h), and a NaN scores the worst. exact_neuron folds neuron j into
  * es[id] the way eng_score does (same term, same combination, group order),
- * so the score is the one a forward would give (rule 1); a value the index
- * does not hold exactly clears known[id]. NaN values are never known. */
-static void exact_neuron(const eng_query *q, size_t j, const npi_view *v, const uint32_t *order, size_t ncand,
-                         const uint8_t *pid8, const float *maival, double *es, uint8_t *known)
+ * so the score is the one a forward would give (rule 1). It walks only the
+ * inputs still known, kl[0..*nk), and drops from it those whose value the
+ * index does not hold exactly: after a few neurons few are left, and the
+ * walk costs next to nothing. NaN values are never known. */
+static void exact_neuron(const eng_query *q, size_t j, const npi_view *v, uint32_t *kl, size_t *nk,
+                         const uint8_t *pid8, const float *maival, double *es)
 {
     int ck = combine_kind(q);
     float point[NPI_MAX_PARTITIONS]; /* the value of a point partition, NaN otherwise */
     for (uint32_t p = 0; p < NPI_MAX_PARTITIONS; p++)
         point[p] = p > 0 && p < v->partitions && v->lower[p] == v->upper[p] && v->lower[p] != -INFINITY
                        ? v->lower[p] : NAN;
-    for (size_t c = 0; c < ncand; c++) {
-        uint32_t id = order[c];
-        if (!known[id])
-            continue;
+    size_t keep = 0;
+    for (size_t c = 0; c < *nk; c++) {
+        uint32_t id = kl[c];
         uint32_t p = pid8 ? pid8[id] : npi_pid(v, id);
         float x = p == 0 ? maival[id] : point[p];
-        if (x != x) {
-            known[id] = 0;
+        if (x != x)
             continue;
-        }
         double t = q->kind == ENG_KNN ? fabs((double)x - (double)q->target[j]) : (double)x;
         es[id] = combine(ck, es[id], term_of(q, j, t));
+        kl[keep++] = id;
+    }
+    *nk = keep;
+}
+
+/* Neuron j's bound term per partition id (NaN: pid 0, the MAI, and ids
+ * past P -- unknown). */
+static void bound_table(const eng_query *q, size_t j, const npi_view *v, double *tab)
+{
+    double tj = q->kind == ENG_KNN ? (double)q->target[j] : 0.0;
+    for (uint32_t p = 0; p < NPI_MAX_PARTITIONS; p++) {
+        double b = NAN;
+        if (p > 0 && p < v->partitions) {
+            if (q->kind == ENG_TOPK) /* the end that bounds w*x from above */
+                b = v->lower[p] <= v->upper[p] ? (double)(neg_weight(q, j) ? v->lower[p] : v->upper[p]) : NAN;
+            else
+                b = box_distance(v->lower[p], v->upper[p], tj);
+        }
+        tab[p] = term_of(q, j, b);
     }
 }
 
 /* Fills bound[id] (the key: smaller is better) of every candidate in
  * order[0..ncand) from the cells and q->target. maival[n] must be all NaN
  * (left so); pid8[n+1] is unpack scratch or NULL (packed reads). With es and
- * known (not for cosine), also marks known[id] the candidates whose score the
- * index holds exactly (see exact_neuron) and gives that score in es[id]. */
+ * known (not for cosine; known[n] all 0), also marks known[id] the candidates
+ * whose score the index holds exactly (see exact_neuron) and gives that score
+ * in es[id]. Reads bound[] in order's order: ascending ids stream. */
 static int cell_bounds(run *r, const uint32_t *order, size_t ncand, double *bound, float *maival, uint8_t *pid8,
                        double *es, uint8_t *known)
 {
@@ -1309,33 +1328,32 @@ static int cell_bounds(run *r, const uint32_t *order, size_t ncand, double *boun
     double init = combine_init(q);
     for (size_t c = 0; c < ncand; c++)
         bound[order[c]] = init;
-    if (known)
+    uint32_t *kl = NULL; /* the candidates still known */
+    size_t nk = 0;
+    if (known) {
+        if (!(kl = malloc((ncand ? ncand : 1) * sizeof *kl))) {
+            seterr(r->err, r->errlen, "out of memory");
+            return -1;
+        }
         for (size_t c = 0; c < ncand; c++) {
             es[order[c]] = init;
-            known[order[c]] = 1;
+            kl[nk++] = order[c];
         }
+    }
     int ck = combine_kind(q);
     for (size_t j = 0; j < q->gsize; j++) {
         /* an inactive neuron bounds nothing, but eng_score adds its term:
          * a score is known only with its value known too */
         int active = neuron_active(q, j);
-        if (!active && !known)
+        if (!active && !nk)
             continue;
         const npi_view *v = &r->idx[j];
         double tab[NPI_MAX_PARTITIONS];
-        double tj = q->kind == ENG_KNN ? (double)q->target[j] : 0.0;
-        for (uint32_t p = 0; p < NPI_MAX_PARTITIONS; p++) {
-            double b = NAN; /* pid 0 (MAI) and ids past P: unknown */
-            if (p > 0 && p < v->partitions) {
-                if (q->kind == ENG_TOPK) /* the end that bounds w*x from above */
-                    b = v->lower[p] <= v->upper[p] ? (double)(neg_weight(q, j) ? v->lower[p] : v->upper[p]) : NAN;
-                else
-                    b = box_distance(v->lower[p], v->upper[p], tj);
-            }
-            tab[p] = term_of(q, j, b);
-        }
-        if (load_mai(r, j, maival) != 0)
+        bound_table(q, j, v, tab);
+        if (load_mai(r, j, maival) != 0) {
+            free(kl);
             return -1;
+        }
         if (pid8)
             npi_unpack(v, pid8);
         if (!active) {
@@ -1347,8 +1365,8 @@ static int cell_bounds(run *r, const uint32_t *order, size_t ncand, double *boun
         } else {
             BOUNDS_LOOP(npi_pid(v, id), combine(ck, bound[id], t))
         }
-        if (known)
-            exact_neuron(q, j, v, order, ncand, pid8, maival, es, known);
+        if (nk)
+            exact_neuron(q, j, v, kl, &nk, pid8, maival, es);
         clear_mai(v, maival);
     }
     for (size_t c = 0; c < ncand; c++) {
@@ -1357,11 +1375,14 @@ static int cell_bounds(run *r, const uint32_t *order, size_t ncand, double *boun
         if (b != b)
             b = best_value(q);
         bound[id] = q->kind == ENG_TOPK ? -b : b;
-        if (known && known[id]) {
-            double s = finish_value(q, es[id]);
-            es[id] = s != s ? worst_value(q) : s;
-        }
     }
+    for (size_t c = 0; c < nk; c++) {
+        uint32_t id = kl[c];
+        double s = finish_value(q, es[id]);
+        es[id] = s != s ? worst_value(q) : s;
+        known[id] = 1;
+    }
+    free(kl);
     return 0;
 }
 
@@ -1481,6 +1502,10 @@ static int run_bounds(run *r)
         if ((rc = target_round(r, q, order, ncand, bound, maival, pid8, computed)) != 0)
             goto done;
         rc = -1;
+        c0 = 0; /* target_round reordered them: ascending ids again, so that the bounds stream */
+        for (uint32_t id = 0; id < n; id++)
+            if (is_candidate(q, id))
+                order[c0++] = id;
     }
     if (cell_bounds(r, order, ncand, bound, maival, pid8, es, known) != 0)
         goto done;

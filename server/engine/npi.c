@@ -664,20 +664,36 @@ int npi_decode(const void *blob, size_t len, npi_view *v)
     return 0;
 }
 
+/* Eight ids of B bits fill B whole bytes (little-endian, as npi_pid reads):
+ * one 8-byte load (while 8 bytes remain: a B-byte copy would go through the
+ * stack and stall on store forwarding), eight shifts. */
+#define NPI_UNPACK_GROUPS(B)                                                           \
+    for (; i + 8 <= n && (size_t)(i >> 3) * (B) + 8 <= nbytes; i += 8) {               \
+        uint64_t w;                                                                    \
+        memcpy(&w, in + (size_t)(i >> 3) * (B), 8);                                    \
+        const uint64_t m = (1u << (B)) - 1u;                                           \
+        uint8_t *o = out + i;                                                          \
+        o[0] = (uint8_t)(w & m);                                                       \
+        o[1] = (uint8_t)((w >> (B)) & m);                                              \
+        o[2] = (uint8_t)((w >> 2 * (B)) & m);                                          \
+        o[3] = (uint8_t)((w >> 3 * (B)) & m);                                          \
+        o[4] = (uint8_t)((w >> 4 * (B)) & m);                                          \
+        o[5] = (uint8_t)((w >> 5 * (B)) & m);                                          \
+        o[6] = (uint8_t)((w >> 6 * (B)) & m);                                          \
+        o[7] = (uint8_t)((w >> 7 * (B)) & m);                                          \
+    }
+
 void npi_unpack(const npi_view *v, uint8_t *out)
 {
     const uint8_t *in = v->pids;
     uint32_t n = v->n, bits = v->bits, i = 0;
+    size_t nbytes = ((size_t)n * bits + 7) / 8;
     switch (bits) {
     case 8:
         memcpy(out, in, n);
         return;
     case 4:
-        for (; i + 2 <= n; i += 2) {
-            uint8_t b = in[i >> 1];
-            out[i] = b & 15;
-            out[i + 1] = b >> 4;
-        }
+        NPI_UNPACK_GROUPS(4);
         break;
     case 2:
         for (; i + 4 <= n; i += 4) {
@@ -694,6 +710,18 @@ void npi_unpack(const npi_view *v, uint8_t *out)
             for (uint32_t k = 0; k < 8; k++)
                 out[i + k] = (b >> k) & 1;
         }
+        break;
+    case 3:
+        NPI_UNPACK_GROUPS(3);
+        break;
+    case 5:
+        NPI_UNPACK_GROUPS(5);
+        break;
+    case 6:
+        NPI_UNPACK_GROUPS(6);
+        break;
+    case 7:
+        NPI_UNPACK_GROUPS(7);
         break;
     default:
         break;

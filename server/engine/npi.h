@@ -84,8 +84,8 @@ static inline uint32_t npi_pid(const npi_view *v, uint32_t i)
     return (w >> (bit & 7)) & ((1u << v->bits) - 1u);
 }
 
-/* Unpacks partition ids of inputs [0, n) into out[n] (fast paths for 1, 2,
- * 4 and 8 bits). */
+/* Unpacks partition ids of inputs [0, n) into out[n] (fast paths for every
+ * width of 1 to 8 bits). */
 void npi_unpack(const npi_view *v, uint8_t *out);
 
 #endif

@@ -1287,11 +1287,12 @@ static void exact_neuron(const eng_query *q, size_t j, const npi_view *v, uint32
         uint32_t id = kl[c];
         uint32_t p = pid8 ? pid8[id] : npi_pid(v, id);
         float x = p == 0 ? maival[id] : point[p];
-        if (x != x)
-            continue;
+        /* branch-free: half the inputs may drop out, at random; a dropped
+         * input's es is never read again */
         double t = q->kind == ENG_KNN ? fabs((double)x - (double)q->target[j]) : (double)x;
         es[id] = combine(ck, es[id], term_of(q, j, t));
-        kl[keep++] = id;
+        kl[keep] = id;
+        keep += x == x;
     }
     *nk = keep;
 }
@@ -1528,6 +1529,15 @@ static int run_bounds(run *r)
     pid8 = NULL;
     r->st->cell_ms += now_ms() - t0;
 
+    /* Candidates computed or known already are in the heap: only the others
+     * are ranked (a dead neuron's inputs are all known: nothing to sort). */
+    size_t nleft = 0;
+    for (size_t c = 0; c < ncand; c++) {
+        uint32_t id = order[c];
+        order[nleft] = id;
+        nleft += !computed[id];
+    }
+
     /* Refine best bound first. Only a prefix is ever sorted: select the best
      * `chunk` of the rest, sort them, double the chunk when it runs out.
      * Candidates before `next` are all computed; after it, a forward's free
@@ -1549,11 +1559,11 @@ static int run_bounds(run *r)
         for (;;) {
             while (next < ready && computed[order[next]])
                 next++;
-            if (ready == ncand || (next < ready && ready - next > window))
+            if (ready == nleft || (next < ready && ready - next > window))
                 break;
             double ts = now_ms();
-            size_t take = ncand - ready < chunk ? ncand - ready : chunk;
-            select_smallest(order + ready, ncand - ready, take, bound, &rng);
+            size_t take = nleft - ready < chunk ? nleft - ready : chunk;
+            select_smallest(order + ready, nleft - ready, take, bound, &rng);
             qsort_r(order + ready, take, sizeof *order, key_cmp, bound);
             ready += take;
             chunk *= 2;

@@ -518,15 +518,20 @@ def targets(res):
                      worst[3]["group"], worst[1], worst[2]),
                   "value": round(worst[1] / worst[2], 2), "goal": "<= 1 (every config)", "ok": n_ok == len(floor_rows)})
     for m, goal in (("auto", 0.20), ("nta", 0.20)):
-        rows = [q["methods"][m] for q in res.get("queries", []) if m in q["methods"]
-                and q["methods"][m]["outside_inference_frac_median"] is not None]
+        # a configuration answered from the index alone (no forward) is all
+        # "outside inference" by definition: the latency floor (3 ms) judges it
+        every = [q["methods"][m] for q in res.get("queries", []) if m in q["methods"]
+                 and q["methods"][m]["outside_inference_frac_median"] is not None]
+        rows = [s for s in every if s.get("forwards_median")]
         outs = [s["outside_inference_frac_median"] for s in rows]
         if outs:
             el = sum(s["elapsed_ms_sum"] for s in rows)
             inf = sum(s["inference_ms_sum"] for s in rows)
             t.append({"target": "time outside inference, %s, %% of its latency (elapsed_ms - inference_ms): worst "
-                      "configuration median; median over configurations %.1f%%; over all its time %.1f%%"
-                      % (m, 100 * median(outs), 100 * (el - inf) / el if el else 0), "value": round(100 * max(outs), 1),
+                      "configuration median; median over configurations %.1f%%; over all its time %.1f%% "
+                      "(%d configurations that ran a forward; %d answered from the index alone)"
+                      % (m, 100 * median(outs), 100 * (el - inf) / el if el else 0, len(rows), len(every) - len(rows)),
+                      "value": round(100 * max(outs), 1),
                       "goal": "<= %d %%" % (100 * goal), "ok": max(outs) <= goal})
     # NTA's cost per input computed against scan's, over every configuration
     nta = [q["methods"]["nta"] for q in res.get("queries", []) if "nta" in q["methods"]]

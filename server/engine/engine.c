@@ -1469,6 +1469,15 @@ static int target_round(run *r, eng_query *q, uint32_t *order, size_t ncand, dou
     return rc == 0 ? 0 : -1;
 }
 
+/* order[] = the candidates, ascending ids. */
+static void candidates_in_order(const eng_query *q, uint32_t *order)
+{
+    size_t c = 0;
+    for (uint32_t id = 0; id < q->n; id++)
+        if (is_candidate(q, id))
+            order[c++] = id;
+}
+
 static int run_bounds(run *r)
 {
     eng_query *q = r->lq;
@@ -1495,18 +1504,12 @@ static int run_bounds(run *r)
     }
     for (size_t i = 0; i < n; i++)
         maival[i] = NAN; /* NaN: no exact value (unknown, best bound) */
-    size_t c0 = 0;
-    for (uint32_t id = 0; id < n; id++)
-        if (is_candidate(q, id))
-            order[c0++] = id;
+    candidates_in_order(q, order);
     if (q->kind == ENG_KNN && !q->target) {
         if ((rc = target_round(r, q, order, ncand, bound, maival, pid8, computed)) != 0)
             goto done;
         rc = -1;
-        c0 = 0; /* target_round reordered them: ascending ids again, so that the bounds stream */
-        for (uint32_t id = 0; id < n; id++)
-            if (is_candidate(q, id))
-                order[c0++] = id;
+        candidates_in_order(q, order); /* target_round reordered them: ascending again, so that bounds stream */
     }
     if (cell_bounds(r, order, ncand, bound, maival, pid8, es, known) != 0)
         goto done;

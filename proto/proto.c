@@ -92,11 +92,13 @@ int proto_parse_model(const char *body, size_t len, proto_model_req *r, proto_er
 {
     memset(r, 0, sizeof *r);
     jspec_uints shape = {0};
+    static const char *const layouts[] = {"auto", "contiguous", "channels-last", NULL};
     const jspec specs[] = {
         {.name = "name", .type = JS_NAME, .required = 1, .dest = r->name},
         {.name = "path", .type = JS_STRING, .required = 1, .dest = &r->path, .max = PROTO_PATH_MAX},
         {.name = "input_shape", .type = JS_UINTS, .dest = &shape, .min = 1, .max = INT32_MAX,
          .maxn = PROTO_MAX_DIMS},
+        {.name = "layout", .type = JS_ENUM, .dest = &r->layout, .choices = layouts},
         {0},
     };
     json_t *root = load_object(body, len, e);

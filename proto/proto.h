@@ -26,12 +26,14 @@
 #define PROTO_MAX_DIMS 8
 #define PROTO_MAX_CHANNELS 16
 
-/* POST /v1/models {"name","path","input_shape"?,"device"?} */
+/* POST /v1/models {"name","path","input_shape"?,"layout"?} */
 typedef struct proto_model_req {
     char name[PROTO_NAME_MAX + 1];
     char *path;
     int ndim;                          /* 0 = not given */
     int64_t input_shape[PROTO_MAX_DIMS];
+    int layout;                        /* 0 auto (the daemon's --layout), 1 contiguous,
+                                          2 channels-last */
 } proto_model_req;
 
 /* Class names: names[i] names label i; each 1..PROTO_CLASS_MAX bytes of

@@ -36,6 +36,8 @@ typedef struct app_config {
     int exact_partitions;        /* --partitioning exact: every layer ranked whole (builder_core.h),
                                     not cut at a sample in the pass (builder_stream.h) */
     uint32_t batch;              /* inference batch size (at most; see infer.h) */
+    int layout;                  /* --layout of models registered from now on: 0 auto
+                                    (channels-last on CPU), else enum shim_layout */
     const char *import_root;     /* path imports confined here; NULL = anywhere */
     size_t max_body_mb;          /* cap of a JSON body; raw uploads: max_upload_mb */
     size_t max_upload_mb;

@@ -808,6 +808,10 @@ int catalog_register_model(app *a, const proto_model_req *q, const char *path, r
     rec.ndim = q->ndim;
     memcpy(rec.input_shape, q->input_shape, sizeof(int64_t) * (size_t)q->ndim);
     rec.created = clock_unix();
+    /* auto: channels-last where it was measured faster (CPU); CUDA keeps
+     * the layout its kernels were proven with. */
+    int layout = q->layout ? q->layout : a->cfg.layout;
+    rec.layout = layout ? (uint32_t)layout : strcmp(a->device_name, "cuda") == 0 ? SHIM_CONTIGUOUS : SHIM_CHANNELS_LAST;
     /* Load first (slow, may fail), then record it: a bad file leaves no trace. */
     if (registry_load(a, &rec, &m, err, sizeof err) != 0)
         return proto_fail(e, 422, "invalid_model", "cannot load '%s' as a TorchScript model: %s", q->path, err);
@@ -829,7 +833,8 @@ int catalog_register_model(app *a, const proto_model_req *q, const char *path, r
             return proto_fail(e, 409, "model_exists", "model '%s' is already registered; DELETE it first", q->name);
         return catalog_store_fail(rc, NULL, e);
     }
-    log_msg("model '%s' registered from %s (batch %u, %d slot classes)", rec.name, rec.path, m->batch, m->nclass);
+    log_msg("model '%s' registered from %s (batch %u, %d slot classes, %s)", rec.name, rec.path, m->batch, m->nclass,
+            registry_layout_name(m));
     *out = m;
     return 0;
 }

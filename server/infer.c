@@ -85,6 +85,14 @@ int infer_calibrate(registry_model *m, char *err, size_t errlen)
         m->slot_class[p] = q < p ? m->slot_class[q] : (uint16_t)m->nclass++;
         m->class_slots[m->slot_class[p]]++;
     }
+    /* The probes' bits, every slot and layer: what a model registered on
+     * another CPU, LibTorch or thread count would compute differently. */
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int pr = 0; pr < 2; pr++) {
+        const unsigned char *b = (const unsigned char *)o[pr];
+        for (size_t i = 0; i < B * W * sizeof(float); i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    }
+    m->numerics = h ? h : 1;
     /* one forward to each layer, the fastest of three (the first may pay
      * for allocations; eager layers are picked by these times, so one
      * slowed by another process must not count), extracting a single neuron */

@@ -24,7 +24,8 @@
 /* Measures m's slot classes at m->batch (two probe inputs in every slot).
  * Wide layers are compared on a sample of neurons (the accumulation order of
  * a slot shows in most of them). Then times one forward to each layer
- * (m->layer_ms): the cost of stopping there. */
+ * (m->layer_ms): the cost of stopping there. m->numerics gets a fingerprint
+ * (never 0) of the probes' outputs. */
 int infer_calibrate(registry_model *m, char *err, size_t errlen);
 
 /* Estimated bytes one input occupies during a forward of m: its input and

@@ -6,6 +6,7 @@
  *   [--max-upload-mb 4096] [--query-timeout-s 300] [--max-builds 1]
  *   [--static DIR] [--map-mb 65536] [--client-timeout-s 60]
  *   [--infer-memory-mb 2048] [--eager-layers fit] [--partitioning sampled]
+ *   [--layout auto]
  * deepeverestd --data DIR --stat      print the catalog and indexes, exit
  *                                     (read-only, beside a running daemon)
  * deepeverestd --coordinator --shards URL[,URL...] [--listen ...] [--token-file F]
@@ -36,7 +37,7 @@ static void usage(FILE *f)
             "                    [--max-upload-mb N] [--query-timeout-s S] [--max-builds N]\n"
             "                    [--static DIR] [--map-mb N] [--client-timeout-s S]\n"
             "                    [--infer-memory-mb N] [--eager-layers none|before|fit|all]\n"
-            "                    [--partitioning sampled|exact]\n"
+            "                    [--partitioning sampled|exact] [--layout auto|contiguous|channels-last]\n"
             "       deepeverestd --coordinator --shards URL[,URL...] [--listen HOST:PORT]\n"
             "                    [--token-file F] [--shard-timeout-s S] [--merge parallel|threshold]\n"
             "                    [--static DIR]\n"
@@ -164,7 +165,7 @@ int main(int argc, char **argv)
 
     enum { O_DATA = 1, O_LISTEN, O_DEVICE, O_CACHE, O_THREADS, O_TOKEN, O_BATCH, O_BUILDMEM,
            O_IMPORT, O_MAXBODY, O_MAXUP, O_QTIME, O_MAXBUILDS, O_STATIC, O_STAT, O_MAPGB, O_CTIME, O_INFERMEM,
-           O_ROUTES, O_EAGER, O_PARTS, O_COORD, O_SHARDS, O_STIME, O_MERGE, O_HELP };
+           O_ROUTES, O_EAGER, O_PARTS, O_LAYOUT, O_COORD, O_SHARDS, O_STIME, O_MERGE, O_HELP };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},
         {"listen", required_argument, 0, O_LISTEN},
@@ -187,6 +188,7 @@ int main(int argc, char **argv)
         {"routes", no_argument, 0, O_ROUTES},
         {"eager-layers", required_argument, 0, O_EAGER},
         {"partitioning", required_argument, 0, O_PARTS},
+        {"layout", required_argument, 0, O_LAYOUT},
         {"coordinator", no_argument, 0, O_COORD},
         {"shards", required_argument, 0, O_SHARDS},
         {"shard-timeout-s", required_argument, 0, O_STIME},
@@ -252,6 +254,13 @@ int main(int argc, char **argv)
                 return 2;
             }
             c->exact_partitions = strcmp(optarg, "exact") == 0;
+            break;
+        case O_LAYOUT:
+            if (strcmp(optarg, "auto") && strcmp(optarg, "contiguous") && strcmp(optarg, "channels-last")) {
+                fprintf(stderr, "--layout is auto, contiguous or channels-last\n");
+                return 2;
+            }
+            c->layout = strcmp(optarg, "contiguous") == 0 ? 1 : strcmp(optarg, "channels-last") == 0 ? 2 : 0;
             break;
         case O_HELP: usage(stdout); return 0;
         default: usage(stderr); return 2;

@@ -242,6 +242,13 @@ static int execute(qctx *c, eng_query *eq, query_answer *out, proto_err *e)
     if (q->method != METHOD_SCAN) {
         if ((rc = store_txn_begin(c->a->st, 1, &c->t)) != STORE_OK) return catalog_store_fail(rc, NULL, e);
         if (catalog_find_index(c->t, q->model, q->dataset, q->layer, &f, e) != 0) return -1;
+        if (c->m->numerics_changed && (f.have_ready || f.have_full))
+            return proto_fail(e, 409, "numerics_changed",
+                              "model '%s' computes other bits on this machine than when it was registered (another "
+                              "CPU, LibTorch or --threads): its indexes no longer bound its activations exactly. "
+                              "Method 'scan' still answers; register it again (DELETE /v1/models/%s, then POST "
+                              "/v1/models) to rebuild them",
+                              q->model, q->model);
     }
     if (q->method == METHOD_MATERIALIZED) {
         if (!f.have_full)

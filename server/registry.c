@@ -61,6 +61,11 @@ int registry_load(app *a, const store_model *rec, registry_model **out, char *er
         goto fail;
     snprintf(m->name, sizeof m->name, "%s", rec->name);
     m->rec = *rec;
+    /* The layout is the model's for good, like its batch: a record from before
+     * layouts were kept had its indexes built contiguous. */
+    m->rec.layout = rec->layout ? rec->layout : SHIM_CONTIGUOUS;
+    if (m->rec.layout != SHIM_CONTIGUOUS && shim_set_layout(m->shim, (int)m->rec.layout, err, errlen) != 0)
+        goto fail;
     m->input_bytes = infer_input_bytes(m->shim);
     size_t budget = a->cfg.infer_memory_mb << 20;
     if (rec->batch) {
@@ -82,6 +87,14 @@ int registry_load(app *a, const store_model *rec, registry_model **out, char *er
         m->rec.batch = m->batch;
     }
     if (infer_calibrate(m, err, errlen) != 0) goto fail;
+    if (!rec->numerics) {
+        m->rec.numerics = m->numerics; /* registration (or a record from before they were kept) */
+    } else if (rec->numerics != m->numerics) {
+        m->numerics_changed = 1;
+        log_msg("model '%s' computes other bits here than when it was registered (another CPU, LibTorch or "
+                "--threads?): queries on its indexes are refused until it is registered again",
+                rec->name);
+    }
     *out = m;
     return 0;
 fail:
@@ -144,6 +157,11 @@ static int collect_model(const store_model *m, void *arg)
     return 0;
 }
 
+const char *registry_layout_name(const registry_model *m)
+{
+    return shim_layout(m->shim) == SHIM_CHANNELS_LAST ? "channels-last" : "contiguous";
+}
+
 void registry_load_all(app *a)
 {
     model_list l = {0};
@@ -162,8 +180,8 @@ void registry_load_all(app *a)
             continue;
         }
         registry_insert(a->models, m);
-        log_msg("model '%s' loaded from %s on %s (batch %u, %d slot classes)", m->name, m->rec.path,
-                shim_device(m->shim), m->batch, m->nclass);
+        log_msg("model '%s' loaded from %s on %s (batch %u, %d slot classes, %s)", m->name, m->rec.path,
+                shim_device(m->shim), m->batch, m->nclass, registry_layout_name(m));
         registry_release(m);
     }
     free(l.v);

@@ -33,6 +33,9 @@ typedef struct registry_model {
     int nclass;
     uint32_t class_slots[REGISTRY_MAX_CLASSES]; /* slots of each class in one forward */
     size_t input_bytes;          /* estimated bytes one input takes in a forward */
+    uint64_t numerics;           /* fingerprint of the bits its forwards compute here (infer.h) */
+    int numerics_changed;        /* not those of its registration: its indexes' bounds and
+                                    MAI values no longer hold exactly (queries on them: 409) */
     double *layer_ms;            /* [layers]: one forward of `batch` inputs to each layer,
                                     timed at load (what a pass to it costs, relatively) */
     /* Turns at the model (infer_turn_begin/end): tickets, first come first served. */
@@ -56,9 +59,12 @@ void registry_release(registry_model *m);
 /* Loads rec's file into a detached model (one reference, the caller's):
  * device from the config, the batch from rec (or, for a new model, the
  * largest up to cfg.batch whose forward fits cfg.infer_memory_mb), slot
- * classes measured. A model whose single-input forward does not fit fails
+ * classes measured, its tensors in rec->layout (0: contiguous, the layout of
+ * records from before layouts were kept). A model whose single-input forward does not fit fails
  * with a message that says what it needs. */
 int registry_load(app *a, const store_model *rec, registry_model **out, char *err, size_t errlen);
+/* "contiguous" or "channels-last": the layout m's tensors run in (store_model.layout). */
+const char *registry_layout_name(const registry_model *m);
 /* Puts a loaded model in the registry (which takes its own reference),
  * replacing one of the same name. */
 void registry_insert(registry *r, registry_model *m);

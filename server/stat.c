@@ -9,7 +9,8 @@
 
 static int print_model(const store_model *m, void *arg)
 {
-    printf("  %-20s batch %-4u %s\n", m->name, m->batch, m->path);
+    printf("  %-20s batch %-4u %-13s %s\n", m->name, m->batch,
+           m->layout == 2 ? "channels-last" : "contiguous", m->path);
     return 0;
 }
 

@@ -27,6 +27,7 @@ struct shim_model {
     std::vector<shim_layer> layers;          // name pointers into names
     std::vector<int64_t> input_shape;
     int64_t input_numel = 0;
+    int layout = SHIM_CONTIGUOUS;
 };
 
 namespace {
@@ -253,6 +254,29 @@ extern "C" void shim_free(shim_model *m)
     }
 }
 
+extern "C" int shim_set_layout(shim_model *m, int layout, char *err, size_t errlen)
+{
+    try {
+        if (layout != SHIM_CONTIGUOUS && layout != SHIM_CHANNELS_LAST) {
+            set_err(err, errlen, "unknown layout");
+            return -1;
+        }
+        auto fmt = layout == SHIM_CHANNELS_LAST ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+        torch::NoGradGuard ng;
+        for (auto p : m->mod.parameters())
+            if (p.dim() == 4) p.set_data(p.contiguous(fmt));
+        m->layout = layout;
+        return 0;
+    } catch (const std::exception &e) {
+        set_err(err, errlen, error_text(e));
+    } catch (...) {
+        set_err(err, errlen, "unknown error changing the layout");
+    }
+    return -1;
+}
+
+extern "C" int shim_layout(const shim_model *m) { return m->layout; }
+
 extern "C" const char *shim_device(const shim_model *m) { return m->device.is_cuda() ? "cuda" : "cpu"; }
 
 extern "C" int shim_input_shape(const shim_model *m, int64_t *shape)
@@ -330,6 +354,7 @@ extern "C" int shim_run(shim_model *m, const float *in, int64_t n, const shim_ou
         shape.insert(shape.end(), m->input_shape.begin(), m->input_shape.end());
         at::Tensor x = torch::from_blob(const_cast<float *>(in), shape, torch::kFloat);
         if (m->device.is_cuda()) x = x.to(m->device);
+        if (m->layout == SHIM_CHANNELS_LAST && x.dim() == 4) x = x.contiguous(at::MemoryFormat::ChannelsLast);
         if (m->dict_form) {
             c10::IValue y = m->has_forward_to
                                 ? m->mod.get_method("forward_to")({x, c10::IValue(m->names[(size_t)deepest])})

@@ -43,7 +43,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define REC_VERSION 2          /* 2: model batch, dataset slice, index digest and batch, job owner */
+#define REC_VERSION 3          /* 2: model batch, dataset slice, index digest and batch, job owner;
+                                  3: model layout and numerics */
 #define REC_MAX 4096           /* every record fits: the longest string is a path */
 #define DEFAULT_MAPSIZE ((size_t)64 << 30)
 #define MIN_DEFAULT_MAPSIZE ((size_t)1 << 30)
@@ -252,6 +253,10 @@ static void rec_model(codec *c, void *rec)
     for (int i = 0; i < m->ndim && !c->bad; i++) cx_i64(c, &m->input_shape[i]);
     cx_i64(c, &m->created);
     if (c->ver >= 2) cx_u32(c, &m->batch);
+    if (c->ver >= 3) {
+        cx_u32(c, &m->layout);
+        cx_u64(c, &m->numerics);
+    }
 }
 
 static void rec_dataset(codec *c, void *rec)

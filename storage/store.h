@@ -66,6 +66,12 @@ typedef struct store_model {
     int64_t created;                   /* unix seconds */
     uint32_t batch;                    /* inputs per forward, fixed at registration
                                           (0: recorded before batches were kept) */
+    uint32_t layout;                   /* memory layout of its tensors (enum shim_layout),
+                                          fixed at registration: an index's bits hold
+                                          only under it (0: recorded before layouts were
+                                          kept, i.e. contiguous) */
+    uint64_t numerics;                 /* fingerprint of the bits its forwards computed at
+                                          registration (0: not recorded) */
 } store_model;
 
 typedef struct store_dataset {

@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -195,6 +196,56 @@ def test_model_file_gone_or_corrupt():
             d.close()
     finally:
         shutil.rmtree(tmp)
+
+
+def store_tool(*args):
+    out = subprocess.run([os.path.join(H.ROOT, H.args().build, "tests", "store_tool")] + list(args),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def test_layout_fixed_at_registration_and_numerics_checked():
+    d = H.Daemon(extra=["--cache-mb", "0"]).start()
+    try:
+        d.setup_demo()
+        m = d.ok("GET", "/v1/models/cnn")
+        assert m["layout"] == "channels-last" and m["numerics_changed"] is False, m
+        job = d.ok("POST", "/v1/indexes", {"model": "cnn", "dataset": "fmnist", "layers": ["fc1"]}, want=(202,))["job"]
+        assert d.wait_job(job)["state"] == "done"
+        q = {"model": "cnn", "dataset": "fmnist", "layer": "fc1", "neurons": [3, 17, 40], "k": 7}
+        want = d.ok("POST", "/v1/query/topk", dict(q, method="scan"))["results"]
+        # the flag decides new registrations only: the model keeps its layout,
+        # and the same machine computes the same bits after a restart
+        d.stop()
+        d.extra = d.extra + ["--layout", "contiguous"]
+        d.start()
+        m = d.ok("GET", "/v1/models/cnn")
+        assert m["layout"] == "channels-last" and m["numerics_changed"] is False, m
+        for method in ("auto", "nta", "bounds"):
+            assert d.ok("POST", "/v1/query/topk", dict(q, method=method))["results"] == want, method
+        # registered elsewhere (another fingerprint): the index no longer holds
+        d.stop()
+        store_tool(d.data, "set-numerics", "cnn", "1234abcd")
+        d.start()
+        assert d.ok("GET", "/v1/models/cnn")["numerics_changed"] is True
+        for method in ("auto", "nta", "bounds"):
+            H.expect_error(d.call("POST", "/v1/query/topk", dict(q, method=method)), 409, "numerics_changed")
+        assert d.ok("POST", "/v1/query/topk", dict(q, method="scan"))["results"] == want
+        # registered again: under the flag's layout, its indexes rebuilt on demand
+        d.ok("DELETE", "/v1/models/cnn")
+        d.ok("POST", "/v1/models", {"name": "cnn", "path": H.MODEL})
+        m = d.ok("GET", "/v1/models/cnn")
+        assert m["layout"] == "contiguous" and m["numerics_changed"] is False, m
+        contiguous = d.ok("POST", "/v1/query/topk", dict(q, method="auto"))
+        assert contiguous["results"] == d.ok("POST", "/v1/query/topk", dict(q, method="scan"))["results"]
+        # the other layout's bits differ in the last places, not in meaning
+        old = {r["input"]: r["score"] for r in want}
+        common = [r for r in contiguous["results"] if r["input"] in old]
+        assert len(common) >= 5, (contiguous["results"], want)
+        for r in common:
+            assert abs(r["score"] - old[r["input"]]) <= 1e-4 * max(1.0, abs(r["score"])), (r, old[r["input"]])
+    finally:
+        d.close()
 
 
 def test_sigterm_drains_in_flight_requests():

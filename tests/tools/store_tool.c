@@ -6,6 +6,9 @@
  *       entries of every database as JSON (read-only: works beside a live daemon)
  *   store_tool DIR inject-indexes MODEL DATASET LAYER N
  *       N READY index records of one tiny blob each (the daemon must be stopped)
+ *   store_tool DIR set-numerics MODEL HEX
+ *       overwrites the model's numerics fingerprint, as if it had been
+ *       registered on another machine (the daemon must be stopped)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,11 +69,36 @@ static int inject(const char *dir, const char *model, const char *dataset, const
     return rc == STORE_OK ? 0 : 1;
 }
 
+static int set_numerics(const char *dir, const char *model, const char *hex)
+{
+    store *s;
+    store_txn *t;
+    store_model m;
+    char err[512];
+    if (store_open(dir, 0, &s, err, sizeof err) != STORE_OK) {
+        fprintf(stderr, "store_tool: %s\n", err);
+        return 1;
+    }
+    int rc = store_txn_begin(s, 0, &t);
+    if (rc == STORE_OK) rc = store_model_get(t, model, &m);
+    if (rc == STORE_OK) {
+        m.numerics = strtoull(hex, NULL, 16);
+        rc = store_model_put(t, &m, 0);
+    }
+    if (rc == STORE_OK) rc = store_txn_commit(t);
+    else store_txn_abort(t);
+    if (rc != STORE_OK) fprintf(stderr, "store_tool: %s\n", store_errmsg());
+    store_close(s);
+    return rc == STORE_OK ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 5 && strcmp(argv[2], "set-numerics") == 0) return set_numerics(argv[1], argv[3], argv[4]);
     if (argc == 3 && strcmp(argv[2], "counts") == 0) return counts(argv[1]);
     if (argc == 7 && strcmp(argv[2], "inject-indexes") == 0)
         return inject(argv[1], argv[3], argv[4], argv[5], strtol(argv[6], NULL, 10));
-    fprintf(stderr, "usage: store_tool DIR counts | store_tool DIR inject-indexes MODEL DATASET LAYER N\n");
+    fprintf(stderr, "usage: store_tool DIR counts | store_tool DIR inject-indexes MODEL DATASET LAYER N | "
+                    "store_tool DIR set-numerics MODEL HEX\n");
     return 2;
 }

@@ -327,8 +327,23 @@ START_TEST(test_model_valid)
     ck_assert_int_eq(proto_parse_model(body, strlen(body), &r, &e), 0);
     ck_assert_str_eq(r.name, n64);
     ck_assert_int_eq(r.ndim, 0);
+    ck_assert_int_eq(r.layout, 0);
     proto_free_model(&r);
     free(n64);
+
+    /* Layouts by name; others listed in the error. */
+    static const char *const layouts[] = {"auto", "contiguous", "channels-last"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(body, sizeof body, "{\"name\":\"m\",\"path\":\"m.pt\",\"layout\":\"%s\"}", layouts[i]);
+        ck_assert_int_eq(proto_parse_model(body, strlen(body), &r, &e), 0);
+        ck_assert_int_eq(r.layout, i);
+        proto_free_model(&r);
+    }
+    b = jq("{'name':'m','path':'m.pt','layout':'nhwc'}");
+    ck_assert_int_eq(proto_parse_model(b, strlen(b), &r, &e), -1);
+    ck_assert_int_eq(e.status, 422);
+    ck_assert_ptr_nonnull(strstr(e.message, "'channels-last'"));
+    free(b);
 
     /* A zeroed struct frees. */
     proto_model_req z = {0};

@@ -1038,8 +1038,9 @@ START_TEST(test_one_owner_and_readonly)
 }
 END_TEST
 
-/* A record written by the previous version (without the fields version 2
- * appended) still decodes, its new fields zero; it is rewritten as v2. */
+/* Records written by earlier versions (without the fields later versions
+ * appended: v2 the batch, v3 the layout and numerics) still decode, their
+ * new fields zero. */
 START_TEST(test_version1_records_decode)
 {
     make_dir();
@@ -1047,12 +1048,13 @@ START_TEST(test_version1_records_decode)
     store_txn *t = begin(s, 0);
     store_model m = sample_model("old");
     m.batch = 64;
+    m.layout = 2;
+    m.numerics = 0x1234567890abcdefull;
     ck_assert_int_eq(store_model_put(t, &m, 1), STORE_OK);
     const void *blob;
     size_t len;
     commit(t);
     store_close(s);
-    /* the raw v2 record, cut back to v1: drop the trailing batch, version byte 1 */
     MDB_env *env;
     MDB_txn *txn;
     MDB_dbi dbi;
@@ -1068,16 +1070,31 @@ START_TEST(test_version1_records_decode)
     memcpy(raw, v.mv_data, len);
     mdb_txn_abort(txn);
     mdb_env_close(env);
-    ck_assert_int_eq(raw[0], 2);
-    raw[0] = 1;
-    raw_put("models", "old", 3, raw, len - 4);
+    ck_assert_int_eq(raw[0], 3);
     s = open_store(0);
     t = begin(s, 1);
     store_model got;
     ck_assert_int_eq(store_model_get(t, "old", &got), STORE_OK);
-    ck_assert_str_eq(got.path, m.path);
-    ck_assert_uint_eq(got.batch, 0);
+    ck_assert_uint_eq(got.batch, 64);
+    ck_assert_uint_eq(got.layout, 2);
+    ck_assert(got.numerics == m.numerics);
     store_txn_abort(t);
+    store_close(s);
+    /* the raw v3 record cut back: v2 drops layout and numerics (12 bytes),
+     * v1 the batch too (16) */
+    for (int ver = 2; ver >= 1; ver--) {
+        raw[0] = (uint8_t)ver;
+        raw_put("models", "old", 3, raw, len - (ver == 2 ? 12 : 16));
+        s = open_store(0);
+        t = begin(s, 1);
+        ck_assert_int_eq(store_model_get(t, "old", &got), STORE_OK);
+        ck_assert_str_eq(got.path, m.path);
+        ck_assert_uint_eq(got.batch, ver == 2 ? 64 : 0);
+        ck_assert_uint_eq(got.layout, 0);
+        ck_assert(got.numerics == 0);
+        store_txn_abort(t);
+        if (ver == 2) store_close(s);
+    }
     /* a blob of odd length between others still comes back 4-aligned */
     t = begin(s, 0);
     uint8_t odd[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};

@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,7 @@
 
 #include "app.h"
 #include "coord.h"
+#include "engine.h"
 #include "http.h"
 #include "jobs.h"
 #include "registry.h"
@@ -304,6 +306,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "torch: %s\n", err);
         return 1;
     }
+    /* A query allocates a few MiB of per-input arrays (bounds, order, marks)
+     * and frees them; glibc's defaults hand such blocks back to the kernel
+     * and fault them in again on the next query (0.6 ms of a 2 ms query
+     * at 70,000 inputs). Keep blocks up to 16 MiB in the heap, trimmed past
+     * 32 MiB free; larger ones (an index build's) still map and unmap. */
+    mallopt(M_MMAP_THRESHOLD, 16 << 20);
+    mallopt(M_TRIM_THRESHOLD, 32 << 20);
+    /* a query's cell-bound pass runs between its forwards: the same cores */
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    eng_threads(c->threads > 0 ? c->threads : ncpu > 0 ? (int)ncpu : 1);
     A.device_name = (strcmp(c->device, "cpu") != 0 && shim_cuda_available()) ? "cuda" : "cpu";
     if (strcmp(c->device, "cuda") == 0 && !shim_cuda_available()) {
         fprintf(stderr, "--device cuda: no CUDA device is usable by this LibTorch build\n");

@@ -322,6 +322,7 @@ static int execute(qctx *c, eng_query *eq, query_answer *out, proto_err *e)
     out->cache_hits = st.fetch.cache_hits + c->tstats.cache_hits;
     out->fetched = st.inputs_fetched;
     out->known = st.inputs_known;
+    out->relaxed = st.inputs_relaxed;
     out->rounds = st.rounds;
     out->forwards = st.fetch.forwards + c->tstats.forwards;
     out->inference_ms = st.fetch.inference_ms + c->tstats.inference_ms;

@@ -33,6 +33,7 @@ typedef struct query_answer {
     uint64_t inputs;             /* candidates' dataset size (for fractions) */
     uint64_t computed, cache_hits, fetched, rounds, forwards;
     uint64_t known;               /* scored from the index's exact values, no forward */
+    uint64_t relaxed;             /* kNN: bounds relaxed from the guessed target (eng_stats) */
     double elapsed_ms, inference_ms, cell_ms;
 } query_answer;
 

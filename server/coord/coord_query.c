@@ -769,7 +769,7 @@ static void query(http_req *r, int knn)
     }
     n = 0;
     json_t *stats = json_object();
-    json_int_t computed = 0, hits = 0, fetched = 0, forwards = 0, rounds = 0, inputs = 0, known = 0;
+    json_int_t computed = 0, hits = 0, fetched = 0, forwards = 0, rounds = 0, inputs = 0, known = 0, relaxed = 0;
     double inference = 0, cell = 0;
     int built = 0, none = 0;
     json_t *shard_ms = json_array();
@@ -784,6 +784,7 @@ static void query(http_req *r, int knn)
         hits += num(st, "cache_hits");
         fetched += num(st, "inputs_fetched");
         known += num(st, "inputs_from_index");
+        relaxed += num(st, "inputs_bound_relaxed");
         forwards += num(st, "forwards");
         inputs += num(st, "inputs");
         if (num(st, "rounds") > rounds) rounds = num(st, "rounds");
@@ -817,6 +818,7 @@ static void query(http_req *r, int knn)
     json_object_set_new(stats, "cache_hits", json_integer(hits));
     json_object_set_new(stats, "inputs_fetched", json_integer(fetched));
     json_object_set_new(stats, "inputs_from_index", json_integer(known));
+    json_object_set_new(stats, "inputs_bound_relaxed", json_integer(relaxed));
     json_object_set_new(stats, "elapsed_ms", json_real(now_ms() - t0));
     json_object_set_new(stats, "inference_ms", json_real(inference));
     json_object_set_new(stats, "cell_ms", json_real(cell));

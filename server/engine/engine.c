@@ -30,6 +30,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1314,6 +1315,596 @@ static void bound_table(const eng_query *q, size_t j, const npi_view *v, double 
     }
 }
 
+/* Dense cell bounds in blocks of CB_BLOCK inputs, whose bounds (16 KiB) stay
+ * in L1 while every group neuron's packed partition ids are decoded and folded
+ * into them in one loop: no unpacked copy of a neuron's N ids, no id list, a
+ * bound loaded and stored once per block and neuron instead of from L2 (the
+ * per-neuron pass spent ~4 ns an input and neuron on that: 8 ms for 30
+ * neurons over 70,000 inputs). Per input the terms are the same and combined
+ * in group order, so every bound and exact score is cell_bounds' own, bit for
+ * bit. Every input of a block is computed, candidate or not: taken when
+ * nearly all are candidates. Neurons go in chunks of CB_CHUNK so that their
+ * tables stay small whatever the group. */
+#define CB_BLOCK 2048u
+#define CB_CHUNK 32u
+#define CB_THREAD_MIN 200000.0 /* inputs x neurons below which one thread does it (~0.2 ms) */
+
+static int eng_nthreads = 1; /* eng_threads() */
+
+int eng_threads(int n)
+{
+    eng_nthreads = n < 1 ? 1 : n > 64 ? 64 : n;
+    return eng_nthreads;
+}
+
+typedef struct cb_neuron {
+    const npi_view *v;
+    size_t j;
+    double tab0[NPI_MAX_PARTITIONS]; /* bound term per partition id (bound_table); [0]: combine's identity */
+    uint64_t pmask;                  /* P <= 64: bit p set for the MAI (0) and the point partitions */
+    const uint32_t *moff;            /* [nblocks + 1]: block b's MAI entries are [moff[b], moff[b+1]) */
+    const uint16_t *mpos;            /* of mpos/mval: position in the block, value */
+    const float *mval;
+} cb_neuron;
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+/* acc[i] += tab[pid of input base + i] for i < len, decoding v's packed ids
+ * itself (8 ids of B bits are B bytes: one load, shifted apart in 64-bit
+ * lanes) and gathering their terms, 8 inputs a step: the same IEEE double
+ * additions as the scalar loop, lane by lane, so the same bits. base is a
+ * multiple of 8. Returns how many of the ids are 0. */
+__attribute__((target("avx2,popcnt"))) static uint32_t cb_fold_sum_avx2(double *acc, const npi_view *v, uint32_t base,
+                                                                      uint32_t len, const double *tab, uint8_t *eb,
+                                                                      uint64_t pmask)
+{
+    const uint32_t B = v->bits;
+    const size_t first = (size_t)(base >> 3) * B, nbytes = ((size_t)v->n * B + 7) / 8;
+    size_t groups = len / 8, fit = nbytes >= first + 8 ? (nbytes - first - 8) / B + 1 : 0;
+    if (groups > fit)
+        groups = fit;
+    const uint8_t *src = v->pids + first;
+    const __m256i sh0 = _mm256_setr_epi64x(0, B, 2 * B, 3 * B), sh1 = _mm256_setr_epi64x(4 * B, 5 * B, 6 * B, 7 * B);
+    const __m256i mask = _mm256_set1_epi64x((1 << B) - 1), zero = _mm256_setzero_si256();
+    const __m256i pm = _mm256_set1_epi64x((long long)pmask);
+    uint32_t zeros = 0;
+    double *a = acc;
+    for (size_t g = 0; g < groups; g++, src += B, a += 8) {
+        uint64_t w;
+        memcpy(&w, src, 8);
+        __m256i x = _mm256_set1_epi64x((long long)w);
+        __m256i i0 = _mm256_and_si256(_mm256_srlv_epi64(x, sh0), mask);
+        __m256i i1 = _mm256_and_si256(_mm256_srlv_epi64(x, sh1), mask);
+        __m256d t0 = _mm256_i64gather_pd(tab, i0, 8);
+        __m256d t1 = _mm256_i64gather_pd(tab, i1, 8);
+        _mm256_storeu_pd(a, _mm256_add_pd(_mm256_loadu_pd(a), t0));
+        _mm256_storeu_pd(a + 4, _mm256_add_pd(_mm256_loadu_pd(a + 4), t1));
+        unsigned z = (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpeq_epi64(i0, zero))) |
+                     (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpeq_epi64(i1, zero))) << 4;
+        zeros += (uint32_t)__builtin_popcount(z);
+        if (eb) { /* bit p of pmask per lane, to the sign bit */
+            __m256i e0 = _mm256_slli_epi64(_mm256_srlv_epi64(pm, i0), 63);
+            __m256i e1 = _mm256_slli_epi64(_mm256_srlv_epi64(pm, i1), 63);
+            eb[g] &= (uint8_t)((unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(e0)) |
+                               (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(e1)) << 4);
+        }
+    }
+    for (uint32_t i = (uint32_t)groups * 8; i < len; i++) {
+        uint32_t p = npi_pid(v, base + i);
+        acc[i] += tab[p];
+        zeros += p == 0;
+        if (eb && !((pmask >> p) & 1))
+            eb[i >> 3] &= (uint8_t)~(1u << (i & 7));
+    }
+    return zeros;
+}
+
+/* The same with AVX-512 and P <= 64 (6-bit ids): the 64 terms sit in eight
+ * registers and each lane picks its own by permutes and blends, no loads;
+ * on the 2-vCPU VM gathers were the pass's bottleneck (two threads did not
+ * speed it up). */
+__attribute__((target("avx512f,popcnt"))) static uint32_t cb_fold_sum_avx512(double *acc, const npi_view *v,
+                                                                           uint32_t base, uint32_t len,
+                                                                           const double *tab, uint8_t *eb,
+                                                                           uint64_t pmask)
+{
+    const uint32_t B = v->bits;
+    const size_t first = (size_t)(base >> 3) * B, nbytes = ((size_t)v->n * B + 7) / 8;
+    size_t groups = len / 8, fit = nbytes >= first + 8 ? (nbytes - first - 8) / B + 1 : 0;
+    if (groups > fit)
+        groups = fit;
+    const uint8_t *src = v->pids + first;
+    __m512d T0 = _mm512_loadu_pd(tab), T1 = _mm512_loadu_pd(tab + 8), T2 = _mm512_loadu_pd(tab + 16),
+            T3 = _mm512_loadu_pd(tab + 24), T4 = _mm512_loadu_pd(tab + 32), T5 = _mm512_loadu_pd(tab + 40),
+            T6 = _mm512_loadu_pd(tab + 48), T7 = _mm512_loadu_pd(tab + 56);
+    const __m512i sh = _mm512_setr_epi64(0, B, 2 * B, 3 * B, 4 * B, 5 * B, 6 * B, 7 * B);
+    const __m512i mask = _mm512_set1_epi64((1 << B) - 1), b4 = _mm512_set1_epi64(16), b5 = _mm512_set1_epi64(32);
+    const __m512i pm = _mm512_set1_epi64((long long)pmask), one = _mm512_set1_epi64(1);
+    uint32_t zeros = 0;
+    double *a = acc;
+    for (size_t g = 0; g < groups; g++, src += B, a += 8) {
+        uint64_t w;
+        memcpy(&w, src, 8);
+        __m512i idx = _mm512_and_si512(_mm512_srlv_epi64(_mm512_set1_epi64((long long)w), sh), mask);
+        __m512d t01 = _mm512_permutex2var_pd(T0, idx, T1), t23 = _mm512_permutex2var_pd(T2, idx, T3);
+        __m512d t45 = _mm512_permutex2var_pd(T4, idx, T5), t67 = _mm512_permutex2var_pd(T6, idx, T7);
+        __mmask8 m4 = _mm512_test_epi64_mask(idx, b4), m5 = _mm512_test_epi64_mask(idx, b5);
+        __m512d t = _mm512_mask_blend_pd(m5, _mm512_mask_blend_pd(m4, t01, t23), _mm512_mask_blend_pd(m4, t45, t67));
+        _mm512_storeu_pd(a, _mm512_add_pd(_mm512_loadu_pd(a), t));
+        zeros += (uint32_t)__builtin_popcount((unsigned)_mm512_testn_epi64_mask(idx, idx));
+        if (eb)
+            eb[g] &= (uint8_t)_mm512_test_epi64_mask(_mm512_srlv_epi64(pm, idx), one);
+    }
+    for (uint32_t i = (uint32_t)groups * 8; i < len; i++) {
+        uint32_t p = npi_pid(v, base + i);
+        acc[i] += tab[p];
+        zeros += p == 0;
+        if (eb && !((pmask >> p) & 1))
+            eb[i >> 3] &= (uint8_t)~(1u << (i & 7));
+    }
+    return zeros;
+}
+
+static int simd_level = 2; /* eng_simd() */
+
+/* 0: portable loops, 1: AVX2, 2: AVX-512 for P <= 64 as well */
+static int cb_simd(void)
+{
+    static int have = -1;
+    if (have < 0)
+        have = __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("avx2") ? 1 : 0;
+    return have < simd_level ? have : simd_level;
+}
+#else
+static uint32_t cb_fold_sum_avx2(double *acc, const npi_view *v, uint32_t base, uint32_t len, const double *tab,
+                                 uint8_t *eb, uint64_t pmask)
+{
+    (void)acc, (void)v, (void)base, (void)len, (void)tab, (void)eb, (void)pmask;
+    return 0;
+}
+#define cb_fold_sum_avx512 cb_fold_sum_avx2
+static int simd_level = 2;
+static int cb_simd(void) { return 0; }
+#endif
+
+int eng_simd(int level)
+{
+    simd_level = level < 0 ? 0 : level > 2 ? 2 : level;
+    return cb_simd();
+}
+
+/* Folds neuron cn's terms into acc[0..len), the bounds of inputs base..
+ * whose partition ids are pb[0..len): a branch-free loop with the MAI's
+ * partition 0 as combine's identity, then its MAI values (mv[], NaN where
+ * none) into the inputs of partition 0, as cell_bounds' p == 0 case does. An
+ * input of partition 0 that the MAI does not hold (a corrupt index) gets NaN
+ * there too. hit[len] is zeroed scratch, left zeroed. */
+static void cb_fold(double *acc, const cb_neuron *cn, const eng_query *q, const uint8_t *pb, uint32_t base,
+                    uint32_t len, const float *mv, uint32_t b, uint8_t *hit, int ck, int fast, uint8_t *eb)
+{
+    const double *tab = cn->tab0;
+    uint32_t zeros = 0, fixed = 0;
+#define CB_PID(pos) (pb ? (uint32_t)pb[pos] : npi_pid(cn->v, base + (pos)))
+    if (fast == 2 && cn->v->bits <= 6) {
+        zeros = cb_fold_sum_avx512(acc, cn->v, base, len, tab, eb, cn->pmask);
+    } else if (fast) {
+        zeros = cb_fold_sum_avx2(acc, cn->v, base, len, tab, eb, cn->pmask);
+    } else if (ck == CMB_SUM) {
+        for (uint32_t i = 0; i < len; i++) {
+            uint32_t p = pb[i];
+            acc[i] += tab[p];
+            zeros += p == 0;
+        }
+    } else {
+        for (uint32_t i = 0; i < len; i++) {
+            uint32_t p = pb[i];
+            acc[i] = combine(ck, acc[i], tab[p]);
+            zeros += p == 0;
+        }
+    }
+    for (uint32_t e = cn->moff[b]; e < cn->moff[b + 1]; e++) {
+        uint32_t pos = cn->mpos[e];
+        if (CB_PID(pos) == 0 && !hit[pos]) {
+            acc[pos] = combine(ck, acc[pos], term_of(q, cn->j, exact_value(q, cn->j, mv[pos])));
+            hit[pos] = 1;
+            fixed++;
+        }
+    }
+    if (fixed != zeros)
+        for (uint32_t i = 0; i < len; i++)
+            if (CB_PID(i) == 0 && !hit[i])
+                acc[i] = NAN;
+    for (uint32_t e = cn->moff[b]; e < cn->moff[b + 1]; e++)
+        hit[cn->mpos[e]] = 0;
+}
+
+static int u32_cmp(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The known scores of cell_bounds_blocked (exact_neuron's, the same terms in
+ * group order): which candidates are known does not depend on the order of
+ * the neurons, so they are first filtered neuron by neuron, the one with the
+ * fewest exact values first (its MAI alone when it has no point partition:
+ * then no pass at all), which usually leaves none after a neuron or two; the
+ * few left are then scored in group order. maival[n] all NaN (left so),
+ * pid8[n+1] scratch. */
+static int cb_known(run *r, const uint32_t *order, size_t ncand, float *maival, uint8_t *pid8, const double *bound,
+                    double *es, uint8_t *known)
+{
+    const eng_query *q = r->q;
+    size_t best = 0, best_points = (size_t)-1;
+    for (size_t j = 0; j < q->gsize; j++) { /* the neuron with the fewest point partitions */
+        const npi_view *v = &r->idx[j];
+        size_t points = 0;
+        for (uint32_t p = 1; p < v->partitions; p++)
+            points += v->lower[p] == v->upper[p] && v->lower[p] != -INFINITY;
+        if (points < best_points) {
+            best_points = points;
+            best = j;
+        }
+    }
+    uint32_t *kl = malloc((ncand ? ncand : 1) * sizeof *kl);
+    if (!kl) {
+        seterr(r->err, r->errlen, "out of memory");
+        return -1;
+    }
+    size_t nk = 0;
+    const npi_view *v0 = &r->idx[best];
+    if (load_mai(r, best, maival) != 0) {
+        free(kl);
+        return -1;
+    }
+    if (best_points == 0) { /* only its MAI inputs can be known */
+        for (uint32_t i = 0; i < v0->mai_count; i++) {
+            uint32_t id = v0->mai_ids[i];
+            if (is_candidate(q, id) && npi_pid(v0, id) == 0 && maival[id] == maival[id])
+                kl[nk++] = id;
+        }
+        clear_mai(v0, maival);
+        /* ascending, duplicates once (bounds stream; a corrupt MAI may repeat an id) */
+        qsort(kl, nk, sizeof *kl, u32_cmp);
+        size_t u = 0;
+        for (size_t c = 0; c < nk; c++)
+            if (u == 0 || kl[u - 1] != kl[c])
+                kl[u++] = kl[c];
+        nk = u;
+    } else {
+        float point[NPI_MAX_PARTITIONS];
+        for (uint32_t p = 0; p < NPI_MAX_PARTITIONS; p++)
+            point[p] = p > 0 && p < v0->partitions && v0->lower[p] == v0->upper[p] && v0->lower[p] != -INFINITY
+                           ? v0->lower[p] : NAN;
+        npi_unpack(v0, pid8);
+        for (size_t c = 0; c < ncand; c++) {
+            uint32_t id = order[c], p = pid8[id];
+            float x = p == 0 ? maival[id] : point[p];
+            kl[nk] = id;
+            nk += x == x;
+        }
+        clear_mai(v0, maival);
+    }
+    /* the others filter what is left */
+    for (size_t j = 0; j < q->gsize && nk; j++) {
+        if (j == best)
+            continue;
+        const npi_view *v = &r->idx[j];
+        if (load_mai(r, j, maival) != 0) {
+            free(kl);
+            return -1;
+        }
+        size_t keep = 0;
+        for (size_t c = 0; c < nk; c++) {
+            uint32_t id = kl[c], p = npi_pid(v, id);
+            float x = p == 0 ? maival[id]
+                   : p < v->partitions && v->lower[p] == v->upper[p] && v->lower[p] != -INFINITY ? v->lower[p]
+                                                                                               : NAN;
+            kl[keep] = id;
+            keep += x == x;
+        }
+        nk = keep;
+        clear_mai(v, maival);
+    }
+    if (nk > q->k) { /* only the k best can be in the answer (cb_known_marked) */
+        uint64_t rng = 0x853c49e6748fea9bull;
+        select_smallest(kl, nk, q->k, bound, &rng);
+        nk = q->k;
+        qsort(kl, nk, sizeof *kl, u32_cmp);
+    }
+    if (nk) { /* their scores, in group order */
+        double init = combine_init(q);
+        for (size_t c = 0; c < nk; c++)
+            es[kl[c]] = init;
+        for (size_t j = 0; j < q->gsize; j++) {
+            if (load_mai(r, j, maival) != 0) {
+                free(kl);
+                return -1;
+            }
+            size_t n0 = nk;
+            exact_neuron(q, j, &r->idx[j], kl, &nk, NULL, maival, es);
+            clear_mai(&r->idx[j], maival);
+            if (nk != n0) { /* cannot be: every one left is exact in every neuron */
+                free(kl);
+                seterr(r->err, r->errlen, "internal error: known scores of neuron %u", q->neurons[j]);
+                return -1;
+            }
+        }
+        for (size_t c = 0; c < nk; c++) {
+            uint32_t id = kl[c];
+            double sc = finish_value(q, es[id]);
+            es[id] = sc != sc ? worst_value(q) : sc;
+            known[id] = 1;
+        }
+    }
+    free(kl);
+    return 0;
+}
+
+/* One worker of cell_bounds_blocked: blocks [b0, b1) of one chunk of
+ * neurons, with its own scratch. */
+typedef struct cb_work {
+    run *r;
+    const cb_neuron *cn;
+    size_t nactive;
+    int first;          /* the first chunk: bounds start at init */
+    int last;           /* the last chunk: bounds are finished (keys, smaller is better) */
+    uint32_t b0, b1;
+    double *bound;
+    uint8_t *eb;
+    double init;
+    int ck, fast;
+    double *acc;        /* [CB_BLOCK] */
+    float *mv;          /* [CB_BLOCK], NaN between uses */
+    uint8_t *pb, *hit;  /* [CB_BLOCK] */
+    pthread_t tid;
+    int started;
+} cb_work;
+
+static void cb_blocks(cb_work *w)
+{
+    const eng_query *q = w->r->q;
+    const uint32_t n = q->n;
+    double *acc = w->acc;
+    for (uint32_t b = w->b0; b < w->b1; b++) {
+        uint32_t base = b * CB_BLOCK, len = n - base < CB_BLOCK ? n - base : CB_BLOCK;
+        if (w->first)
+            for (uint32_t i = 0; i < len; i++)
+                acc[i] = w->init;
+        else if (w->nactive || w->last)
+            memcpy(acc, w->bound + base, len * sizeof *acc);
+        else
+            continue;
+        for (size_t c = 0; c < w->nactive; c++) {
+            const cb_neuron *x = &w->cn[c];
+            for (uint32_t e = x->moff[b]; e < x->moff[b + 1]; e++)
+                w->mv[x->mpos[e]] = x->mval[e];
+            if (!w->fast)
+                npi_unpack_range(x->v, base, len, w->pb);
+            cb_fold(acc, x, q, w->fast ? NULL : w->pb, base, len, w->mv, b, w->hit, w->ck, w->fast,
+                    w->eb ? w->eb + base / 8 : NULL);
+            for (uint32_t e = x->moff[b]; e < x->moff[b + 1]; e++)
+                w->mv[x->mpos[e]] = NAN;
+        }
+        if (w->last) /* cell_bounds' finish, here where the block is hot */
+            for (uint32_t i = 0; i < len; i++) {
+                double v = finish_value(q, acc[i]);
+                if (v != v) {
+                    v = best_value(q);
+                    if (w->eb) /* not known, whatever its partitions */
+                        w->eb[(base + i) >> 3] &= (uint8_t)~(1u << ((base + i) & 7));
+                }
+                acc[i] = q->kind == ENG_TOPK ? -v : v;
+            }
+        memcpy(w->bound + base, acc, len * sizeof *acc);
+    }
+}
+
+static void *cb_thread(void *arg)
+{
+    cb_blocks(arg);
+    return NULL;
+}
+
+/* The known scores when the fold marked eb: the candidates whose bit is
+ * still set (every value exact, or in partition 0; bounds that came out NaN
+ * were unmarked), scored in group order by exact_neuron, which drops those of
+ * a partition 0 that the MAI does not hold exactly. A known input's bound is
+ * its score (the same terms; at most a zero's sign differs), so only the k
+ * best of them by (bound, id) can be in the answer: only those are scored
+ * (a ReLU layer's zeros make tens of thousands known, and pushing them all
+ * cost more than the query). */
+static int cb_known_marked(run *r, const uint32_t *order, size_t ncand, float *maival, const uint8_t *eb,
+                           const double *bound, double *es, uint8_t *known)
+{
+    const eng_query *q = r->q;
+    size_t nk = 0;
+    uint32_t *kl = malloc((ncand ? ncand : 1) * sizeof *kl);
+    if (!kl) {
+        seterr(r->err, r->errlen, "out of memory");
+        return -1;
+    }
+    for (size_t c = 0; c < ncand; c++) { /* branch-free: the marks fall at random */
+        kl[nk] = order[c];
+        nk += (eb[order[c] >> 3] >> (order[c] & 7)) & 1;
+    }
+    if (!nk) {
+        free(kl);
+        return 0;
+    }
+    if (nk > q->k) {
+        uint64_t rng = 0x853c49e6748fea9bull;
+        select_smallest(kl, nk, q->k, bound, &rng);
+        nk = q->k;
+        qsort(kl, nk, sizeof *kl, u32_cmp); /* ascending: es streams */
+    }
+    double init = combine_init(q);
+    for (size_t c = 0; c < nk; c++)
+        es[kl[c]] = init;
+    for (size_t j = 0; j < q->gsize && nk; j++) {
+        if (load_mai(r, j, maival) != 0) {
+            free(kl);
+            return -1;
+        }
+        exact_neuron(q, j, &r->idx[j], kl, &nk, NULL, maival, es);
+        clear_mai(&r->idx[j], maival);
+    }
+    for (size_t c = 0; c < nk; c++) {
+        uint32_t id = kl[c];
+        double sc = finish_value(q, es[id]);
+        es[id] = sc != sc ? worst_value(q) : sc;
+        known[id] = 1;
+    }
+    free(kl);
+    return 0;
+}
+
+static int cell_bounds_blocked(run *r, const uint32_t *order, size_t ncand, double *bound, float *maival,
+                               uint8_t *pid8, double *es, uint8_t *known)
+{
+    const eng_query *q = r->q;
+    const uint32_t n = q->n, nblocks = (n + CB_BLOCK - 1) / CB_BLOCK;
+    const int ck = combine_kind(q);
+    const double init = combine_init(q);
+    const int fast = ck == CMB_SUM ? cb_simd() : 0;
+    int rc = -1;
+    size_t chunk = q->gsize < CB_CHUNK ? q->gsize : CB_CHUNK;
+    size_t mmax = 0; /* the most MAI entries of a chunk */
+    for (size_t j0 = 0; j0 < q->gsize; j0 += CB_CHUNK) {
+        size_t s = 0;
+        for (size_t j = j0; j < q->gsize && j < j0 + CB_CHUNK; j++)
+            s += r->idx[j].mai_count;
+        mmax = s > mmax ? s : mmax;
+    }
+    cb_neuron *cn = malloc(chunk * sizeof *cn);
+    uint32_t *moff = malloc(chunk * (nblocks + 1) * sizeof *moff);
+    uint16_t *mpos = malloc((mmax ? mmax : 1) * sizeof *mpos);
+    float *mval = malloc((mmax ? mmax : 1) * sizeof *mval);
+    /* workers: one per eng_threads, when the pass is worth a thread */
+    int nw = (double)n * (double)q->gsize >= CB_THREAD_MIN ? eng_nthreads : 1;
+    if (nw > (int)nblocks)
+        nw = (int)nblocks;
+    if (nw < 1)
+        nw = 1;
+    cb_work *work = calloc((size_t)nw, sizeof *work);
+    int scratch_ok = work != NULL;
+    for (int t = 0; scratch_ok && t < nw; t++) {
+        cb_work *w = &work[t];
+        w->r = r;
+        w->bound = bound;
+        w->init = init;
+        w->ck = ck;
+        w->fast = fast;
+        w->acc = malloc(CB_BLOCK * sizeof *w->acc);
+        w->mv = malloc(CB_BLOCK * sizeof *w->mv);
+        w->pb = malloc(CB_BLOCK);
+        w->hit = calloc(CB_BLOCK, 1);
+        scratch_ok = w->acc && w->mv && w->pb && w->hit;
+        for (uint32_t i = 0; scratch_ok && i < CB_BLOCK; i++)
+            w->mv[i] = NAN;
+    }
+    /* The AVX2 sum also marks, per input, whether every neuron's value so
+     * far is exact (partition 0 or a point: eb, a bit an input), so that the
+     * known scores need no pass of their own: with every neuron active and
+     * at most 64 partitions. */
+    int bits_ok = known && fast;
+    for (size_t j = 0; j < q->gsize && bits_ok; j++)
+        bits_ok = neuron_active(q, j) && r->idx[j].partitions <= 64;
+    uint8_t *eb = bits_ok ? malloc(n / 8 + 1) : NULL;
+    if (!cn || !moff || !mpos || !mval || !scratch_ok || (bits_ok && !eb)) {
+        seterr(r->err, r->errlen, "out of memory");
+        goto done;
+    }
+    if (eb)
+        memset(eb, 0xff, n / 8 + 1);
+    for (int t = 0; t < nw; t++)
+        work[t].eb = eb;
+    for (size_t j0 = 0; j0 < q->gsize; j0 += CB_CHUNK) {
+        size_t nc = q->gsize - j0 < CB_CHUNK ? q->gsize - j0 : CB_CHUNK, mused = 0, nactive = 0;
+        for (size_t c = 0; c < nc; c++) {
+            cb_neuron *x = &cn[nactive];
+            const npi_view *v = &r->idx[j0 + c];
+            if (!neuron_active(q, j0 + c))
+                continue; /* no bound term (its known values: cb_known) */
+            uint32_t *off = moff + nactive * (nblocks + 1);
+            x->v = v;
+            x->j = j0 + c;
+            bound_table(q, x->j, v, x->tab0);
+            x->tab0[0] = init; /* 0, or -inf / +inf for max / min: combining it changes nothing */
+            x->pmask = 1;
+            for (uint32_t p = 1; p < v->partitions && p < 64; p++)
+                if (v->lower[p] == v->upper[p] && v->lower[p] != -INFINITY)
+                    x->pmask |= 1ull << p;
+            /* its MAI entries by block (a counting sort: rank order within one) */
+            memset(off, 0, (nblocks + 1) * sizeof *off);
+            for (uint32_t i = 0; i < v->mai_count; i++) {
+                if (v->mai_ids[i] >= n) {
+                    seterr(r->err, r->errlen, "index of neuron %u is corrupt (MAI id)", q->neurons[x->j]);
+                    goto done;
+                }
+                off[v->mai_ids[i] / CB_BLOCK + 1]++;
+            }
+            for (uint32_t b = 0; b < nblocks; b++)
+                off[b + 1] += off[b];
+            uint16_t *pos = mpos + mused;
+            float *val = mval + mused;
+            for (uint32_t i = 0; i < v->mai_count; i++) {
+                uint32_t id = v->mai_ids[i], b = id / CB_BLOCK, at = off[b]++;
+                pos[at] = (uint16_t)(id - b * CB_BLOCK);
+                val[at] = v->mai_values[i];
+            }
+            for (uint32_t b = nblocks; b > 0; b--) /* back to block starts */
+                off[b] = off[b - 1];
+            off[0] = 0;
+            x->moff = off;
+            x->mpos = pos;
+            x->mval = val;
+            mused += v->mai_count;
+            nactive++;
+        }
+        /* blocks split over the workers: each block's arithmetic is the
+         * same whichever thread runs it */
+        uint32_t per = (nblocks + nw - 1) / nw;
+        for (int t = 0; t < nw; t++) {
+            cb_work *w = &work[t];
+            w->cn = cn;
+            w->nactive = nactive;
+            w->first = j0 == 0;
+            w->last = j0 + CB_CHUNK >= q->gsize;
+            w->b0 = (uint32_t)t * per < nblocks ? (uint32_t)t * per : nblocks;
+            w->b1 = w->b0 + per < nblocks ? w->b0 + per : nblocks;
+            w->started = t + 1 < nw && w->b0 < w->b1 && pthread_create(&w->tid, NULL, cb_thread, w) == 0;
+        }
+        for (int t = 0; t < nw; t++)
+            if (!work[t].started)
+                cb_blocks(&work[t]);
+        for (int t = 0; t < nw; t++)
+            if (work[t].started)
+                pthread_join(work[t].tid, NULL);
+    }
+    if (eb) {
+        if (cb_known_marked(r, order, ncand, maival, eb, bound, es, known) != 0)
+            goto done;
+    } else if (known && cb_known(r, order, ncand, maival, pid8, bound, es, known) != 0) {
+        goto done;
+    }
+    rc = 0;
+done:
+    free(eb);
+    free(cn);
+    free(moff);
+    free(mpos);
+    free(mval);
+    for (int t = 0; work && t < nw; t++) {
+        free(work[t].acc);
+        free(work[t].mv);
+        free(work[t].pb);
+        free(work[t].hit);
+    }
+    free(work);
+    return rc;
+}
+
 /* Fills bound[id] (the key: smaller is better) of every candidate in
  * order[0..ncand) from the cells and q->target. maival[n] must be all NaN
  * (left so); pid8[n+1] is unpack scratch or NULL (packed reads). With es and
@@ -1326,6 +1917,8 @@ static int cell_bounds(run *r, const uint32_t *order, size_t ncand, double *boun
     const eng_query *q = r->q;
     if (is_cosine(q))
         return cell_bounds_cosine(r, order, ncand, bound, maival, pid8);
+    if (pid8 && ncand >= q->n - q->n / 4)
+        return cell_bounds_blocked(r, order, ncand, bound, maival, pid8, es, known);
     double init = combine_init(q);
     for (size_t c = 0; c < ncand; c++)
         bound[order[c]] = init;
@@ -1394,7 +1987,7 @@ static int cell_bounds(run *r, const uint32_t *order, size_t ncand, double *boun
  * Afterwards r->tbuf holds the target and q->target points to it; the
  * candidates computed are pushed and marked. */
 static int target_round(run *r, eng_query *q, uint32_t *order, size_t ncand, double *bound, float *maival,
-                        uint8_t *pid8, uint8_t *computed)
+                        uint8_t *pid8, uint8_t *computed, float *guessed, int *ran)
 {
     const eng_geometry *g = r->geo;
     uint32_t tid = (uint32_t)q->target_input;
@@ -1421,6 +2014,8 @@ static int target_round(run *r, eng_query *q, uint32_t *order, size_t ncand, dou
         return 0; /* the target is known: the main rounds compute what is needed */
     if (cell_bounds(r, order, ncand, bound, maival, pid8, NULL, NULL) != 0)
         return -1;
+    memcpy(guessed, r->tbuf, q->gsize * sizeof *guessed);
+    *ran = 1;
     size_t slots = g ? g->slots : r->batch, take = ncand < 8 * slots ? ncand : 8 * slots;
     uint64_t rng = 0x2545f4914f6cdd1dull;
     select_smallest(order, ncand, take, bound, &rng);
@@ -1469,13 +2064,70 @@ static int target_round(run *r, eng_query *q, uint32_t *order, size_t ncand, dou
     return rc == 0 ? 0 : -1;
 }
 
-/* order[] = the candidates, ascending ids. */
+/* After target_round, bound[] holds every candidate's cell bound from the
+ * guessed target g, and the heap the k nearest of one forward. A box bound
+ * moves by at most |t_j - g_j| per neuron when the target moves from g to t
+ * (distance to an interval is 1-Lipschitz), so by the triangle inequality
+ * bound(t) >= bound(g) - D, D = the metric's norm of w*(t - g), and those
+ * whose relaxed bound is already worse than the k-th need no exact bound:
+ * they keep the relaxed one (still a lower bound of their distance, so the
+ * refinement stays exact) and only the others, sub[], get cell bounds from
+ * t -- usually a small part. The relaxation gives up a relative margin
+ * larger than the rounding of the sums ((G + 8) ulps, three times) so that it
+ * bounds the distance as eng_score computes it. Returns how many are in
+ * sub; ncand (sub = order's ids) when there is nothing to relax. */
+static size_t relax_bounds(const run *r, const eng_query *q, const uint32_t *order, size_t ncand, const float *g,
+                           double *bound, uint32_t *sub)
+{
+    size_t nsub = 0;
+    if (!eng_topk_full(r->h) || q->kind != ENG_KNN || is_cosine(q))
+        goto all;
+    double kth = eng_topk_worst(r->h), d = 0.0;
+    for (size_t j = 0; j < q->gsize; j++) {
+        double w = weight_of(q, j), e = fabs((double)q->target[j] - (double)g[j]);
+        if (q->metric == ENG_L2)
+            d += w * e * e;
+        else if (q->metric == ENG_L1)
+            d += w * e;
+        else if (w * e > d)
+            d = w * e;
+    }
+    if (q->metric == ENG_L2)
+        d = sqrt(d);
+    if (!isfinite(d) || !(kth == kth))
+        goto all;
+    double gam = 3.0 * ((double)q->gsize + 8.0) * DBL_EPSILON;
+    for (size_t c = 0; c < ncand; c++) {
+        uint32_t id = order[c];
+        double lo = bound[id] * (1.0 - gam) - d * (1.0 + gam);
+        lo = lo > 0.0 ? lo * (1.0 - gam) : 0.0;
+        if (lo > kth)
+            bound[id] = lo;
+        else
+            sub[nsub++] = id;
+    }
+    return nsub;
+all:
+    memcpy(sub, order, ncand * sizeof *sub);
+    return ncand;
+}
+
+/* order[] = the candidates, ascending ids; order must have room for one more
+ * (branch-free: every id is written, the next one over a non-candidate). */
 static void candidates_in_order(const eng_query *q, uint32_t *order)
 {
     size_t c = 0;
-    for (uint32_t id = 0; id < q->n; id++)
-        if (is_candidate(q, id))
-            order[c++] = id;
+    if (!q->allowed) { /* every id but the excluded one: no test per id */
+        for (uint32_t id = 0; id < q->n; id++) {
+            order[c] = id;
+            c += (int64_t)id != q->exclude;
+        }
+        return;
+    }
+    for (uint32_t id = 0; id < q->n; id++) {
+        order[c] = id;
+        c += is_candidate(q, id);
+    }
 }
 
 static int run_bounds(run *r)
@@ -1486,13 +2138,15 @@ static int run_bounds(run *r)
     int rc = -1;
     double t0 = now_ms();
     double *bound = malloc((size_t)n * sizeof *bound);
-    uint32_t *order = malloc(ncand * sizeof *order);
+    uint32_t *order = malloc((ncand + 1) * sizeof *order); /* + 1: candidates_in_order writes one past */
     float *maival = malloc((size_t)n * sizeof *maival);
     /* Unpacking every id pays off unless few inputs are candidates. */
     int dense = ncand >= n / 16;
     uint8_t *pid8 = dense ? malloc((size_t)n + 1) : NULL;
     uint8_t *computed = calloc(n ? n : 1, 1);  /* per input: computed already */
     uint32_t *round_ids = NULL;  /* one forward's inputs */
+    float *guessed = NULL;       /* kNN: the target as its cell guessed it */
+    uint32_t *relaxed = NULL;    /* kNN: the candidates whose bounds relax_bounds left to compute */
     /* scores the index holds exactly (exact_neuron); not for cosine, whose
      * bound is not its score's arithmetic */
     int track = !is_cosine(q);
@@ -1505,13 +2159,29 @@ static int run_bounds(run *r)
     for (size_t i = 0; i < n; i++)
         maival[i] = NAN; /* NaN: no exact value (unknown, best bound) */
     candidates_in_order(q, order);
+    const uint32_t *sub = order; /* the candidates that get cell bounds from the target */
+    size_t nsub = ncand;
     if (q->kind == ENG_KNN && !q->target) {
-        if ((rc = target_round(r, q, order, ncand, bound, maival, pid8, computed)) != 0)
+        int ran = 0;
+        if (!(guessed = malloc(q->gsize * sizeof *guessed))) {
+            seterr(r->err, r->errlen, "out of memory");
+            goto done;
+        }
+        if ((rc = target_round(r, q, order, ncand, bound, maival, pid8, computed, guessed, &ran)) != 0)
             goto done;
         rc = -1;
         candidates_in_order(q, order); /* target_round reordered them: ascending again, so that bounds stream */
+        if (ran) {
+            if (!(relaxed = malloc((ncand ? ncand : 1) * sizeof *relaxed))) {
+                seterr(r->err, r->errlen, "out of memory");
+                goto done;
+            }
+            nsub = relax_bounds(r, q, order, ncand, guessed, bound, relaxed);
+            sub = relaxed;
+            r->st->inputs_relaxed = ncand - nsub;
+        }
     }
-    if (cell_bounds(r, order, ncand, bound, maival, pid8, es, known) != 0)
+    if (cell_bounds(r, sub, nsub, bound, maival, nsub >= n / 16 ? pid8 : NULL, es, known) != 0)
         goto done;
     if (track)
         for (size_t c = 0; c < ncand; c++) {
@@ -1634,6 +2304,8 @@ done:
     free(round_ids);
     free(es);
     free(known);
+    free(guessed);
+    free(relaxed);
     return rc;
 }
 
@@ -1723,8 +2395,11 @@ int eng_run(const eng_query *q, const npi_view *idx, const eng_source *src,
         for (size_t j = 0; j < q->gsize; j++)
             if (check_view(&r, j) != 0)
                 return -1;
-    for (uint32_t id = 0; id < q->n; id++)
-        r.ncand += is_candidate(q, id);
+    if (!q->allowed)
+        r.ncand = q->n - (q->exclude >= 0 && q->exclude < (int64_t)q->n);
+    else
+        for (uint32_t id = 0; id < q->n; id++)
+            r.ncand += is_candidate(q, id);
     if (r.ncand == 0) {
         st->elapsed_ms = now_ms() - t0;
         return 0;

@@ -119,6 +119,8 @@ typedef struct eng_stats {
                                   * values, point partitions), no forward */
     eng_fetch_stats fetch;       /* what the source reported */
     uint64_t rounds;             /* NTA rounds / bounds batches */
+    uint64_t inputs_relaxed;     /* BOUNDS kNN: candidates whose bound from the guessed
+                                  * target was far enough to skip an exact one */
     double cell_ms;              /* time spent computing cell bounds / partition lists */
     double elapsed_ms;
 } eng_stats;
@@ -131,6 +133,19 @@ typedef struct eng_stats {
  * q->cancel became nonzero. */
 int eng_run(const eng_query *q, const npi_view *idx, const eng_source *src,
             eng_result *out, size_t *nout, eng_stats *st, char *err, size_t errlen);
+
+/* Which of the CPU's vector instructions the cell bounds may use: 2 (the
+ * default) AVX-512 where the CPU has it (indexes of up to 64 partitions),
+ * else 1 AVX2 gathers, 0 only the portable loops; every level gives the same
+ * bits (for tests and benchmarks; not thread-safe, set it before queries
+ * run). Returns the level that will run on this CPU. */
+int eng_simd(int level);
+
+/* Threads a query's cell-bound pass may use (default 1; the daemon gives
+ * its --threads): its blocks are split over them when the pass is large
+ * enough, each block computed as it would be on one. Set it before queries
+ * run. Returns the value kept (1..64). */
+int eng_threads(int n);
 
 /* The score of one input from its group activations x[gsize], as defined
  * above (used by every method and by streaming scans outside the engine). */

@@ -683,11 +683,13 @@ int npi_decode(const void *blob, size_t len, npi_view *v)
         o[7] = (uint8_t)((w >> 7 * (B)) & m);                                          \
     }
 
-void npi_unpack(const npi_view *v, uint8_t *out)
+void npi_unpack_range(const npi_view *v, uint32_t first, uint32_t n, uint8_t *out)
 {
-    const uint8_t *in = v->pids;
-    uint32_t n = v->n, bits = v->bits, i = 0;
-    size_t nbytes = ((size_t)n * bits + 7) / 8;
+    /* first is a multiple of 8: its ids start on a byte */
+    uint32_t bits = v->bits, i = 0;
+    size_t skip = (size_t)(first >> 3) * bits;
+    const uint8_t *in = v->pids + skip;
+    size_t nbytes = ((size_t)v->n * bits + 7) / 8 - skip; /* bytes from in to the end */
     switch (bits) {
     case 8:
         memcpy(out, in, n);
@@ -727,5 +729,10 @@ void npi_unpack(const npi_view *v, uint8_t *out)
         break;
     }
     for (; i < n; i++)
-        out[i] = (uint8_t)npi_pid(v, i);
+        out[i] = (uint8_t)npi_pid(v, first + i);
+}
+
+void npi_unpack(const npi_view *v, uint8_t *out)
+{
+    npi_unpack_range(v, 0, v->n, out);
 }

@@ -87,5 +87,8 @@ static inline uint32_t npi_pid(const npi_view *v, uint32_t i)
 /* Unpacks partition ids of inputs [0, n) into out[n] (fast paths for every
  * width of 1 to 8 bits). */
 void npi_unpack(const npi_view *v, uint8_t *out);
+/* The same for inputs [first, first + n) into out[n]; first must be a
+ * multiple of 8 and first + n <= v->n. */
+void npi_unpack_range(const npi_view *v, uint32_t first, uint32_t n, uint8_t *out);
 
 #endif

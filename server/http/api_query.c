@@ -32,6 +32,7 @@ static void run(http_req *r, int knn)
     json_object_set_new(stats, "forwards", json_integer((json_int_t)ans.forwards));
     json_object_set_new(stats, "inputs", json_integer((json_int_t)ans.inputs));
     json_object_set_new(stats, "inputs_from_index", json_integer((json_int_t)ans.known));
+    json_object_set_new(stats, "inputs_bound_relaxed", json_integer((json_int_t)ans.relaxed));
     query_answer_free(&ans);
     proto_free_query(&q);
     if (csv) { /* the results, a row each; the stats stay in JSON answers */

@@ -635,6 +635,33 @@ START_TEST(test_larger_n)
 }
 END_TEST
 
+/* The dense cell bounds run in blocks of 2048 inputs and chunks of 32
+ * neurons, decoding every id width (1..8 bits) themselves, with AVX2 gathers
+ * where the CPU has them and portable loops otherwise: groups wider than a
+ * chunk over several blocks (the last one partial), every partition count's
+ * width, every code path (AVX-512, AVX2 split over threads, portable) that
+ * this CPU has, equal to brute force. */
+START_TEST(test_blocked_bounds)
+{
+    static const uint32_t widths[] = {2, 3, 5, 9, 17, 33, 65, 129, 256}; /* 1..8 bits */
+    static const int dists[] = {D_RELU, D_TIES, D_CONT, D_MIXED};
+    rng_seed(4242 + (uint64_t)_i);
+    ds s;
+    int dist = dists[_i % 4];
+    ds_make(&s, _i % 2 ? 4099 : 6151, 40, dist);
+    ds_index(&s, widths[_i % 9], _i % 3 ? 0.003 : 0.02);
+    for (int simd = 2; simd >= 0; simd--) {
+        eng_simd(simd);
+        eng_threads(simd == 1 ? 3 : 1); /* blocks split over threads, too */
+        for (int qi = 0; qi < 5; qi++)
+            random_query(&s, dist, 7000000 + _i * 100 + simd * 10 + qi);
+    }
+    eng_simd(2);
+    eng_threads(1);
+    ds_free(&s);
+}
+END_TEST
+
 /* ---- fetch counts on a realistic case ------------------------------------- */
 
 static uint64_t fetches(const ds *s, eng_query *q, int method, const npi_view *gv)
@@ -749,10 +776,11 @@ START_TEST(test_index_held_scores)
     q = (eng_query){.kind = ENG_KNN, .metric = ENG_L2, .n = s.n, .k = 25, .gsize = 1, .neurons = all + 1,
                     .exclude = 7, .batch = 64, .target = target};
     ck_assert_uint_eq(fetches(&s, &q, ENG_BOUNDS, gv + 1), 0);
-    ck_assert_uint_eq(last_known, s.n - 1);
+    /* all 2,999 are held; only the k best of them by bound are scored */
+    ck_assert_uint_eq(last_known, q.k);
     q.gsize = 2;
     ck_assert_uint_le(fetches(&s, &q, ENG_BOUNDS, gv + 1), 64);
-    ck_assert_uint_ge(last_known, 1000);
+    ck_assert_uint_eq(last_known, q.k);
     q.gsize = 1;
     /* the target an input whose values are held: not even its own forward */
     q.target_is_input = 1;
@@ -1078,9 +1106,17 @@ START_TEST(test_corrupt_partition_ids)
     npi_view v;
     ck_assert_int_eq(npi_decode(blob, len, &v), 0);
     ck_assert_uint_eq(v.bits, 4);
+    /* the victim: neuron 2's highest value outside its MAI, so that a bound
+     * that dropped its term would leave it out of the weighted top-100 below */
     uint32_t victim = 0;
-    while (npi_pid(&v, victim) == 0)
-        victim++;
+    float vbest = -INFINITY;
+    for (uint32_t i = 0; i < small.n; i++) {
+        float x = small.mat[(size_t)i * small.d + small_neurons[2]];
+        if (npi_pid(&v, i) != 0 && x > vbest) {
+            vbest = x;
+            victim = i;
+        }
+    }
     uint8_t *byte = (uint8_t *)v.pids + victim / 2;
     *byte &= (uint8_t)(victim % 2 ? 0x0f : 0xf0);
     ck_assert_uint_eq(npi_pid(&v, victim), 0);
@@ -1108,6 +1144,16 @@ START_TEST(test_corrupt_partition_ids)
         size_t nwant = brute_force(&small, &q, want);
         run_and_compare(&small, &q, ENG_BOUNDS, gv, want, nwant, "[corrupt pids]");
     }
+    double w[4] = {0.01, 0.01, 10.0, 0.01};
+    q.kind = ENG_TOPK;
+    q.weights = w;
+    q.k = 100;
+    size_t nwant = brute_force(&small, &q, want);
+    int found = 0;
+    for (size_t i = 0; i < nwant; i++)
+        found |= want[i].input == victim;
+    ck_assert_msg(found, "the victim %u should be in the weighted top-100", victim);
+    run_and_compare(&small, &q, ENG_BOUNDS, gv, want, nwant, "[corrupt pids, weighted]");
     free(want);
     free(blob);
 }
@@ -1215,6 +1261,7 @@ int main(void)
     tcase_add_loop_test(tc, test_property, 0, PROPERTY_ITERS);
     tcase_add_test(tc, test_wide_group);
     tcase_add_loop_test(tc, test_larger_n, 0, 6);
+    tcase_add_loop_test(tc, test_blocked_bounds, 0, 18);
     tcase_add_test(tc, test_fetch_counts);
     tcase_add_test(tc, test_dead_neuron_ties_stop);
     tcase_add_test(tc, test_index_held_scores);

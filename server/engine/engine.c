@@ -1524,13 +1524,46 @@ static int u32_cmp(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* Scores the index-held candidates kl[0..nk) (ascending; reordered): a
+ * known input's bound is its score (the same terms; at most a zero's sign
+ * differs), so only the k best by (bound, id) can be in the answer and only
+ * those are scored, in group order by exact_neuron (which drops any whose
+ * partition 0 the MAI does not hold exactly), into es[] and known[].
+ * maival[n] all NaN (left so). */
+static int score_known(run *r, uint32_t *kl, size_t nk, float *maival, const double *bound, double *es,
+                       uint8_t *known)
+{
+    const eng_query *q = r->q;
+    if (nk > q->k) {
+        uint64_t rng = 0x853c49e6748fea9bull;
+        select_smallest(kl, nk, q->k, bound, &rng);
+        nk = q->k;
+        qsort(kl, nk, sizeof *kl, u32_cmp); /* ascending: es streams */
+    }
+    double init = combine_init(q);
+    for (size_t c = 0; c < nk; c++)
+        es[kl[c]] = init;
+    for (size_t j = 0; j < q->gsize && nk; j++) {
+        if (load_mai(r, j, maival) != 0)
+            return -1;
+        exact_neuron(q, j, &r->idx[j], kl, &nk, NULL, maival, es);
+        clear_mai(&r->idx[j], maival);
+    }
+    for (size_t c = 0; c < nk; c++) {
+        uint32_t id = kl[c];
+        double sc = finish_value(q, es[id]);
+        es[id] = sc != sc ? worst_value(q) : sc;
+        known[id] = 1;
+    }
+    return 0;
+}
+
 /* The known scores of cell_bounds_blocked (exact_neuron's, the same terms in
  * group order): which candidates are known does not depend on the order of
  * the neurons, so they are first filtered neuron by neuron, the one with the
  * fewest exact values first (its MAI alone when it has no point partition:
  * then no pass at all), which usually leaves none after a neuron or two; the
- * few left are then scored in group order. maival[n] all NaN (left so),
- * pid8[n+1] scratch. */
+ * few left go to score_known. maival[n] all NaN (left so), pid8[n+1] scratch. */
 static int cb_known(run *r, const uint32_t *order, size_t ncand, float *maival, uint8_t *pid8, const double *bound,
                     double *es, uint8_t *known)
 {
@@ -1606,39 +1639,9 @@ static int cb_known(run *r, const uint32_t *order, size_t ncand, float *maival, 
         nk = keep;
         clear_mai(v, maival);
     }
-    if (nk > q->k) { /* only the k best can be in the answer (cb_known_marked) */
-        uint64_t rng = 0x853c49e6748fea9bull;
-        select_smallest(kl, nk, q->k, bound, &rng);
-        nk = q->k;
-        qsort(kl, nk, sizeof *kl, u32_cmp);
-    }
-    if (nk) { /* their scores, in group order */
-        double init = combine_init(q);
-        for (size_t c = 0; c < nk; c++)
-            es[kl[c]] = init;
-        for (size_t j = 0; j < q->gsize; j++) {
-            if (load_mai(r, j, maival) != 0) {
-                free(kl);
-                return -1;
-            }
-            size_t n0 = nk;
-            exact_neuron(q, j, &r->idx[j], kl, &nk, NULL, maival, es);
-            clear_mai(&r->idx[j], maival);
-            if (nk != n0) { /* cannot be: every one left is exact in every neuron */
-                free(kl);
-                seterr(r->err, r->errlen, "internal error: known scores of neuron %u", q->neurons[j]);
-                return -1;
-            }
-        }
-        for (size_t c = 0; c < nk; c++) {
-            uint32_t id = kl[c];
-            double sc = finish_value(q, es[id]);
-            es[id] = sc != sc ? worst_value(q) : sc;
-            known[id] = 1;
-        }
-    }
+    int rc = score_known(r, kl, nk, maival, bound, es, known);
     free(kl);
-    return 0;
+    return rc;
 }
 
 /* One worker of cell_bounds_blocked: blocks [b0, b1) of one chunk of
@@ -1708,16 +1711,11 @@ static void *cb_thread(void *arg)
 
 /* The known scores when the fold marked eb: the candidates whose bit is
  * still set (every value exact, or in partition 0; bounds that came out NaN
- * were unmarked), scored in group order by exact_neuron, which drops those of
- * a partition 0 that the MAI does not hold exactly. A known input's bound is
- * its score (the same terms; at most a zero's sign differs), so only the k
- * best of them by (bound, id) can be in the answer: only those are scored
- * (a ReLU layer's zeros make tens of thousands known, and pushing them all
- * cost more than the query). */
+ * were unmarked), by score_known (a ReLU layer's zeros make tens of
+ * thousands known; scoring and pushing them all cost more than the query). */
 static int cb_known_marked(run *r, const uint32_t *order, size_t ncand, float *maival, const uint8_t *eb,
                            const double *bound, double *es, uint8_t *known)
 {
-    const eng_query *q = r->q;
     size_t nk = 0;
     uint32_t *kl = malloc((ncand ? ncand : 1) * sizeof *kl);
     if (!kl) {
@@ -1732,31 +1730,9 @@ static int cb_known_marked(run *r, const uint32_t *order, size_t ncand, float *m
         free(kl);
         return 0;
     }
-    if (nk > q->k) {
-        uint64_t rng = 0x853c49e6748fea9bull;
-        select_smallest(kl, nk, q->k, bound, &rng);
-        nk = q->k;
-        qsort(kl, nk, sizeof *kl, u32_cmp); /* ascending: es streams */
-    }
-    double init = combine_init(q);
-    for (size_t c = 0; c < nk; c++)
-        es[kl[c]] = init;
-    for (size_t j = 0; j < q->gsize && nk; j++) {
-        if (load_mai(r, j, maival) != 0) {
-            free(kl);
-            return -1;
-        }
-        exact_neuron(q, j, &r->idx[j], kl, &nk, NULL, maival, es);
-        clear_mai(&r->idx[j], maival);
-    }
-    for (size_t c = 0; c < nk; c++) {
-        uint32_t id = kl[c];
-        double sc = finish_value(q, es[id]);
-        es[id] = sc != sc ? worst_value(q) : sc;
-        known[id] = 1;
-    }
+    int rc = score_known(r, kl, nk, maival, bound, es, known);
     free(kl);
-    return 0;
+    return rc;
 }
 
 static int cell_bounds_blocked(run *r, const uint32_t *order, size_t ncand, double *bound, float *maival,

@@ -1111,11 +1111,65 @@ static inline int key_lt(const double *key, uint32_t a, uint32_t b)
     return key[a] < key[b] || (key[a] == key[b] && a < b); // cppcheck-suppress arrayIndexThenCheck
 }
 
-static int key_cmp(const void *x, const void *y, void *arg)
+/* Is (ka, a) before (kb, b)? key_lt on values already loaded, branch-free. */
+static inline int pair_lt(double ka, uint32_t a, double kb, uint32_t b)
 {
-    const double *key = arg;
-    uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
-    return key_lt(key, a, b) ? -1 : a != b;
+    return (ka < kb) | ((ka == kb) & (a < b));
+}
+
+#define SORT_SMALL 24
+
+/* Sorts a[0..n) in (key, id) order -- quicksort inlined on pair_lt, random
+ * pivots (median of three), branch-free partition, insertion sort below
+ * SORT_SMALL. qsort_r's callback per comparison was a sixth of a cached
+ * query. (key, id) is a strict order on distinct ids, so a 2-way partition
+ * around one element is enough (a repeat, as in a sample, just goes right).
+ * Keys are never NaN here. */
+static void sort_by_key(uint32_t *a, size_t n, const double *key, uint64_t *rng)
+{
+    while (n > SORT_SMALL) {
+        size_t pi[3] = {xorshift(rng) % n, xorshift(rng) % n, xorshift(rng) % n};
+        for (int s = 0; s < 2; s++) /* the median of three to pi[1] */
+            for (int t = 0; t < 2 - s; t++)
+                if (pair_lt(key[a[pi[t + 1]]], a[pi[t + 1]], key[a[pi[t]]], a[pi[t]])) {
+                    size_t u = pi[t];
+                    pi[t] = pi[t + 1];
+                    pi[t + 1] = u;
+                }
+        uint32_t pv = a[pi[1]];
+        a[pi[1]] = a[n - 1];
+        a[n - 1] = pv;
+        double pk = key[pv];
+        size_t lt = 0;
+        /* a[0..lt) < pv <= a[lt..i): swapping a[i] with a[lt] keeps that
+         * whether or not a[i] goes left, so no branch */
+        for (size_t i = 0; i + 1 < n; i++) {
+            uint32_t v = a[i];
+            int c = pair_lt(key[v], v, pk, pv);
+            a[i] = a[lt];
+            a[lt] = v;
+            lt += (size_t)c;
+        }
+        a[n - 1] = a[lt];
+        a[lt] = pv;
+        /* recurse into the smaller side: the stack stays O(log n) */
+        if (lt < n - 1 - lt) {
+            sort_by_key(a, lt, key, rng);
+            a += lt + 1;
+            n -= lt + 1;
+        } else {
+            sort_by_key(a + lt + 1, n - 1 - lt, key, rng);
+            n = lt;
+        }
+    }
+    for (size_t i = 1; i < n; i++) {
+        uint32_t v = a[i];
+        double kv = key[v];
+        size_t j = i;
+        for (; j > 0 && pair_lt(kv, v, key[a[j - 1]], a[j - 1]); j--)
+            a[j] = a[j - 1];
+        a[j] = v;
+    }
 }
 
 #define SELECT_SAMPLE 512
@@ -1132,7 +1186,7 @@ static void select_smallest(uint32_t *a, size_t len, size_t kk, const double *ke
         if (len >= 8 * SELECT_SAMPLE && kk * 16 < len) {
             for (size_t i = 0; i < SELECT_SAMPLE; i++)
                 sample[i] = a[xorshift(rng) % len];
-            qsort_r(sample, SELECT_SAMPLE, sizeof *sample, key_cmp, (void *)key);
+            sort_by_key(sample, SELECT_SAMPLE, key, rng);
             size_t r = (size_t)((double)SELECT_SAMPLE * (double)kk / (double)len * 2.0) + 4;
             uint32_t pv = sample[r < SELECT_SAMPLE ? r : SELECT_SAMPLE - 1];
             size_t j = 0;
@@ -1995,7 +2049,7 @@ static int target_round(run *r, eng_query *q, uint32_t *order, size_t ncand, dou
     size_t slots = g ? g->slots : r->batch, take = ncand < 8 * slots ? ncand : 8 * slots;
     uint64_t rng = 0x2545f4914f6cdd1dull;
     select_smallest(order, ncand, take, bound, &rng);
-    qsort_r(order, take, sizeof *order, key_cmp, bound);
+    sort_by_key(order, take, bound, &rng);
     uint32_t *ids = malloc((slots + 1) * sizeof *ids);
     float *rows = malloc((slots + 1) * q->gsize * sizeof *rows);
     if (!ids || !rows) {
@@ -2143,8 +2197,10 @@ static int run_bounds(run *r)
             seterr(r->err, r->errlen, "out of memory");
             goto done;
         }
+        double inf0 = r->st->fetch.inference_ms;
         if ((rc = target_round(r, q, order, ncand, bound, maival, pid8, computed, guessed, &ran)) != 0)
             goto done;
+        t0 += r->st->fetch.inference_ms - inf0; /* cell_ms is the engine's own time, not the target's forward */
         rc = -1;
         candidates_in_order(q, order); /* target_round reordered them: ascending again, so that bounds stream */
         if (ran) {
@@ -2179,12 +2235,24 @@ static int run_bounds(run *r)
     r->st->cell_ms += now_ms() - t0;
 
     /* Candidates computed or known already are in the heap: only the others
-     * are ranked (a dead neuron's inputs are all known: nothing to sort). */
+     * are ranked (a dead neuron's inputs are all known: nothing to sort).
+     * Nor are those whose bound is already worse than the k-th of a full heap
+     * or than the threshold: the k-th only gets better, so they could never
+     * enter, and ranking them was most of a cached query's time. An equal
+     * bound stays (its id may still win the tie); a NaN bound compares worse
+     * than nothing and stays. */
     size_t nleft = 0;
-    for (size_t c = 0; c < ncand; c++) {
-        uint32_t id = order[c];
-        order[nleft] = id;
-        nleft += !computed[id];
+    {
+        int full = eng_topk_full(r->h);
+        double worst = full ? eng_topk_worst(r->h) : 0.0;
+        double sign = q->kind == ENG_TOPK ? -1.0 : 1.0;
+        for (size_t c = 0; c < ncand; c++) {
+            uint32_t id = order[c];
+            double nb = sign * bound[id];
+            order[nleft] = id;
+            nleft += !computed[id] && !(full && better(q, worst, nb)) &&
+                     !(q->has_threshold && better(q, q->threshold, nb));
+        }
     }
 
     /* Refine best bound first. Only a prefix is ever sorted: select the best
@@ -2213,7 +2281,7 @@ static int run_bounds(run *r)
             double ts = now_ms();
             size_t take = nleft - ready < chunk ? nleft - ready : chunk;
             select_smallest(order + ready, nleft - ready, take, bound, &rng);
-            qsort_r(order + ready, take, sizeof *order, key_cmp, bound);
+            sort_by_key(order + ready, take, bound, &rng);
             ready += take;
             chunk *= 2;
             r->st->cell_ms += now_ms() - ts;

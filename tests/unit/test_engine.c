@@ -195,10 +195,25 @@ typedef struct synth {
     volatile int *cancel;
     /* with test_geo: the forwards the fetches cost, and how many of them
      * left a slot empty while a candidate of its class was still not
-     * computed (full_check: count those) */
+     * computed (full_check: count those). With kth_query set, only a
+     * candidate that can still be in the answer counts: its exact value
+     * (under kth_query, the query as brute force saw it) ties or beats kth,
+     * the answer's last value -- its bound does too, so no bound rules it out. */
     uint64_t forwards, unfilled;
     int full_check;
+    const struct eng_query *kth_query;
+    double kth;
 } synth;
+
+static double bf_value(const eng_query *q, const float *row);
+
+static int could_win(const synth *y, uint32_t id)
+{
+    if (!y->kth_query)
+        return 1;
+    double v = bf_value(y->kth_query, y->s->mat + (size_t)id * y->s->d);
+    return y->kth_query->kind == ENG_KNN ? v <= y->kth : v >= y->kth;
+}
 
 static int synth_fetch(void *ctx, const uint32_t *ids, size_t n, const uint32_t *neurons,
                        size_t m, float *out, eng_fetch_stats *st, char *err, size_t errlen)
@@ -248,7 +263,7 @@ static int synth_fetch(void *ctx, const uint32_t *ids, size_t n, const uint32_t 
                 continue;
             for (uint32_t id = 0; id < y->s->n; id++) /* a candidate of class c not computed yet? */
                 if (geo_class_of(id) == c && !y->count[id] && (int64_t)id != y->q->exclude &&
-                    (!y->q->allowed || y->q->allowed[id])) {
+                    (!y->q->allowed || y->q->allowed[id]) && could_win(y, id)) {
                     y->unfilled++;
                     break;
                 }
@@ -841,6 +856,7 @@ START_TEST(test_whole_forwards)
                        .k = 1 + rng_below(60), .gsize = g, .neurons = neurons, .target = target,
                        .exclude = qi % 2 ? (int64_t)from : -1};
         size_t nwant = brute_force(&s, &q, want);
+        eng_query bq = q;
         if (q.kind == ENG_KNN && qi % 4 == 1) { /* the engine computes the target itself */
             q.target = NULL;
             q.target_is_input = 1;
@@ -848,7 +864,8 @@ START_TEST(test_whole_forwards)
         }
         for (int method = ENG_NTA; method <= ENG_BOUNDS; method++) {
             memset(count, 0, s.n * sizeof *count);
-            synth y = {.s = &s, .q = &q, .count = count, .full_check = method == ENG_BOUNDS};
+            synth y = {.s = &s, .q = &q, .count = count, .full_check = method == ENG_BOUNDS,
+                       .kth_query = nwant ? &bq : NULL, .kth = nwant ? want[nwant - 1].value : 0.0};
             eng_source src = {&y, synth_fetch, test_geo};
             size_t nout;
             eng_stats st;

@@ -1105,16 +1105,14 @@ static uint64_t xorshift(uint64_t *x)
 /* The candidates' order: smaller key first, then smaller id. A total order,
  * so the refined prefix is exactly the first candidates of the sorted whole,
  * and a tie of bound and k-th score can be settled by id (run_bounds). */
-static inline int key_lt(const double *key, uint32_t a, uint32_t b)
-{
-    /* a < b orders ids of equal keys; it is no bounds check */
-    return key[a] < key[b] || (key[a] == key[b] && a < b); // cppcheck-suppress arrayIndexThenCheck
-}
-
-/* Is (ka, a) before (kb, b)? key_lt on values already loaded, branch-free. */
 static inline int pair_lt(double ka, uint32_t a, double kb, uint32_t b)
 {
-    return (ka < kb) | ((ka == kb) & (a < b));
+    return (ka < kb) | ((ka == kb) & (a < b)); /* branch-free */
+}
+
+static inline int key_lt(const double *key, uint32_t a, uint32_t b)
+{
+    return pair_lt(key[a], a, key[b], b);
 }
 
 #define SORT_SMALL 24
@@ -2239,8 +2237,7 @@ static int run_bounds(run *r)
      * Nor are those whose bound is already worse than the k-th of a full heap
      * or than the threshold: the k-th only gets better, so they could never
      * enter, and ranking them was most of a cached query's time. An equal
-     * bound stays (its id may still win the tie); a NaN bound compares worse
-     * than nothing and stays. */
+     * bound stays (its id may still win the tie). */
     size_t nleft = 0;
     {
         int full = eng_topk_full(r->h);

@@ -826,6 +826,71 @@ START_TEST(test_index_held_scores)
 }
 END_TEST
 
+/* One neuron's top-k from its MAI alone (mai_answer): every distribution,
+ * aggregation, signed weight, filter and k, equal to brute force; and when
+ * it settles the query it reads no partition id: with every id garbled out
+ * of range it still computes nothing. */
+START_TEST(test_one_neuron_from_mai)
+{
+    rng_seed(9001 + (uint64_t)_i);
+    ds s;
+    int dist = _i % D_COUNT;
+    ds_make(&s, 1500 + rng_below(1500), 6, dist);
+    ds_index(&s, 2 + rng_below(30), rng_below(2) ? 0.03 : 0.005);
+    eng_result *want = malloc(s.n * sizeof *want);
+    uint8_t *allowed = malloc(s.n);
+    ck_assert(want && allowed);
+    for (int qi = 0; qi < 40; qi++) {
+        uint32_t neuron = rng_below(s.d);
+        double w = rng_below(4) == 0 ? -1.5 : rng_below(3) == 0 ? 0.0 : 0.25 + rng_unit();
+        eng_query q = {.kind = ENG_TOPK, .agg = (int)rng_below(4), .n = s.n, .gsize = 1, .neurons = &neuron,
+                       .exclude = rng_below(3) ? -1 : (int64_t)rng_below(s.n), .batch = 64};
+        uint32_t ks[] = {1, 3, 10, s.m, s.m + 1, s.n};
+        q.k = ks[rng_below(6)];
+        if (w < 0 && q.agg != ENG_SUM)
+            w = -w; /* signed weights: a top-k sum's only */
+        if (rng_below(2))
+            q.weights = &w;
+        if (rng_below(3) == 0) {
+            for (uint32_t i = 0; i < s.n; i++)
+                allowed[i] = rng_below(4) != 0;
+            q.allowed = allowed;
+        }
+        size_t nwant = brute_force(&s, &q, want);
+        char label[160];
+        snprintf(label, sizeof label, "[one neuron: dist=%s n=%u P=%u m=%u agg=%d w=%g k=%zu filter=%d exclude=%lld]",
+                 dist_name[dist], s.n, s.P, s.m, q.agg, q.weights ? w : 1.0, q.k, q.allowed != NULL,
+                 (long long)q.exclude);
+        run_and_compare(&s, &q, ENG_BOUNDS, &s.views[neuron], want, nwant, label);
+        run_and_compare(&s, &q, ENG_AUTO, &s.views[neuron], want, nwant, label);
+    }
+    /* a continuous neuron, k within its MAI: settled from the MAI, so its
+     * partition ids may be anything */
+    ds_free(&s);
+    ds_make(&s, 2000, 1, D_CONT);
+    ds_index(&s, 16, 0.03);
+    free(want);
+    want = malloc(s.n * sizeof *want);
+    ck_assert_ptr_nonnull(want);
+    size_t len = npi_blob_size(s.n, s.P, s.m);
+    uint32_t *blob = malloc(len);
+    memcpy(blob, s.blobs[0], len);
+    npi_view v;
+    ck_assert_int_eq(npi_decode(blob, len, &v), 0);
+    memset((uint8_t *)v.pids, 0xff, (s.n * v.bits + 7) / 8);
+    uint32_t zero = 0;
+    eng_query q = {.kind = ENG_TOPK, .agg = ENG_SUM, .n = s.n, .k = 1 + rng_below(s.m), .gsize = 1,
+                   .neurons = &zero, .exclude = -1, .batch = 64};
+    size_t nwant = brute_force(&s, &q, want);
+    ck_assert_uint_eq(run_and_compare(&s, &q, ENG_BOUNDS, &v, want, nwant, "[garbled ids]"), 0);
+    ck_assert_uint_eq(last_known, s.m);
+    free(blob);
+    free(want);
+    free(allowed);
+    ds_free(&s);
+}
+END_TEST
+
 /* With the source's forward geometry, BOUNDS makes every fetch whole
  * forwards: a slot stays empty only when no candidate of its class is left;
  * NTA's forwards stay within 1.2x of the forwards its inputs would fill
@@ -1282,6 +1347,7 @@ int main(void)
     tcase_add_test(tc, test_fetch_counts);
     tcase_add_test(tc, test_dead_neuron_ties_stop);
     tcase_add_test(tc, test_index_held_scores);
+    tcase_add_loop_test(tc, test_one_neuron_from_mai, 0, 16);
     tcase_add_test(tc, test_whole_forwards);
     tcase_add_test(tc, test_nta_stops_on_ties);
     suite_add_tcase(s, tc);

@@ -1184,9 +1184,17 @@ static void select_smallest(uint32_t *a, size_t len, size_t kk, const double *ke
         if (len >= 8 * SELECT_SAMPLE && kk * 16 < len) {
             for (size_t i = 0; i < SELECT_SAMPLE; i++)
                 sample[i] = a[xorshift(rng) % len];
-            sort_by_key(sample, SELECT_SAMPLE, key, rng);
             size_t r = (size_t)((double)SELECT_SAMPLE * (double)kk / (double)len * 2.0) + 4;
-            uint32_t pv = sample[r < SELECT_SAMPLE ? r : SELECT_SAMPLE - 1];
+            r = r < SELECT_SAMPLE ? r : SELECT_SAMPLE - 1;
+            /* the sample's r-th: its r + 1 smallest to the front (the
+             * quickselect below: the sample is too short for this branch),
+             * then their largest -- not a sort of the sample, which cost as
+             * much as the pass over a */
+            select_smallest(sample, SELECT_SAMPLE, r + 1, key, rng);
+            uint32_t pv = sample[0];
+            for (size_t i = 1; i <= r; i++)
+                if (key_lt(key, pv, sample[i]))
+                    pv = sample[i];
             size_t j = 0;
             for (size_t i = 0; i < len; i++)
                 if (!key_lt(key, pv, a[i])) {
@@ -2044,10 +2052,26 @@ static int target_round(run *r, eng_query *q, uint32_t *order, size_t ncand, dou
         return -1;
     memcpy(guessed, r->tbuf, q->gsize * sizeof *guessed);
     *ran = 1;
-    size_t slots = g ? g->slots : r->batch, take = ncand < 8 * slots ? ncand : 8 * slots;
+    size_t slots = g ? g->slots : r->batch, take;
     uint64_t rng = 0x2545f4914f6cdd1dull;
-    select_smallest(order, ncand, take, bound, &rng);
-    sort_by_key(order, take, bound, &rng);
+    if (!g || g->nclass == 1) {
+        /* any slot takes any input: the slots - 1 best but the target, in
+         * any order (the target, when a candidate, set aside at the end) */
+        size_t nc = ncand;
+        for (size_t c = 0; c < nc; c++)
+            if (order[c] == tid) {
+                order[c] = order[--nc];
+                order[nc] = tid;
+                break;
+            }
+        take = nc < slots - 1 ? nc : slots - 1;
+        select_smallest(order, nc, take, bound, &rng);
+    } else {
+        /* the best of each class: a sorted prefix long enough for most */
+        take = ncand < 8 * slots ? ncand : 8 * slots;
+        select_smallest(order, ncand, take, bound, &rng);
+        sort_by_key(order, take, bound, &rng);
+    }
     uint32_t *ids = malloc((slots + 1) * sizeof *ids);
     float *rows = malloc((slots + 1) * q->gsize * sizeof *rows);
     if (!ids || !rows) {

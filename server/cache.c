@@ -8,6 +8,7 @@
 
 typedef struct entry {
     cache_key key;
+    uint32_t nbytes;              /* a byte blob's length (cache_put_bytes), else 0 */
     struct entry *hnext;          /* hash chain */
     struct entry *prev, *next;    /* LRU: head = most recent */
     size_t len;
@@ -142,7 +143,8 @@ int cache_get(cache *c, const cache_key *k, const uint32_t *neurons, size_t m, f
     return 1;
 }
 
-void cache_put(cache *c, const cache_key *k, const float *vec, size_t len)
+/* Inserts len floats' worth of src (nbytes of them, for a blob). */
+static void put(cache *c, const cache_key *k, const void *src, size_t len, uint32_t nbytes)
 {
     size_t need = entry_bytes(len);
     if (need > c->max_bytes) return;
@@ -150,8 +152,9 @@ void cache_put(cache *c, const cache_key *k, const float *vec, size_t len)
     if (!e) return;
     e->key = *k;
     e->len = len;
+    e->nbytes = nbytes;
     e->hnext = e->prev = e->next = NULL;
-    memcpy(e->vec, vec, len * sizeof(float));
+    memcpy(e->vec, src, nbytes ? nbytes : len * sizeof(float));
     entry *victims = NULL; /* freed after the lock is released */
     pthread_mutex_lock(&c->mu);
     entry **pp = find_slot(c, k);
@@ -182,6 +185,30 @@ void cache_put(cache *c, const cache_key *k, const float *vec, size_t len)
         free(victims);
         victims = n;
     }
+}
+
+void cache_put(cache *c, const cache_key *k, const float *vec, size_t len) { put(c, k, vec, len, 0); }
+
+void cache_put_bytes(cache *c, const cache_key *k, const void *p, size_t len)
+{
+    if (len == 0 || len > UINT32_MAX) return;
+    put(c, k, p, (len + sizeof(float) - 1) / sizeof(float), (uint32_t)len);
+}
+
+int cache_get_bytes(cache *c, const cache_key *k, unsigned char **out, size_t *len)
+{
+    pthread_mutex_lock(&c->mu);
+    entry *e = *find_slot(c, k);
+    unsigned char *b = e && e->nbytes ? malloc(e->nbytes) : NULL;
+    if (b) {
+        memcpy(b, e->vec, e->nbytes);
+        *len = e->nbytes;
+        lru_unlink(c, e);
+        lru_push_front(c, e);
+    }
+    pthread_mutex_unlock(&c->mu);
+    *out = b;
+    return b != NULL;
 }
 
 void cache_get_stats(cache *c, cache_stats *out)

@@ -39,6 +39,14 @@ int cache_get(cache *c, const cache_key *k, const uint32_t *neurons, size_t m, f
  * least recently used entries to stay within the bound. */
 void cache_put(cache *c, const cache_key *k, const float *vec, size_t len);
 
+/* Byte blobs (a rendered thumbnail) under keys of their own -- a layer no
+ * model has -- within the same bound and LRU. cache_get_bytes gives a
+ * malloc'd copy the caller frees and returns 1, or 0 on a miss (or when the
+ * copy cannot be allocated). Hits and misses in cache_stats count activation
+ * lookups only; entries and bytes count blobs too. */
+void cache_put_bytes(cache *c, const cache_key *k, const void *p, size_t len);
+int cache_get_bytes(cache *c, const cache_key *k, unsigned char **out, size_t *len);
+
 void cache_get_stats(cache *c, cache_stats *out);
 
 #endif

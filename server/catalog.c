@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache.h"
 #include "inputs.h"
 #include "jobs.h"
 #include "predictions.h"
@@ -15,6 +16,7 @@
 #define CANCEL_WAIT_S 60.0
 /* Names listed in an error before "... and N more". */
 #define LIST_NAMES 24
+#define CATALOG_THUMB_LAYER UINT32_MAX /* cache keys of thumbnails: no model has this layer */
 
 static pthread_mutex_t catalog_mu = PTHREAD_MUTEX_INITIALIZER;
 
@@ -600,6 +602,14 @@ int catalog_input_png(app *a, const store_dataset *d, uint64_t id, int side, uns
     const void *data;
     size_t dlen;
     char err[256] = "missing input";
+    /* A thumbnail is a function of the dataset registration, the input and
+     * the side: rendered once, then served from the shared cache (the
+     * explorer asks for the same ones again and again), under model 0 --
+     * no model's generation -- and a layer no model has. */
+    cache_key k = {.model = 0, .dataset = d->id, .layer = CATALOG_THUMB_LAYER, .input = (uint32_t)id,
+                   .block = (uint32_t)side};
+    int cacheable = id <= UINT32_MAX && side > 0;
+    if (cacheable && cache_get_bytes(a->cache, &k, png, len)) return 0;
     int rc = store_txn_begin(a->st, 1, &t);
     if (rc != STORE_OK) return catalog_store_fail(rc, NULL, e);
     rc = store_input_get(t, d->id, id, &data, &dlen);
@@ -609,6 +619,7 @@ int catalog_input_png(app *a, const store_dataset *d, uint64_t id, int side, uns
     store_txn_abort(t);
     if (rc != 0)
         return proto_fail(e, 500, "internal", "cannot render input %llu: %s", (unsigned long long)id, err);
+    if (cacheable) cache_put_bytes(a->cache, &k, *png, *len);
     return 0;
 }
 

@@ -84,6 +84,28 @@ def test_png_thumbnail():
     assert (w, h) == (112, 112), (w, h)  # 28x28 upscaled 4x
 
 
+def test_png_thumbnails_cached_per_registration():
+    # rendered once, then served from the cache: the same bytes; another
+    # size or input is another entry
+    first = D.call("GET", "/v1/datasets/fmnist/inputs/3/image.png")[1]
+    assert D.call("GET", "/v1/datasets/fmnist/inputs/3/image.png")[1] == first
+    st, small = D.call("GET", "/v1/datasets/fmnist/inputs/3/image.png?size=56")
+    assert st == 200 and struct.unpack(">II", small[16:24]) == (56, 56) and small != first
+    assert D.call("GET", "/v1/datasets/fmnist/inputs/4/image.png")[1] != first
+    # a dataset deleted and registered again under its name shows its new
+    # pictures, never the old registration's
+    pics = []
+    for fill in (40, 200):
+        payload = bytes([fill] * 64 + [255 - fill] * 64)
+        D.ok("PUT", "/v1/datasets/pics", raw=npy_bytes((2, 1, 8, 8), "|u1", payload))
+        st, png = D.call("GET", "/v1/datasets/pics/inputs/0/image.png")
+        assert st == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert D.call("GET", "/v1/datasets/pics/inputs/0/image.png")[1] == png
+        pics.append(png)
+        assert D.ok("DELETE", "/v1/datasets/pics")["deleted"]
+    assert pics[0] != pics[1]
+
+
 def test_activations_match_python_reference():
     with open(FIXTURE) as f:
         fx = json.load(f)

@@ -468,6 +468,48 @@ static void *work(void *arg)
     return NULL;
 }
 
+/* Byte blobs: exact bytes back whatever their length (not a multiple of a
+ * float), a float lookup of the same key is not confused with them, they
+ * share the bound and the LRU with activations, and they leave the
+ * activation hit and miss counts alone. */
+START_TEST(test_bytes)
+{
+    cache *c = cache_new(64 << 10);
+    ck_assert_ptr_nonnull(c);
+    unsigned char blob[1001];
+    for (size_t i = 0; i < sizeof blob; i++) blob[i] = (unsigned char)(i * 7 + 3);
+    cache_key kb = {.model = 0, .dataset = 3, .layer = UINT32_MAX, .input = 42, .block = 112};
+    unsigned char *out = NULL;
+    size_t len = 0;
+    ck_assert_int_eq(cache_get_bytes(c, &kb, &out, &len), 0);
+    ck_assert_ptr_null(out);
+    cache_put_bytes(c, &kb, blob, sizeof blob);
+    ck_assert_int_eq(cache_get_bytes(c, &kb, &out, &len), 1);
+    ck_assert_uint_eq(len, sizeof blob);
+    ck_assert_mem_eq(out, blob, sizeof blob);
+    free(out);
+    cache_key other = kb;
+    other.block = 56; /* another side: another entry */
+    ck_assert_int_eq(cache_get_bytes(c, &other, &out, &len), 0);
+    cache_stats st;
+    cache_get_stats(c, &st);
+    ck_assert_uint_eq(st.hits, 0);
+    ck_assert_uint_eq(st.misses, 0);
+    ck_assert_uint_eq(st.entries, 1);
+    /* activations fill the bound: the blob, least recently used, goes */
+    for (uint32_t i = 0; i < 400; i++) {
+        cache_key ka = {.model = 1, .dataset = 3, .layer = 0, .input = i};
+        put_key(c, &ka, 64);
+    }
+    ck_assert_int_eq(cache_get_bytes(c, &kb, &out, &len), 0);
+    cache_get_stats(c, &st);
+    ck_assert_uint_le(st.bytes, 64 << 10);
+    cache_put_bytes(c, &kb, blob, 0); /* nothing to keep */
+    ck_assert_int_eq(cache_get_bytes(c, &kb, &out, &len), 0);
+    cache_free(c);
+}
+END_TEST
+
 START_TEST(test_threads)
 {
     /* Small enough bound that evictions run concurrently with hits. */
@@ -532,6 +574,7 @@ int main(void)
     tcase_add_test(tc, test_too_big_not_cached);
     tcase_add_test(tc, test_zero_bound);
     tcase_add_test(tc, test_stats_exact);
+    tcase_add_test(tc, test_bytes);
     tcase_add_test(tc, test_threads);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);

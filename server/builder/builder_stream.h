@@ -86,6 +86,11 @@ int bstream_add(bstream *b, const float *rows, uint32_t first, uint32_t count, c
 int bstream_finish(bstream *b, int (*emit)(uint64_t neuron, const void *blob, size_t len, void *arg), void *arg,
                    char *err, size_t errlen);
 
+/* The vector code the pass may use: 0 portable loops, 1 AVX2, 2 AVX-512
+ * (the default: the best the CPU has). Returns the level in effect. The
+ * partitions are the same at every level; tests run each. */
+int bstream_simd(int level);
+
 /* The most bytes the core held. */
 size_t bstream_peak_bytes(const bstream *b);
 

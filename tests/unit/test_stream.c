@@ -594,6 +594,46 @@ START_TEST(test_corners)
 }
 END_TEST
 
+/* The partition search gives the same blobs, byte for byte, at every
+ * vector level (bstream_simd): partition counts on both sides of the
+ * AVX-512 register path's limit (63 cut slots) and its gather path, block
+ * tails that are no multiple of a vector, every kind of column. The
+ * default level is the one every other test here runs. */
+START_TEST(test_simd_levels)
+{
+    static const uint32_t Ps[] = {2, 3, 16, 17, 32, 33, 64, 65, 128, 256};
+    for (unsigned t = 0; t < sizeof Ps / sizeof Ps[0]; t++) {
+        rng_seed(700 + t);
+        cfg c = {2500 + rng_below(700), 2 * K_KINDS, Ps[t], 0, 0, 1 + (int)(t & 1), 0};
+        c.m = npi_mai_count(c.n, 0.01);
+        c.S = bstream_sample_count(c.n);
+        float *rows = malloc((size_t)c.n * c.neurons * sizeof *rows);
+        ck_assert_ptr_nonnull(rows);
+        for (uint32_t j = 0; j < c.neurons; j++)
+            fill_column(rows, c.n, c.neurons, j, (int)(j % K_KINDS));
+        sink ref;
+        for (int level = 2; level >= 0; level--) {
+            char ctx[160];
+            int eff = bstream_simd(level);
+            snprintf(ctx, sizeof ctx, "simd level %d (in effect %d): n=%u P=%u m=%u S=%u", level, eff, c.n, c.P,
+                     c.m, c.S);
+            rng_seed(800 + t); /* the same batches at every level */
+            sink k;
+            run_core(&c, rows, level == 2 ? &ref : &k, NULL, ctx);
+            if (level == 2)
+                continue;
+            for (uint32_t j = 0; j < c.neurons; j++)
+                REQ(k.len[j] == ref.len[j] && memcmp(k.blob[j], ref.blob[j], k.len[j]) == 0,
+                    "%s: neuron %u (%s) differs from the default level's blob", ctx, j, kind_name[j % K_KINDS]);
+            sink_free(&k);
+        }
+        bstream_simd(2);
+        sink_free(&ref);
+        free(rows);
+    }
+}
+END_TEST
+
 /* The brute-force check itself against npi_build (exact, equi-depth) on the
  * same kinds of columns, save the one mixing -0.0 and +0.0 (npi_build ties
  * them): it must accept every blob, bounds included. */
@@ -938,6 +978,7 @@ int main(void)
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_checker_on_npi_build);
     tcase_add_test(tc, test_corners);
+    tcase_add_test(tc, test_simd_levels);
     tcase_add_loop_test(tc, test_property, 0, 4);
     tcase_add_test(tc, test_property_wide);
     tcase_add_test(tc, test_quality_uniform);

@@ -115,7 +115,7 @@ typedef struct store_index {
     int64_t created;
     double build_s;
     char error[STORE_ERR_MAX];
-    uint64_t digest;                   /* FNV-1a 64 over every blob, in neuron order */
+    uint64_t digest;                   /* a 64-bit hash of every blob, in neuron order (build.c) */
     uint32_t batch;                    /* the forward batch it was built at */
 } store_index;
 

@@ -93,6 +93,24 @@ def test_random_queries_every_method_equals_scan():
         print("  %s: median fraction of inputs fetched %.4f" % (m, f[len(f) // 2]))
 
 
+def test_large_groups_and_k_every_method_equals_scan():
+    """Groups of 100 and 1,000 neurons and k up to 1,000 (the paper-scale
+    issue's range): every method equals scan, for top-k and kNN."""
+    for g, k in ((100, 1000), (1000, 1000), (1000, 10), (300, 200)):
+        for kind in ("topk", "knn"):
+            body = {"layer": "pool2", "neurons": RNG.sample(range(LAYERS["pool2"]), g), "k": k}
+            if kind == "knn":
+                body["target"] = RNG.randrange(N)
+                body["metric"] = RNG.choice(["l2", "l1", "linf"])
+            else:
+                body["agg"] = RNG.choice(["sum", "max", "min"])
+            ref = q(kind, dict(body, method="scan"))
+            assert len(ref["results"]) == k
+            for method in ("nta", "bounds", "auto"):
+                got = q(kind, dict(body, method=method))
+                assert got["results"] == ref["results"], (kind, method, g, k, got["stats"])
+
+
 def test_scores_held_by_the_index_need_no_forward():
     """A top-k of one neuron within the MAI, and a kNN among a ReLU's zeros,
     are scored from the values the index holds exactly: equal to scan, and

@@ -121,6 +121,10 @@ typedef struct eng_stats {
     uint64_t rounds;             /* NTA rounds / bounds batches */
     uint64_t inputs_relaxed;     /* BOUNDS kNN: candidates whose bound from the guessed
                                   * target was far enough to skip an exact one */
+    uint64_t coarse_passes;      /* BOUNDS: dense passes taken in single precision
+                                  * (coarse_bounds in engine.c) */
+    uint64_t coarse_widened;     /* BOUNDS: top-k or kNN whose answer needed more
+                                  * than the coarse pass's best few: exact pass then */
     double cell_ms;              /* time spent computing cell bounds / partition lists */
     double elapsed_ms;
 } eng_stats;
@@ -134,11 +138,13 @@ typedef struct eng_stats {
 int eng_run(const eng_query *q, const npi_view *idx, const eng_source *src,
             eng_result *out, size_t *nout, eng_stats *st, char *err, size_t errlen);
 
-/* Which of the CPU's vector instructions the cell bounds may use: 2 (the
- * default) AVX-512 where the CPU has it (indexes of up to 64 partitions),
- * else 1 AVX2 gathers, 0 only the portable loops; every level gives the same
- * bits (for tests and benchmarks; not thread-safe, set it before queries
- * run). Returns the level that will run on this CPU. */
+/* Which of the CPU's vector instructions the cell bounds may use: 3 (the
+ * default) AVX-512 with VBMI, 2 AVX-512 (indexes of up to 64 partitions;
+ * from 2 on, dense sums may take the single-precision coarse pass), else 1
+ * AVX2 gathers, 0 only the portable loops. Exact bounds are the same bits at
+ * every level, coarse keys at 2 and 3, and answers at all (for tests and
+ * benchmarks; not thread-safe, set it before queries run). Returns the
+ * level that will run on this CPU. */
 int eng_simd(int level);
 
 /* Threads a query's cell-bound pass may use (default 1; the daemon gives

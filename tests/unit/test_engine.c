@@ -374,6 +374,7 @@ static const char *method_name[] = {"auto", "nta", "bounds", "scan"};
 /* Totals over every test, in shared memory so that forked tests add to them. */
 typedef struct totals {
     uint64_t queries, runs, fetched[4];
+    uint64_t coarse, widened; /* BOUNDS runs that took the coarse pass, and widened after it */
 } totals;
 static totals *T;
 
@@ -418,6 +419,8 @@ static uint64_t run_and_compare(const ds *s, eng_query *q, int method, const npi
     free(got);
     free(count);
     T->runs++;
+    T->coarse += st.coarse_passes;
+    T->widened += st.coarse_widened;
     last_known = st.inputs_known;
     return y.fetched;
 }
@@ -665,13 +668,13 @@ START_TEST(test_blocked_bounds)
     int dist = dists[_i % 4];
     ds_make(&s, _i % 2 ? 4099 : 6151, 40, dist);
     ds_index(&s, widths[_i % 9], _i % 3 ? 0.003 : 0.02);
-    for (int simd = 2; simd >= 0; simd--) {
+    for (int simd = 3; simd >= 0; simd--) {
         eng_simd(simd);
         eng_threads(simd == 1 ? 3 : 1); /* blocks split over threads, too */
         for (int qi = 0; qi < 5; qi++)
             random_query(&s, dist, 7000000 + _i * 100 + simd * 10 + qi);
     }
-    eng_simd(2);
+    eng_simd(3);
     eng_threads(1);
     ds_free(&s);
 }
@@ -888,6 +891,97 @@ START_TEST(test_one_neuron_from_mai)
     free(want);
     free(allowed);
     ds_free(&s);
+}
+END_TEST
+
+/* The coarse pass (single precision, engine.c) stays sound where float
+ * cannot tell scores apart: 600 inputs at random ids whose values are 1
+ * plus 0..3 ulps of float on each of 8 neurons, so that their sums differ
+ * below float's rounding, over a background far from them (top-k: below;
+ * kNN: beyond, from a target near them). k around the coarse route's 256 best,
+ * where the k-th and the best of the rest tie in float. Top-k sum, mean,
+ * weighted (signs mixed) and kNN l1 / l2 from a point: every answer equals
+ * brute force, and the coarse pass ran. Dropping a margin fails it. */
+START_TEST(test_coarse_margin)
+{
+    const uint32_t n = 6000, d = 8;
+    uint32_t neurons[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    double weights[8];
+    float target[8];
+    eng_result *want = malloc(n * sizeof *want);
+    ck_assert_ptr_nonnull(want);
+    uint64_t coarse0 = T->coarse;
+    set_geometry(64, 0, 0);
+    for (int knn = 0; knn < 2; knn++) {
+        /* top-k: the group at 1 + 0..3 ulps, the rest in [0, 0.25); kNN:
+         * the rest at 3 and above, the target at 0.5 + 0..3 ulps of 1, so
+         * that the squares and sums round in float */
+        rng_seed(777 + (uint64_t)knn);
+        ds s;
+        ds_make(&s, n, d, D_CONT);
+        for (size_t i = 0; i < (size_t)n * d; i++)
+            s.mat[i] = (knn ? 3.0f : 0.0f) + (float)rng_below(1000) * 0.00025f;
+        for (int t = 0; t < 600; t++) {
+            uint32_t id = rng_below(n);
+            for (uint32_t j = 0; j < d; j++)
+                s.mat[(size_t)id * d + j] = 1.0f + (float)rng_below(4) * 0x1p-23f;
+        }
+        ds_index(&s, 64, 0.003);
+        for (int qi = 0; qi < 70; qi++) {
+            static const size_t ks[] = {10, 200, 250, 255, 256, 257, 300};
+            eng_query q = {.kind = knn ? ENG_KNN : ENG_TOPK, .n = n, .k = ks[qi % 7], .gsize = d,
+                           .neurons = neurons, .exclude = -1, .batch = 64};
+            if (knn) {
+                q.metric = qi % 2 ? ENG_L2 : ENG_L1;
+                for (uint32_t j = 0; j < d; j++)
+                    target[j] = 0.5f + (float)rng_below(4) * 0x1p-23f;
+                q.target = target;
+            } else {
+                q.agg = qi % 3 == 1 ? ENG_MEAN : ENG_SUM;
+            }
+            if (qi % 5 == 4) {
+                for (uint32_t j = 0; j < d; j++)
+                    weights[j] = !knn && j == 3 ? -0.5 : 1.0 + (double)rng_below(4) * 0x1p-30;
+                q.agg = ENG_SUM;
+                q.weights = weights;
+            }
+            size_t nwant = brute_force(&s, &q, want);
+            char label[64];
+            snprintf(label, sizeof label, "[coarse margin %s %d]", knn ? "knn" : "topk", qi);
+            run_and_compare(&s, &q, ENG_BOUNDS, s.views, want, nwant, label);
+        }
+        ds_free(&s);
+    }
+    /* A float sum that rounds up: l1 from 0 over two neurons, 300 inputs at
+     * (1, 5 * 2^-26) -- 1 + 1.25 * 2^-24, summed to 1 + 2^-23 in float --
+     * and, at larger ids, 20 nearer ones at (1, 9 * 2^-27), summed to the
+     * same float. Without the kNN margin the coarse route takes 256 of the
+     * first, proves them against the 257th and misses the nearer ones. */
+    rng_seed(779);
+    ds s;
+    ds_make(&s, n, 2, D_CONT);
+    for (uint32_t i = 0; i < n; i++) {
+        float *x = s.mat + (size_t)i * 2;
+        x[0] = 3.0f + (float)rng_below(1000) * 0.001f;
+        x[1] = 3.0f + (float)rng_below(1000) * 0.001f;
+        if (i >= 1000 && i < 1300) {
+            x[0] = 1.0f;
+            x[1] = 5 * 0x1p-26f;
+        } else if (i >= 5000 && i < 5020) {
+            x[0] = 1.0f;
+            x[1] = 9 * 0x1p-27f;
+        }
+    }
+    ds_index(&s, 64, 0.003);
+    float zero[2] = {0, 0};
+    eng_query q = {.kind = ENG_KNN, .metric = ENG_L1, .n = n, .k = 10, .gsize = 2, .neurons = neurons,
+                   .target = zero, .exclude = -1, .batch = 64};
+    size_t nwant = brute_force(&s, &q, want);
+    ck_assert_uint_eq(want[0].input, 5000);
+    run_and_compare(&s, &q, ENG_BOUNDS, s.views, want, nwant, "[coarse margin, a float sum rounded up]");
+    ds_free(&s);
+    ck_assert_msg(T->coarse > coarse0 || eng_simd(3) < 2, "the coarse pass never ran");
+    free(want);
 }
 END_TEST
 
@@ -1236,6 +1330,22 @@ START_TEST(test_corrupt_partition_ids)
         found |= want[i].input == victim;
     ck_assert_msg(found, "the victim %u should be in the weighted top-100", victim);
     run_and_compare(&small, &q, ENG_BOUNDS, gv, want, nwant, "[corrupt pids, weighted]");
+    /* the victim's value far above anything its (corrupt) cell could say:
+     * only a best bound for the unknown cell finds it, in every pass (the
+     * coarse one included: unweighted sums over 2,000 dense candidates) */
+    float *vx = &small.mat[(size_t)victim * small.d + small_neurons[2]], keep = *vx;
+    *vx = 1e6f;
+    q.weights = NULL;
+    for (int kind = 0; kind < 2; kind++) {
+        float target[4] = {0, 0, 1e6f, 0};
+        q.kind = kind ? ENG_KNN : ENG_TOPK;
+        q.target = target;
+        q.k = 1;
+        nwant = brute_force(&small, &q, want);
+        ck_assert_uint_eq(want[0].input, victim);
+        run_and_compare(&small, &q, ENG_BOUNDS, gv, want, nwant, "[corrupt pids, the victim first]");
+    }
+    *vx = keep;
     free(want);
     free(blob);
 }
@@ -1349,6 +1459,7 @@ int main(void)
     tcase_add_test(tc, test_index_held_scores);
     tcase_add_loop_test(tc, test_one_neuron_from_mai, 0, 16);
     tcase_add_test(tc, test_whole_forwards);
+    tcase_add_test(tc, test_coarse_margin);
     tcase_add_test(tc, test_nta_stops_on_ties);
     suite_add_tcase(s, tc);
 
@@ -1371,10 +1482,11 @@ int main(void)
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     printf("random queries: %llu, engine runs: %llu; inputs computed by scan %llu, nta %llu, "
-           "bounds %llu\n",
+           "bounds %llu; coarse passes %llu, widened %llu\n",
            (unsigned long long)T->queries, (unsigned long long)T->runs,
            (unsigned long long)T->fetched[ENG_SCAN], (unsigned long long)T->fetched[ENG_NTA],
-           (unsigned long long)T->fetched[ENG_BOUNDS]);
+           (unsigned long long)T->fetched[ENG_BOUNDS], (unsigned long long)T->coarse,
+           (unsigned long long)T->widened);
     munmap(T, sizeof *T);
     return failed ? 1 : 0;
 }

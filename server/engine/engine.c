@@ -403,6 +403,8 @@ static inline int is_candidate(const eng_query *q, uint32_t id)
     return (int64_t)id != q->exclude && (!q->allowed || q->allowed[id]);
 }
 
+static void candidates_in_order(const eng_query *q, uint32_t *order);
+
 static inline int cancelled(const eng_query *q)
 {
     return q->cancel && *q->cancel;
@@ -2127,6 +2129,89 @@ __attribute__((target("avx512f"))) static void coarse_finish(const eng_query *q,
 
 #endif
 
+#ifdef HAVE_COARSE
+/* The r-th smallest (0-based) of a[0..n), n > r; reorders a. */
+static double nth_smallest(double *a, size_t n, size_t r)
+{
+    size_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        double pv = a[lo + (hi - lo) / 2];
+        size_t i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] < pv)
+                i++;
+            while (a[j] > pv)
+                j--;
+            if (i <= j) {
+                double t = a[i];
+                a[i++] = a[j];
+                a[j] = t;
+                if (j == 0)
+                    break;
+                j--;
+            }
+        }
+        if (r <= j)
+            hi = j;
+        else if (r >= i)
+            lo = i;
+        else
+            return a[r];
+    }
+    return a[r];
+}
+
+/* The kk smallest keys, by (key, id), of the candidates but `skip`, moved
+ * to out[0..kk) in any order, *nout the candidates gathered: a pivot from a
+ * sample of the keys (about three times kk's share), every id whose key is
+ * at or below it gathered by one vector pass over key[0..n) -- compares and
+ * compress stores, 16 ids a step -- then select_smallest over those. For
+ * dense candidates without a filter (coarse_ok): out has room for n. Returns
+ * 1, gathering nothing useful, when the sample misled (fewer than kk at or
+ * below the pivot): the caller selects over every candidate then. */
+__attribute__((target("avx512f"))) static int select_keys(const eng_query *q, const double *key, size_t kk,
+                                                         int64_t skip, uint32_t *out, size_t *nout, uint64_t *rng)
+{
+    const uint32_t n = q->n;
+    if (kk == 0 || q->allowed || kk >= n / 8)
+        return 1;
+    double sample[SELECT_SAMPLE];
+    for (size_t i = 0; i < SELECT_SAMPLE; i++)
+        sample[i] = key[xorshift(rng) % n];
+    size_t rank = (size_t)((double)SELECT_SAMPLE * (double)kk / (double)n * 3.0) + 8;
+    if (rank >= SELECT_SAMPLE)
+        return 1;
+    const __m512d vp = _mm512_set1_pd(nth_smallest(sample, SELECT_SAMPLE, rank));
+    const __m512i sixteen = _mm512_set1_epi32(16);
+    __m512i ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    size_t c = 0;
+    uint32_t i = 0;
+    for (; i + 16 <= n; i += 16, ids = _mm512_add_epi32(ids, sixteen)) {
+        __mmask16 m = (__mmask16)(_mm512_cmp_pd_mask(_mm512_loadu_pd(key + i), vp, _CMP_LE_OQ) |
+                                  (unsigned)_mm512_cmp_pd_mask(_mm512_loadu_pd(key + i + 8), vp, _CMP_LE_OQ) << 8);
+        _mm512_mask_compressstoreu_epi32(out + c, m, ids);
+        c += (size_t)__builtin_popcount(m);
+    }
+    double pv = key[0];
+    _mm_storel_pd(&pv, _mm512_castpd512_pd128(vp));
+    for (; i < n; i++)
+        if (key[i] <= pv)
+            out[c++] = i;
+    size_t m = 0;
+    for (size_t j = 0; j < c; j++) {
+        uint32_t id = out[j];
+        out[m] = id;
+        m += (int64_t)id != q->exclude && (int64_t)id != skip;
+    }
+    if (m < kk)
+        return 1;
+    select_smallest(out, m, kk, key, rng);
+    *nout = m;
+    return 0;
+}
+
+#endif
+
 /* Whether this query's dense pass may be the coarse one: a sum, every
  * neuron weighted in, at most 64 partitions, AVX-512, and nearly every
  * input a candidate. */
@@ -2400,7 +2485,21 @@ static int target_round(run *r, eng_query *q, uint32_t *order, size_t ncand, dou
                 break;
             }
         take = nc < slots - 1 ? nc : slots - 1;
-        select_smallest(order, nc, take, bound, &rng);
+        size_t got;
+#ifdef HAVE_COARSE
+        if (!r->coarse || select_keys(q, bound, take, tid, order, &got, &rng) != 0)
+#endif
+        {
+            candidates_in_order(q, order);
+            nc = ncand;
+            for (size_t c = 0; c < nc; c++)
+                if (order[c] == tid) {
+                    order[c] = order[--nc];
+                    order[nc] = tid;
+                    break;
+                }
+            select_smallest(order, nc, take, bound, &rng);
+        }
     } else {
         /* the best of each class: a sorted prefix long enough for most */
         take = ncand < 8 * slots ? ncand : 8 * slots;
@@ -2752,7 +2851,14 @@ static int coarse_prefix(run *r, uint32_t *order, size_t ncand, double *bound, f
         return rc;
     r->st->coarse_passes++;
     uint64_t rng = 0x6a09e667f3bcc909ull;
-    select_smallest(order, ncand, T + 1, bound, &rng);
+    size_t got;
+#ifdef HAVE_COARSE
+    if (select_keys(r->q, bound, T + 1, -1, order, &got, &rng) != 0)
+#endif
+    {
+        candidates_in_order(r->q, order);
+        select_smallest(order, ncand, T + 1, bound, &rng);
+    }
     size_t m = 0; /* the largest of those T + 1: the best of the rest */
     for (size_t i = 1; i <= T; i++)
         if (key_lt(bound, order[m], order[i]))
@@ -2824,7 +2930,10 @@ static int run_bounds(run *r)
     for (size_t i = 0; i < n; i++)
         maival[i] = NAN; /* NaN: no exact value (unknown, best bound) */
     candidates_in_order(q, order);
-    const uint32_t *sub = order; /* the candidates that get cell bounds from the target */
+    /* the candidates that get cell bounds from the target: after the kNN
+     * relaxation only those it left (the others keep a bound worse than the
+     * k-th, which only gets better: they are not open either) */
+    uint32_t *sub = order;
     size_t nsub = ncand;
     int ran = 0;
     r->coarse = coarse_ok(r, ncand);
@@ -2866,7 +2975,7 @@ static int run_bounds(run *r)
     if (cell_bounds(r, sub, nsub, bound, maival, nsub >= n / 16 ? pid8 : NULL, es, known) != 0)
         goto done;
     if (track)
-        push_known(r, order, ncand, es, known, computed);
+        push_known(r, sub, nsub, es, known, computed);
     free(es);
     es = NULL;
     free(known);
@@ -2877,7 +2986,7 @@ static int run_bounds(run *r)
     pid8 = NULL;
     r->st->cell_ms += now_ms() - t0;
 
-    rc = refine(r, order, keep_open(r, order, ncand, bound, computed), bound, computed, NULL);
+    rc = refine(r, sub, keep_open(r, sub, nsub, bound, computed), bound, computed, NULL);
     if (rc != 0)
         goto done;
     rc = 0;

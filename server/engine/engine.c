@@ -1968,7 +1968,8 @@ done:
  *          the exact score's own rounding (G ulps of double);
  *   kNN:   terms >= 0, key = sum (1 - (G + 4) 2^-22) (its root for l2),
  *          lowered a little more for the root's rounding;
- * plus 4 ulps of double for the finish. A NaN, -inf (top-k) or corrupt cell
+ * plus a few ulps of double for the finish (8 for top-k, whose mean is a
+ * product by 1/G; 4 for the kNN root). A NaN, -inf (top-k) or corrupt cell
  * gets the best key, as in the exact pass. Callers use these keys only where
  * any sound bound serves: to pick a kNN's guessed neighbours and relax them
  * (relax_bounds), and to find the few candidates that need exact bounds
@@ -2127,9 +2128,6 @@ __attribute__((target("avx512f"))) static void coarse_finish(const eng_query *q,
     }
 }
 
-#endif
-
-#ifdef HAVE_COARSE
 /* The r-th smallest (0-based) of a[0..n), n > r; reorders a. */
 static double nth_smallest(double *a, size_t n, size_t r)
 {
@@ -2167,21 +2165,23 @@ static double nth_smallest(double *a, size_t n, size_t r)
  * at or below it gathered by one vector pass over key[0..n) -- compares and
  * compress stores, 16 ids a step -- then select_smallest over those. For
  * dense candidates without a filter (coarse_ok): out has room for n. Returns
- * 1, gathering nothing useful, when the sample misled (fewer than kk at or
- * below the pivot): the caller selects over every candidate then. */
+ * 1 when it did not (a filter, kk too large, or a sample that misled: fewer
+ * than kk at or below the pivot), out[] then the candidates in id order
+ * (candidates_in_order), for the caller to select from. */
 __attribute__((target("avx512f"))) static int select_keys(const eng_query *q, const double *key, size_t kk,
                                                          int64_t skip, uint32_t *out, size_t *nout, uint64_t *rng)
 {
     const uint32_t n = q->n;
     if (kk == 0 || q->allowed || kk >= n / 8)
-        return 1;
+        goto fail;
     double sample[SELECT_SAMPLE];
     for (size_t i = 0; i < SELECT_SAMPLE; i++)
         sample[i] = key[xorshift(rng) % n];
     size_t rank = (size_t)((double)SELECT_SAMPLE * (double)kk / (double)n * 3.0) + 8;
     if (rank >= SELECT_SAMPLE)
-        return 1;
-    const __m512d vp = _mm512_set1_pd(nth_smallest(sample, SELECT_SAMPLE, rank));
+        goto fail;
+    const double pv = nth_smallest(sample, SELECT_SAMPLE, rank);
+    const __m512d vp = _mm512_set1_pd(pv);
     const __m512i sixteen = _mm512_set1_epi32(16);
     __m512i ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     size_t c = 0;
@@ -2192,8 +2192,6 @@ __attribute__((target("avx512f"))) static int select_keys(const eng_query *q, co
         _mm512_mask_compressstoreu_epi32(out + c, m, ids);
         c += (size_t)__builtin_popcount(m);
     }
-    double pv = key[0];
-    _mm_storel_pd(&pv, _mm512_castpd512_pd128(vp));
     for (; i < n; i++)
         if (key[i] <= pv)
             out[c++] = i;
@@ -2204,10 +2202,13 @@ __attribute__((target("avx512f"))) static int select_keys(const eng_query *q, co
         m += (int64_t)id != q->exclude && (int64_t)id != skip;
     }
     if (m < kk)
-        return 1;
+        goto fail;
     select_smallest(out, m, kk, key, rng);
     *nout = m;
     return 0;
+fail:
+    candidates_in_order(q, out);
+    return 1;
 }
 
 #endif
@@ -2477,25 +2478,16 @@ static int target_round(run *r, eng_query *q, uint32_t *order, size_t ncand, dou
     if (!g || g->nclass == 1) {
         /* any slot takes any input: the slots - 1 best but the target, in
          * any order (the target, when a candidate, set aside at the end) */
-        size_t nc = ncand;
-        for (size_t c = 0; c < nc; c++)
-            if (order[c] == tid) {
-                order[c] = order[--nc];
-                order[nc] = tid;
-                break;
-            }
+        size_t nc = ncand - (size_t)is_candidate(q, tid), got;
         take = nc < slots - 1 ? nc : slots - 1;
-        size_t got;
 #ifdef HAVE_COARSE
         if (!r->coarse || select_keys(q, bound, take, tid, order, &got, &rng) != 0)
 #endif
         {
-            candidates_in_order(q, order);
-            nc = ncand;
-            for (size_t c = 0; c < nc; c++)
+            for (size_t c = 0; c < ncand; c++)
                 if (order[c] == tid) {
-                    order[c] = order[--nc];
-                    order[nc] = tid;
+                    order[c] = order[ncand - 1];
+                    order[ncand - 1] = tid;
                     break;
                 }
             select_smallest(order, nc, take, bound, &rng);
@@ -2855,10 +2847,7 @@ static int coarse_prefix(run *r, uint32_t *order, size_t ncand, double *bound, f
 #ifdef HAVE_COARSE
     if (select_keys(r->q, bound, T + 1, -1, order, &got, &rng) != 0)
 #endif
-    {
-        candidates_in_order(r->q, order);
         select_smallest(order, ncand, T + 1, bound, &rng);
-    }
     size_t m = 0; /* the largest of those T + 1: the best of the rest */
     for (size_t i = 1; i <= T; i++)
         if (key_lt(bound, order[m], order[i]))
@@ -2887,10 +2876,11 @@ static int coarse_prefix(run *r, uint32_t *order, size_t ncand, double *bound, f
         nk = r->q->k;
     }
     for (size_t c = 0; c < nk; c++)
-        known[kl[c]] = 1;
-    push_known(r, kl, nk, es, known, computed);
-    for (size_t c = 0; c < nk; c++)
-        known[kl[c]] = 0;
+        if (!computed[kl[c]]) {
+            eng_topk_push(r->h, kl[c], es[kl[c]]);
+            computed[kl[c]] = 1;
+            r->st->inputs_known++;
+        }
     free(kl);
     rc = refine(r, order, keep_open(r, order, T, bound, computed), bound, computed, &guard);
     if (rc < 0)

@@ -2547,15 +2547,14 @@ static int target_round(run *r, eng_query *q, uint32_t *order, size_t ncand, dou
  * moves by at most |t_j - g_j| per neuron when the target moves from g to t
  * (distance to an interval is 1-Lipschitz), so by the triangle inequality
  * bound(t) >= bound(g) - D, D = the metric's norm of w*(t - g), and those
- * whose relaxed bound is already worse than the k-th need no exact bound:
- * they keep the relaxed one (still a lower bound of their distance, so the
- * refinement stays exact) and only the others, sub[], get cell bounds from
- * t -- usually a small part. The relaxation gives up a relative margin
- * larger than the rounding of the sums ((G + 8) ulps, three times) so that it
- * bounds the distance as eng_score computes it. Returns how many are in
- * sub; ncand (sub = order's ids) when there is nothing to relax. */
-static size_t relax_bounds(const run *r, const eng_query *q, const uint32_t *order, size_t ncand, const float *g,
-                           double *bound, uint32_t *sub)
+ * whose relaxed bound is already worse than the k-th can never enter (the
+ * k-th only gets better): only the others, sub[] (ascending), get cell
+ * bounds from t and stay open -- usually a small part. The relaxation gives
+ * up a relative margin larger than the rounding of the sums ((G + 8) ulps,
+ * three times) so that it bounds the distance as eng_score computes it (the
+ * coarse pass's keys are lower still). Returns how many are in sub: every
+ * candidate when there is nothing to relax. sub has room for ncand + 1. */
+static size_t relax_bounds(const run *r, const eng_query *q, const float *g, const double *bound, uint32_t *sub)
 {
     size_t nsub = 0;
     if (!eng_topk_full(r->h) || q->kind != ENG_KNN || is_cosine(q))
@@ -2575,19 +2574,20 @@ static size_t relax_bounds(const run *r, const eng_query *q, const uint32_t *ord
     if (!isfinite(d) || !(kth == kth))
         goto all;
     double gam = 3.0 * ((double)q->gsize + 8.0) * DBL_EPSILON;
-    for (size_t c = 0; c < ncand; c++) {
-        uint32_t id = order[c];
+    /* straight over the ids (bounds are the candidates' only), branch-free
+     * where nearly all drop out */
+    for (uint32_t id = 0; id < q->n; id++) {
+        if (!is_candidate(q, id))
+            continue;
         double lo = bound[id] * (1.0 - gam) - d * (1.0 + gam);
         lo = lo > 0.0 ? lo * (1.0 - gam) : 0.0;
-        if (lo > kth)
-            bound[id] = lo;
-        else
-            sub[nsub++] = id;
+        sub[nsub] = id;
+        nsub += !(lo > kth);
     }
     return nsub;
 all:
-    memcpy(sub, order, ncand * sizeof *sub);
-    return ncand;
+    candidates_in_order(q, sub);
+    return r->ncand;
 }
 
 /* order[] = the candidates, ascending ids; order must have room for one more
@@ -2937,13 +2937,12 @@ static int run_bounds(run *r)
             goto done;
         t0 += r->st->fetch.inference_ms - inf0; /* cell_ms is the engine's own time, not the target's forward */
         rc = -1;
-        candidates_in_order(q, order); /* target_round reordered them: ascending again, so that bounds stream */
-        if (ran) {
-            if (!(relaxed = malloc((ncand ? ncand : 1) * sizeof *relaxed))) {
+        if (ran) { /* order[] is target_round's now; the relaxation lists what is left */
+            if (!(relaxed = malloc((ncand + 1) * sizeof *relaxed))) {
                 seterr(r->err, r->errlen, "out of memory");
                 goto done;
             }
-            nsub = relax_bounds(r, q, order, ncand, guessed, bound, relaxed);
+            nsub = relax_bounds(r, q, guessed, bound, relaxed);
             sub = relaxed;
             r->st->inputs_relaxed = ncand - nsub;
         }

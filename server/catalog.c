@@ -208,6 +208,8 @@ int catalog_find_same(store_txn *t, const char *model, const char *dataset, cons
 int catalog_index_views(store_txn *t, const store_index *ix, const uint32_t *neurons, size_t g, npi_view *views,
                         proto_err *e)
 {
+    const void *blobs[64];
+    size_t lens[64], nb = 0;
     for (size_t j = 0; j < g; j++) {
         const void *blob;
         size_t len;
@@ -217,6 +219,13 @@ int catalog_index_views(store_txn *t, const store_index *ix, const uint32_t *neu
         if (rc != STORE_OK) return catalog_store_fail(rc, NULL, e);
         if (npi_decode(blob, len, &views[j]) != 0 || views[j].n != ix->count)
             return proto_fail(e, 500, "index_damaged", "index %u: entry of neuron %u is corrupt", ix->id, neurons[j]);
+        /* the entries' pages, 64 at a time, before the passes read them */
+        blobs[nb] = blob;
+        lens[nb++] = len;
+        if (nb == 64 || j + 1 == g) {
+            store_prefetch(blobs, lens, nb);
+            nb = 0;
+        }
     }
     return 0;
 }

@@ -39,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -1290,6 +1291,23 @@ int store_neuron_get(store_txn *t, uint32_t index, uint32_t neuron, const void *
     if (!(*blob = txn_aligned(t, val.mv_data, val.mv_size, 4))) return STORE_ERROR;
     *len = val.mv_size;
     return STORE_OK;
+}
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22 /* Linux 5.14 */
+#endif
+
+void store_prefetch(const void *const *blob, const size_t *len, size_t n)
+{
+    static long page;
+    if (!page)
+        page = sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096;
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < n; i++) {
+            uintptr_t from = (uintptr_t)blob[i] & ~(uintptr_t)(page - 1), to = (uintptr_t)blob[i] + len[i];
+            /* WILLNEED starts every read; POPULATE_READ waits for them and maps */
+            (void)madvise((void *)from, to - from, pass ? MADV_POPULATE_READ : MADV_WILLNEED);
+        }
 }
 
 /* ---- predictions and class names ---- */

@@ -206,6 +206,13 @@ int store_neuron_put(store_txn *t, uint32_t index, uint32_t neuron, const void *
  * values: those are copied) and valid until the end of t. */
 int store_neuron_get(store_txn *t, uint32_t index, uint32_t neuron, const void **blob, size_t *len);
 
+/* Brings the pages of blobs got from the map (store_neuron_get's, each
+ * valid in its txn) into memory and this process's page tables before
+ * they are read: first the disk reads of all of them at once, then the
+ * mappings, a call each instead of a fault a few pages. An advice: a
+ * kernel without it changes nothing. */
+void store_prefetch(const void *const *blob, const size_t *len, size_t n);
+
 /* Predictions: keyed by (dataset id, model); pred int32[count] beside the
  * record (NULL on put = keep the array). Zero-copy: *pred valid until the
  * end of t, 4-byte aligned. Deletes take both. */

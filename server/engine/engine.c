@@ -2941,7 +2941,7 @@ static int run_bounds(run *r)
         maival[i] = NAN; /* NaN: no exact value (unknown, best bound) */
     candidates_in_order(q, order);
     /* the candidates that get cell bounds from the target: after the kNN
-     * relaxation only those it left (the others keep a bound worse than the
+     * relaxation only those it left (the others' bounds already lose to the
      * k-th, which only gets better: they are not open either) */
     uint32_t *sub = order;
     size_t nsub = ncand;

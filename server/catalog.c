@@ -208,24 +208,25 @@ int catalog_find_same(store_txn *t, const char *model, const char *dataset, cons
 int catalog_index_views(store_txn *t, const store_index *ix, const uint32_t *neurons, size_t g, npi_view *views,
                         proto_err *e)
 {
+    /* 64 entries at a time: find them, start all their reads
+     * (store_prefetch), then decode -- the decode reads each entry's first
+     * page, and from disk those reads would otherwise come one by one */
     const void *blobs[64];
-    size_t lens[64], nb = 0;
-    for (size_t j = 0; j < g; j++) {
-        const void *blob;
-        size_t len;
-        int rc = store_neuron_get(t, ix->id, neurons[j], &blob, &len);
-        if (rc == STORE_NOTFOUND)
-            return proto_fail(e, 500, "index_damaged", "index %u has no entry for neuron %u", ix->id, neurons[j]);
-        if (rc != STORE_OK) return catalog_store_fail(rc, NULL, e);
-        if (npi_decode(blob, len, &views[j]) != 0 || views[j].n != ix->count)
-            return proto_fail(e, 500, "index_damaged", "index %u: entry of neuron %u is corrupt", ix->id, neurons[j]);
-        /* the entries' pages, 64 at a time, before the passes read them */
-        blobs[nb] = blob;
-        lens[nb++] = len;
-        if (nb == 64 || j + 1 == g) {
-            store_prefetch(blobs, lens, nb);
-            nb = 0;
+    size_t lens[64];
+    for (size_t j0 = 0; j0 < g; j0 += 64) {
+        size_t nb = g - j0 < 64 ? g - j0 : 64;
+        for (size_t b = 0; b < nb; b++) {
+            int rc = store_neuron_get(t, ix->id, neurons[j0 + b], &blobs[b], &lens[b]);
+            if (rc == STORE_NOTFOUND)
+                return proto_fail(e, 500, "index_damaged", "index %u has no entry for neuron %u", ix->id,
+                                  neurons[j0 + b]);
+            if (rc != STORE_OK) return catalog_store_fail(rc, NULL, e);
         }
+        store_prefetch(blobs, lens, nb);
+        for (size_t b = 0; b < nb; b++)
+            if (npi_decode(blobs[b], lens[b], &views[j0 + b]) != 0 || views[j0 + b].n != ix->count)
+                return proto_fail(e, 500, "index_damaged", "index %u: entry of neuron %u is corrupt", ix->id,
+                                  neurons[j0 + b]);
     }
     return 0;
 }

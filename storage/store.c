@@ -1293,21 +1293,20 @@ int store_neuron_get(store_txn *t, uint32_t index, uint32_t neuron, const void *
     return STORE_OK;
 }
 
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22 /* Linux 5.14 */
-#endif
-
 void store_prefetch(const void *const *blob, const size_t *len, size_t n)
 {
     static long page;
     if (!page)
         page = sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096;
-    for (int pass = 0; pass < 2; pass++)
-        for (size_t i = 0; i < n; i++) {
-            uintptr_t from = (uintptr_t)blob[i] & ~(uintptr_t)(page - 1), to = (uintptr_t)blob[i] + len[i];
-            /* WILLNEED starts every read; POPULATE_READ waits for them and maps */
-            (void)madvise((void *)from, to - from, pass ? MADV_POPULATE_READ : MADV_WILLNEED);
-        }
+    /* Only the reads: mapping the pages here too (MADV_POPULATE_READ, a
+     * page at a time) measured slower than the faults of the pass that
+     * reads them (16 pages each), cached or not: pool1, 30 neurons, this
+     * call + the coarse pass 0.85 -> 0.79 ms with the pages cached, 3.8 ->
+     * 0.95 ms with the page cache dropped, and 0.14 ms less once mapped. */
+    for (size_t i = 0; i < n; i++) {
+        uintptr_t from = (uintptr_t)blob[i] & ~(uintptr_t)(page - 1), to = (uintptr_t)blob[i] + len[i];
+        (void)madvise((void *)from, to - from, MADV_WILLNEED);
+    }
 }
 
 /* ---- predictions and class names ---- */

@@ -206,11 +206,10 @@ int store_neuron_put(store_txn *t, uint32_t index, uint32_t neuron, const void *
  * values: those are copied) and valid until the end of t. */
 int store_neuron_get(store_txn *t, uint32_t index, uint32_t neuron, const void **blob, size_t *len);
 
-/* Brings the pages of blobs got from the map (store_neuron_get's, each
- * valid in its txn) into memory and this process's page tables before
- * they are read: first the disk reads of all of them at once, then the
- * mappings, a call each instead of a fault a few pages. An advice: a
- * kernel without it changes nothing. */
+/* Starts the disk reads of the pages of blobs got from the map
+ * (store_neuron_get's, each valid in its txn), all at once, before they are
+ * read: their faults then wait on reads in flight, not one after another.
+ * An advice: a kernel without it changes nothing. */
 void store_prefetch(const void *const *blob, const size_t *len, size_t n);
 
 /* Predictions: keyed by (dataset id, model); pred int32[count] beside the

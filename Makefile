@@ -91,6 +91,7 @@ TEST_DEPS_test_dsread := $(BUILD)/storage/dsread.o
 TEST_DEPS_test_store  := $(BUILD)/storage/store.o
 TEST_DEPS_test_npi    := $(BUILD)/server/engine/npi.o
 TEST_DEPS_test_engine := $(ENGINE_OBJ)
+TEST_DEPS_test_pool   := $(BUILD)/server/engine/pool.o
 TEST_DEPS_test_cache  := $(BUILD)/server/cache.o
 TEST_DEPS_test_thumb  := $(BUILD)/server/thumb.o
 TEST_DEPS_test_builder := $(BUILD)/server/builder/builder_core.o $(BUILD)/server/engine/npi.o

@@ -313,7 +313,8 @@ int main(int argc, char **argv)
      * 32 MiB free; larger ones (an index build's) still map and unmap. */
     mallopt(M_MMAP_THRESHOLD, 16 << 20);
     mallopt(M_TRIM_THRESHOLD, 32 << 20);
-    /* a query's cell-bound pass runs between its forwards: the same cores */
+    /* a query's passes over its inputs run between its forwards: the same
+     * cores (helper threads, asleep between passes) */
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     eng_threads(c->threads > 0 ? c->threads : ncpu > 0 ? (int)ncpu : 1);
     A.device_name = (strcmp(c->device, "cpu") != 0 && shim_cuda_available()) ? "cuda" : "cpu";
@@ -349,6 +350,7 @@ int main(int argc, char **argv)
     jobs_cancel_all(&A);
     http_stop(&A, 30.0);
     jobs_stop(&A);
+    eng_threads(1); /* no query runs now: joins the engine's helpers */
     registry_free(A.models);
     cache_free(A.cache);
     store_close(A.st);

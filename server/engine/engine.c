@@ -18,6 +18,7 @@
  * inconsistent partition bound) is the best possible, which is always sound.
  */
 #include "engine.h"
+#include "pool.h"
 
 /* Rule 1 needs every product rounded on its own: a fused multiply-add in one
  * place and not in another (e.g. with -march=native) could make a bound
@@ -30,7 +31,6 @@
 
 #include <float.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1395,13 +1395,19 @@ static void bound_table(const eng_query *q, size_t j, const npi_view *v, double 
 #define CB_BLOCK 2048u
 #define CB_CHUNK 32u
 #define CB_THREAD_MIN 200000.0 /* inputs x neurons below which one thread does it (~0.2 ms) */
-
-static int eng_nthreads = 1; /* eng_threads() */
+/* likewise for the coarse pass (~0.1 ms there), whose helpers eng_warm
+ * has woken before: below, their wake-up and spin cost more than they take */
+#define CC_THREAD_MIN 400000.0
 
 int eng_threads(int n)
 {
-    eng_nthreads = n < 1 ? 1 : n > 64 ? 64 : n;
-    return eng_nthreads;
+    return eng_pool_start(n < 1 ? 1 : n);
+}
+
+void eng_warm(uint32_t n, size_t gsize)
+{
+    if ((double)n * (double)gsize >= CC_THREAD_MIN)
+        eng_pool_warm();
 }
 
 typedef struct cb_neuron {
@@ -1714,15 +1720,14 @@ static int cb_known(run *r, const uint32_t *order, size_t ncand, float *maival, 
     return rc;
 }
 
-/* One worker of cell_bounds_blocked: blocks [b0, b1) of one chunk of
- * neurons, with its own scratch. */
+/* One worker's share of a cell_bounds_blocked pass over one chunk of
+ * neurons (blocks handed out by eng_pool_run), with its own scratch. */
 typedef struct cb_work {
     run *r;
     const cb_neuron *cn;
     size_t nactive;
     int first;          /* the first chunk: bounds start at init */
     int last;           /* the last chunk: bounds are finished (keys, smaller is better) */
-    uint32_t b0, b1;
     double *bound;
     uint8_t *eb;
     double init;
@@ -1730,53 +1735,44 @@ typedef struct cb_work {
     double *acc;        /* [CB_BLOCK] */
     float *mv;          /* [CB_BLOCK], NaN between uses */
     uint8_t *pb, *hit;  /* [CB_BLOCK] */
-    pthread_t tid;
-    int started;
 } cb_work;
 
-static void cb_blocks(cb_work *w)
+static void cb_block(void *ctx, int worker, uint32_t b)
 {
+    cb_work *w = (cb_work *)ctx + worker;
     const eng_query *q = w->r->q;
     const uint32_t n = q->n;
     double *acc = w->acc;
-    for (uint32_t b = w->b0; b < w->b1; b++) {
-        uint32_t base = b * CB_BLOCK, len = n - base < CB_BLOCK ? n - base : CB_BLOCK;
-        if (w->first)
-            for (uint32_t i = 0; i < len; i++)
-                acc[i] = w->init;
-        else if (w->nactive || w->last)
-            memcpy(acc, w->bound + base, len * sizeof *acc);
-        else
-            continue;
-        for (size_t c = 0; c < w->nactive; c++) {
-            const cb_neuron *x = &w->cn[c];
-            for (uint32_t e = x->moff[b]; e < x->moff[b + 1]; e++)
-                w->mv[x->mpos[e]] = x->mval[e];
-            if (!w->fast)
-                npi_unpack_range(x->v, base, len, w->pb);
-            cb_fold(acc, x, q, w->fast ? NULL : w->pb, base, len, w->mv, b, w->hit, w->ck, w->fast,
-                    w->eb ? w->eb + base / 8 : NULL);
-            for (uint32_t e = x->moff[b]; e < x->moff[b + 1]; e++)
-                w->mv[x->mpos[e]] = NAN;
-        }
-        if (w->last) /* cell_bounds' finish, here where the block is hot */
-            for (uint32_t i = 0; i < len; i++) {
-                double v = finish_value(q, acc[i]);
-                if (v != v) {
-                    v = best_value(q);
-                    if (w->eb) /* not known, whatever its partitions */
-                        w->eb[(base + i) >> 3] &= (uint8_t)~(1u << ((base + i) & 7));
-                }
-                acc[i] = q->kind == ENG_TOPK ? -v : v;
-            }
-        memcpy(w->bound + base, acc, len * sizeof *acc);
+    uint32_t base = b * CB_BLOCK, len = n - base < CB_BLOCK ? n - base : CB_BLOCK;
+    if (w->first)
+        for (uint32_t i = 0; i < len; i++)
+            acc[i] = w->init;
+    else if (w->nactive || w->last)
+        memcpy(acc, w->bound + base, len * sizeof *acc);
+    else
+        return;
+    for (size_t c = 0; c < w->nactive; c++) {
+        const cb_neuron *x = &w->cn[c];
+        for (uint32_t e = x->moff[b]; e < x->moff[b + 1]; e++)
+            w->mv[x->mpos[e]] = x->mval[e];
+        if (!w->fast)
+            npi_unpack_range(x->v, base, len, w->pb);
+        cb_fold(acc, x, q, w->fast ? NULL : w->pb, base, len, w->mv, b, w->hit, w->ck, w->fast,
+                w->eb ? w->eb + base / 8 : NULL);
+        for (uint32_t e = x->moff[b]; e < x->moff[b + 1]; e++)
+            w->mv[x->mpos[e]] = NAN;
     }
-}
-
-static void *cb_thread(void *arg)
-{
-    cb_blocks(arg);
-    return NULL;
+    if (w->last) /* cell_bounds' finish, here where the block is hot */
+        for (uint32_t i = 0; i < len; i++) {
+            double v = finish_value(q, acc[i]);
+            if (v != v) {
+                v = best_value(q);
+                if (w->eb) /* not known, whatever its partitions */
+                    w->eb[(base + i) >> 3] &= (uint8_t)~(1u << ((base + i) & 7));
+            }
+            acc[i] = q->kind == ENG_TOPK ? -v : v;
+        }
+    memcpy(w->bound + base, acc, len * sizeof *acc);
 }
 
 /* The known scores when the fold marked eb: the candidates whose bit is
@@ -1856,8 +1852,8 @@ static int cell_bounds_blocked(run *r, const uint32_t *order, size_t ncand, doub
     uint32_t *moff = malloc(chunk * (nblocks + 1) * sizeof *moff);
     uint16_t *mpos = malloc((mmax ? mmax : 1) * sizeof *mpos);
     float *mval = malloc((mmax ? mmax : 1) * sizeof *mval);
-    /* workers: one per eng_threads, when the pass is worth a thread */
-    int nw = (double)n * (double)q->gsize >= CB_THREAD_MIN ? eng_nthreads : 1;
+    /* workers: the pool's, when the pass is worth sharing */
+    int nw = (double)n * (double)q->gsize >= CB_THREAD_MIN ? eng_pool_threads() : 1;
     if (nw > (int)nblocks)
         nw = (int)nblocks;
     if (nw < 1)
@@ -1915,25 +1911,15 @@ static int cell_bounds_blocked(run *r, const uint32_t *order, size_t ncand, doub
             mused += v->mai_count;
             nactive++;
         }
-        /* blocks split over the workers: each block's arithmetic is the
-         * same whichever thread runs it */
-        uint32_t per = (nblocks + nw - 1) / nw;
         for (int t = 0; t < nw; t++) {
             cb_work *w = &work[t];
             w->cn = cn;
             w->nactive = nactive;
             w->first = j0 == 0;
             w->last = j0 + CB_CHUNK >= q->gsize;
-            w->b0 = (uint32_t)t * per < nblocks ? (uint32_t)t * per : nblocks;
-            w->b1 = w->b0 + per < nblocks ? w->b0 + per : nblocks;
-            w->started = t + 1 < nw && w->b0 < w->b1 && pthread_create(&w->tid, NULL, cb_thread, w) == 0;
         }
-        for (int t = 0; t < nw; t++)
-            if (!work[t].started)
-                cb_blocks(&work[t]);
-        for (int t = 0; t < nw; t++)
-            if (work[t].started)
-                pthread_join(work[t].tid, NULL);
+        /* each block's arithmetic is the same whichever thread runs it */
+        eng_pool_run(nblocks, nw, cb_block, work);
     }
     if (eb) {
         if (cb_known_marked(r, order, ncand, maival, eb, bound, es, known) != 0)
@@ -2257,12 +2243,69 @@ static int coarse_ok(const run *r, size_t ncand)
  * is not finite (huge or infinite terms: the caller takes the exact pass),
  * -1 with r->err. Neurons go in chunks of CB_CHUNK, their partial sums in
  * floats between chunks. */
+#ifdef HAVE_COARSE
+
+/* One pass of coarse_bounds over a chunk of neurons, its blocks shared out
+ * by eng_pool_run; each worker has its own accumulator and MAI scratch. */
+typedef struct cc_pass {
+    const eng_query *q;
+    const cb_neuron *cn;
+    const float *ftab;
+    size_t nc;
+    float *part;
+    double *key, M, low;
+    int first, last, vbmi;
+    float *acc[ENG_POOL_MAX], *mv[ENG_POOL_MAX]; /* [CB_BLOCK] each; mv NaN between uses */
+    uint8_t *hit[ENG_POOL_MAX];                  /* [CB_BLOCK], 0 between uses */
+} cc_pass;
+
+static void coarse_block(void *ctx, int w, uint32_t b)
+{
+    cc_pass *p = ctx;
+    const uint32_t n = p->q->n, base = b * CB_BLOCK, len = n - base < CB_BLOCK ? n - base : CB_BLOCK;
+    float *acc = p->acc[w], *mv = p->mv[w];
+    uint8_t *hit = p->hit[w];
+    if (p->first)
+        memset(acc, 0, len * sizeof *acc);
+    else
+        memcpy(acc, p->part + base, len * sizeof *acc);
+    for (size_t c = 0; c < p->nc; c++) {
+        const cb_neuron *x = &p->cn[c];
+        uint32_t zeros = p->vbmi ? coarse_fold_vbmi(acc, x->v, base, len, p->ftab + c * 64)
+                                 : coarse_fold_avx512(acc, x->v, base, len, p->ftab + c * 64);
+        uint32_t fixed = 0;
+        for (uint32_t e = x->moff[b]; e < x->moff[b + 1]; e++)
+            mv[x->mpos[e]] = x->mval[e];
+        for (uint32_t e = x->moff[b]; e < x->moff[b + 1]; e++) {
+            uint32_t pos = x->mpos[e];
+            if (npi_pid(x->v, base + pos) == 0 && !hit[pos]) {
+                acc[pos] += mv[pos]; /* its term, rounded away from the score */
+                hit[pos] = 1;
+                fixed++;
+            }
+        }
+        if (fixed != zeros) /* an id 0 the MAI does not hold: unknown */
+            for (uint32_t i = 0; i < len; i++)
+                if (npi_pid(x->v, base + i) == 0 && !hit[i])
+                    acc[i] = NAN;
+        for (uint32_t e = x->moff[b]; e < x->moff[b + 1]; e++) {
+            hit[x->mpos[e]] = 0;
+            mv[x->mpos[e]] = NAN;
+        }
+    }
+    if (!p->last)
+        memcpy(p->part + base, acc, len * sizeof *acc);
+    else
+        coarse_finish(p->q, acc, len, p->key + base, p->M, p->low);
+}
+#endif
+
 static int coarse_bounds(run *r, double *key)
 {
 #ifdef HAVE_COARSE
     const eng_query *q = r->q;
     const uint32_t n = q->n, nblocks = (n + CB_BLOCK - 1) / CB_BLOCK;
-    const int topk = q->kind == ENG_TOPK, vbmi = cb_simd() >= 3;
+    const int topk = q->kind == ENG_TOPK;
     const double G = (double)q->gsize;
     int rc = -1;
     size_t chunk = q->gsize < CB_CHUNK ? q->gsize : CB_CHUNK, mmax = 0;
@@ -2292,25 +2335,39 @@ static int coarse_bounds(run *r, double *key)
     const double M = (G + 2.0) * 0x1p-22 * A, low = 1.0 - (G + 4.0) * 0x1p-22;
     if (!isfinite(M))
         return 1;
+    /* workers: the pool's, when the pass is worth sharing */
+    int nw = (double)n * G >= CC_THREAD_MIN ? eng_pool_threads() : 1;
+    if (nw > (int)nblocks)
+        nw = (int)nblocks;
+    if (nw < 1)
+        nw = 1;
+    cc_pass P = {.q = q, .key = key, .M = M, .low = low, .vbmi = cb_simd() >= 3};
     cb_neuron *cn = malloc(chunk * sizeof *cn);
     float *ftab = malloc(chunk * 64 * sizeof *ftab);
     uint32_t *moff = malloc(chunk * (nblocks + 1) * sizeof *moff);
     uint16_t *mpos = malloc((mmax ? mmax : 1) * sizeof *mpos);
     float *mval = malloc((mmax ? mmax : 1) * sizeof *mval);
     float *part = q->gsize > CB_CHUNK ? malloc((size_t)n * sizeof *part) : NULL;
-    /* a line-aligned accumulator: 64-byte loads and stores that straddle
-     * two lines cost two */
-    float *acc = aligned_alloc(64, CB_BLOCK * sizeof *acc), *mv = malloc(CB_BLOCK * sizeof *mv);
-    uint8_t *hit = calloc(CB_BLOCK, 1);
-    if (!cn || !ftab || !moff || !mpos || !mval || (q->gsize > CB_CHUNK && !part) || !acc || !mv || !hit) {
+    int ok = cn && ftab && moff && mpos && mval && (q->gsize <= CB_CHUNK || part);
+    for (int w = 0; w < nw && ok; w++) {
+        /* a line-aligned accumulator: 64-byte loads and stores that
+         * straddle two lines cost two */
+        P.acc[w] = aligned_alloc(64, CB_BLOCK * sizeof *P.acc[w]);
+        P.mv[w] = malloc(CB_BLOCK * sizeof *P.mv[w]);
+        P.hit[w] = calloc(CB_BLOCK, 1);
+        ok = P.acc[w] && P.mv[w] && P.hit[w];
+        for (uint32_t i = 0; ok && i < CB_BLOCK; i++)
+            P.mv[w][i] = NAN;
+    }
+    if (!ok) {
         seterr(r->err, r->errlen, "out of memory");
         goto done;
     }
-    for (uint32_t i = 0; i < CB_BLOCK; i++)
-        mv[i] = NAN;
+    P.cn = cn;
+    P.ftab = ftab;
+    P.part = part;
     for (size_t j0 = 0; j0 < q->gsize; j0 += CB_CHUNK) {
         size_t nc = q->gsize - j0 < CB_CHUNK ? q->gsize - j0 : CB_CHUNK, mused = 0;
-        int first = j0 == 0, last = j0 + CB_CHUNK >= q->gsize;
         for (size_t c = 0; c < nc; c++) {
             cb_neuron *x = &cn[c];
             x->v = &r->idx[j0 + c];
@@ -2328,42 +2385,11 @@ static int coarse_bounds(run *r, double *key)
             }
             mused += x->v->mai_count;
         }
-        for (uint32_t b = 0; b < nblocks; b++) {
-            uint32_t base = b * CB_BLOCK, len = n - base < CB_BLOCK ? n - base : CB_BLOCK;
-            if (first)
-                memset(acc, 0, len * sizeof *acc);
-            else
-                memcpy(acc, part + base, len * sizeof *acc);
-            for (size_t c = 0; c < nc; c++) {
-                const cb_neuron *x = &cn[c];
-                uint32_t zeros = vbmi ? coarse_fold_vbmi(acc, x->v, base, len, ftab + c * 64)
-                                      : coarse_fold_avx512(acc, x->v, base, len, ftab + c * 64);
-                uint32_t fixed = 0;
-                for (uint32_t e = x->moff[b]; e < x->moff[b + 1]; e++)
-                    mv[x->mpos[e]] = x->mval[e];
-                for (uint32_t e = x->moff[b]; e < x->moff[b + 1]; e++) {
-                    uint32_t pos = x->mpos[e];
-                    if (npi_pid(x->v, base + pos) == 0 && !hit[pos]) {
-                        acc[pos] += mv[pos]; /* its term, rounded away from the score */
-                        hit[pos] = 1;
-                        fixed++;
-                    }
-                }
-                if (fixed != zeros) /* an id 0 the MAI does not hold: unknown */
-                    for (uint32_t i = 0; i < len; i++)
-                        if (npi_pid(x->v, base + i) == 0 && !hit[i])
-                            acc[i] = NAN;
-                for (uint32_t e = x->moff[b]; e < x->moff[b + 1]; e++) {
-                    hit[x->mpos[e]] = 0;
-                    mv[x->mpos[e]] = NAN;
-                }
-            }
-            if (!last) {
-                memcpy(part + base, acc, len * sizeof *acc);
-                continue;
-            }
-            coarse_finish(q, acc, len, key + base, M, low);
-        }
+        P.nc = nc;
+        P.first = j0 == 0;
+        P.last = j0 + CB_CHUNK >= q->gsize;
+        /* each block's arithmetic is the same whichever thread runs it */
+        eng_pool_run(nblocks, nw, coarse_block, &P);
     }
     rc = 0;
 done:
@@ -2373,14 +2399,25 @@ done:
     free(mpos);
     free(mval);
     free(part);
-    free(acc);
-    free(mv);
-    free(hit);
+    for (int w = 0; w < nw; w++) {
+        free(P.acc[w]);
+        free(P.mv[w]);
+        free(P.hit[w]);
+    }
     return rc;
 #else
     (void)r, (void)key;
     return 1;
 #endif
+}
+
+int eng_coarse_keys(const eng_query *q, const npi_view *idx, double *key, char *err, size_t errlen)
+{
+    eng_stats st = {0};
+    run r = {.q = q, .idx = idx, .st = &st, .err = err, .errlen = errlen};
+    if (q->n == 0 || q->gsize == 0 || q->allowed || (q->kind == ENG_KNN && !q->target) || !coarse_ok(&r, q->n))
+        return 1;
+    return coarse_bounds(&r, key);
 }
 
 /* Fills bound[id] (the key: smaller is better) of every candidate in
@@ -3128,6 +3165,7 @@ static int check_query(const eng_query *q, const eng_source *src, eng_result *ou
 int eng_run(const eng_query *q, const npi_view *idx, const eng_source *src,
             eng_result *out, size_t *nout, eng_stats *st, char *err, size_t errlen)
 {
+
     double t0 = now_ms();
     eng_stats local;
     if (!st)

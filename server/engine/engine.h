@@ -147,11 +147,23 @@ int eng_run(const eng_query *q, const npi_view *idx, const eng_source *src,
  * level that will run on this CPU. */
 int eng_simd(int level);
 
-/* Threads a query's cell-bound pass may use (default 1; the daemon gives
- * its --threads): its blocks are split over them when the pass is large
+/* Threads a query's passes over every input (coarse and exact cell
+ * bounds) may use (default 1; the daemon gives its --threads): n - 1
+ * helper threads are started (pool.h) and take blocks of a pass large
  * enough, each block computed as it would be on one. Set it before queries
- * run. Returns the value kept (1..64). */
+ * run, not while they do. Returns the threads kept (1..64). */
 int eng_threads(int n);
+/* The coarse pass's key of every input, key[0..q->n), as a default query
+ * over idx (decoded entries of q's neurons, in group order) computes it on
+ * this CPU and with these threads: for top-k at most -score, for kNN at
+ * most the distance (a kNN needs q->target). For tests. Returns 0, 1 when
+ * such a query takes no coarse pass here (CPU, metric, index, filter), -1
+ * with err. */
+int eng_coarse_keys(const eng_query *q, const npi_view *idx, double *key, char *err, size_t errlen);
+/* A query over n inputs and gsize neurons is about to run (its index
+ * entries are being read): wakes the helpers when its passes will use them,
+ * so that their wake-up overlaps that read. */
+void eng_warm(uint32_t n, size_t gsize);
 
 /* The score of one input from its group activations x[gsize], as defined
  * above (used by every method and by streaming scans outside the engine). */

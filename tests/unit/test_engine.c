@@ -671,12 +671,106 @@ START_TEST(test_blocked_bounds)
     ds_index(&s, widths[_i % 9], _i % 3 ? 0.003 : 0.02);
     for (int simd = 3; simd >= 0; simd--) {
         eng_simd(simd);
-        eng_threads(simd == 1 ? 3 : 1); /* blocks split over threads, too */
+        eng_threads(simd == 1 || simd == 3 ? 3 : 1); /* blocks split over threads, too */
         for (int qi = 0; qi < 5; qi++)
             random_query(&s, dist, 7000000 + _i * 100 + simd * 10 + qi);
     }
     eng_simd(3);
     eng_threads(1);
+    ds_free(&s);
+}
+END_TEST
+
+/* Passes large enough for the pool's helpers (pool.h): the coarse pass
+ * (AVX-512, <= 64 partitions) and the exact one, their blocks taken by
+ * whichever thread is free -- after eng_warm, as the daemon calls it, or
+ * cold -- over groups of one or two chunks and a partial last block, equal
+ * to brute force. */
+START_TEST(test_pool_passes)
+{
+    static const uint32_t nparts[] = {16, 33, 64, 64};
+    static const int dists[] = {D_RELU, D_CONT, D_TIES, D_MIXED};
+    rng_seed(5150 + (uint64_t)_i);
+    ds s;
+    int dist = dists[_i % 4];
+    ds_make(&s, 12289 + (uint32_t)_i * 1031, 64, dist);
+    ds_index(&s, nparts[_i % 4], _i % 2 ? 0.004 : 0.02);
+    eng_threads(_i % 3 == 2 ? 2 : 3);
+    for (int qi = 0; qi < 6; qi++) {
+        if (qi % 2 == 0)
+            eng_warm(s.n, s.d);
+        random_query(&s, dist, 5150000 + _i * 100 + qi);
+    }
+    eng_threads(1);
+    ds_free(&s);
+}
+END_TEST
+
+/* The coarse keys themselves (eng_coarse_keys): with the pool's helpers
+ * taking blocks -- warm or cold -- every key equals the one-thread pass's
+ * bit for bit, and each is sound against the input's exact score: top-k
+ * -key >= score, kNN key <= distance. Groups of one and two chunks. */
+START_TEST(test_coarse_keys_threads)
+{
+    static const int dists[] = {D_RELU, D_CONT, D_MIXED};
+    rng_seed(6060 + (uint64_t)_i);
+    ds s;
+    int dist = dists[_i % 3];
+    ds_make(&s, 20011 + (uint32_t)_i * 977, 64, dist);
+    ds_index(&s, _i % 2 ? 64 : 33, _i % 3 ? 0.004 : 0.02);
+    uint32_t neurons[64];
+    double weights[64];
+    float target[64];
+    double *k1 = malloc(s.n * sizeof *k1), *kt = malloc(s.n * sizeof *kt);
+    npi_view *gv = malloc(64 * sizeof *gv);
+    ck_assert(k1 && kt && gv);
+    char err[256];
+    int ran = 0;
+    for (int qi = 0; qi < 12; qi++) {
+        size_t g = 30 + rng_below(35); /* 30..64: past the pool's threshold */
+        for (size_t j = 0; j < g; j++) {
+            neurons[j] = (uint32_t)((j * 7 + (size_t)qi) % 64); /* distinct: 7 is prime to 64 */
+            gv[j] = s.views[neurons[j]];
+            weights[j] = 0.25 + rng_unit();
+        }
+        eng_query q = {.kind = qi % 2 ? ENG_KNN : ENG_TOPK, .n = s.n, .k = 10, .gsize = g, .neurons = neurons,
+                       .exclude = -1, .batch = 64};
+        if (q.kind == ENG_KNN) {
+            uint32_t x = rng_below(s.n);
+            for (size_t j = 0; j < g; j++)
+                target[j] = s.mat[(size_t)x * s.d + neurons[j]];
+            q.target = target;
+            q.metric = qi % 4 == 1 ? ENG_L1 : ENG_L2;
+        } else {
+            q.agg = qi % 4 == 2 ? ENG_MEAN : ENG_SUM;
+        }
+        if (qi % 3 == 2)
+            q.weights = weights;
+        eng_threads(1);
+        int rc = eng_coarse_keys(&q, gv, k1, err, sizeof err);
+        ck_assert_msg(rc >= 0, "coarse keys: %s", err);
+        if (rc == 1) /* no coarse pass on this CPU */
+            continue;
+        ran++;
+        for (uint32_t i = 0; i < s.n; i++) {
+            double exact = bf_value(&q, s.mat + (size_t)i * s.d);
+            if (q.kind == ENG_TOPK ? -k1[i] < exact : k1[i] > exact)
+                ck_abort_msg("query %d input %u: key %.17g unsound against %.17g", qi, i, k1[i], exact);
+        }
+        for (int t = 0; t < 4; t++) {
+            eng_threads(2 + t % 2);
+            if (t < 2)
+                eng_warm(s.n, g);
+            ck_assert_int_eq(eng_coarse_keys(&q, gv, kt, err, sizeof err), 0);
+            if (memcmp(k1, kt, s.n * sizeof *k1) != 0)
+                ck_abort_msg("query %d: %d threads gave other keys than one", qi, 2 + t % 2);
+        }
+    }
+    ck_assert(ran > 0 || eng_simd(3) < 2);
+    eng_threads(1);
+    free(k1);
+    free(kt);
+    free(gv);
     ds_free(&s);
 }
 END_TEST
@@ -1459,6 +1553,8 @@ int main(void)
     tcase_add_test(tc, test_wide_group);
     tcase_add_loop_test(tc, test_larger_n, 0, 6);
     tcase_add_loop_test(tc, test_blocked_bounds, 0, 18);
+    tcase_add_loop_test(tc, test_pool_passes, 0, 8);
+    tcase_add_loop_test(tc, test_coarse_keys_threads, 0, 6);
     tcase_add_test(tc, test_fetch_counts);
     tcase_add_test(tc, test_dead_neuron_ties_stop);
     tcase_add_test(tc, test_index_held_scores);

@@ -278,8 +278,24 @@ def scan_reps(a, sel, k):
     return a.scan_reps if (k == 10 and sel == "top") else a.scan_reps_other
 
 
+def cache_drops():
+    """How many times the kernel's page cache has been dropped
+    (/proc/sys/vm/drop_caches, counted in /proc/vmstat), or None. On the
+    project's VMs something outside the bench drops it every ~13 minutes:
+    queries after a drop read their index entries from disk."""
+    try:
+        with open("/proc/vmstat") as f:
+            for line in f:
+                if line.startswith("drop_pagecache "):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def part_queries(d, layers, info, methods, a, res):
     out = res.setdefault("queries", [])
+    dropped_in = []
     total = len(list(configs(layers)))
     for ci, (L, kind, sel, g, k) in enumerate(configs(layers)):
         rng = random.Random("%d:%s:%s:%s:%d:%d" % (a.seed, L, kind, sel, g, k))
@@ -288,6 +304,7 @@ def part_queries(d, layers, info, methods, a, res):
         checked = mismatches = 0
         worst = 0.0
         t0 = time.time()
+        drops0 = cache_drops()
         for i in range(a.fast_reps):
             x = rng.randrange(a.n)
             if sel == "top":
@@ -315,6 +332,10 @@ def part_queries(d, layers, info, methods, a, res):
         row = {"layer": L, "query": kind, "selection": sel, "group": g, "k": k, "checked_pairs": checked,
                "mismatches": mismatches, "max_abs_diff": worst,
                "methods": {m: summarize(recs[m]) for m in methods if recs[m]}}
+        drops1 = cache_drops()
+        if drops0 is not None and drops1 is not None and drops1 > drops0:
+            row["page_cache_dropped"] = drops1 - drops0
+            dropped_in.append("%s %s %s G=%d" % (L, kind, sel, g))
         sc = row["methods"].get("scan")
         for m in FAST:
             s = row["methods"].get(m)
@@ -327,6 +348,10 @@ def part_queries(d, layers, info, methods, a, res):
             "  ".join("%s %.1f ms" % (m, row["methods"][m]["median_ms"]) for m in methods if m in row["methods"]),
             " ".join("x%.0f(%s)" % (v, m) for m, v in sp.items() if m in ("auto", "nta")),
             time.time() - t0, "  MISMATCH x%d" % mismatches if mismatches else ""))
+    if dropped_in:
+        res["notes"].append("the page cache was dropped (by something outside the bench: /proc/vmstat "
+                            "drop_pagecache) while these configurations ran; their queries, and those "
+                            "after them, read index entries from disk: " + "; ".join(dropped_in))
 
 
 # ---------------------------------------------------------------- part 3: workloads

@@ -271,7 +271,9 @@ static int execute(qctx *c, eng_query *eq, query_answer *out, proto_err *e)
                               (unsigned long long)f.ready.count, c->N);
         if (!(c->views = calloc(c->G, sizeof *c->views))) return oom(e);
         double tc = clock_ms();
-        eng_warm(c->N, c->G);
+        /* alone: wake the helpers for its passes; under load every core
+         * is busy anyway, and a helper waiting awake would take one */
+        if (atomic_load(&c->a->metrics.inflight) <= 1) eng_warm(c->N, c->G);
         if (catalog_index_views(c->t, &f.ready, c->neurons, c->G, c->views, e) != 0) return -1;
         double load_ms = clock_ms() - tc;
         rc = eng_run(eq, c->views, &src, out->results, &out->n, &st, err, sizeof err);

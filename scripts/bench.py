@@ -280,9 +280,9 @@ def scan_reps(a, sel, k):
 
 def cache_drops():
     """How many times the kernel's page cache has been dropped
-    (/proc/sys/vm/drop_caches, counted in /proc/vmstat), or None. On the
-    project's VMs something outside the bench drops it every ~13 minutes:
-    queries after a drop read their index entries from disk."""
+    (/proc/sys/vm/drop_caches, counted in /proc/vmstat), or None. The
+    project's VMs had it dropped 52 times in their first 11 hours, from
+    outside: queries after a drop read their index entries from disk."""
     try:
         with open("/proc/vmstat") as f:
             for line in f:

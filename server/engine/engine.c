@@ -1410,6 +1410,14 @@ void eng_warm(uint32_t n, size_t gsize)
         eng_pool_warm();
 }
 
+/* Threads for a pass of n x gsize cells over nblocks blocks: the pool's
+ * when it has at least `min` cells, at most one a block. */
+static int pass_workers(uint32_t n, size_t gsize, double min, uint32_t nblocks)
+{
+    int nw = (double)n * (double)gsize >= min ? eng_pool_threads() : 1;
+    return nw > (int)nblocks ? ((int)nblocks > 0 ? (int)nblocks : 1) : nw;
+}
+
 typedef struct cb_neuron {
     const npi_view *v;
     size_t j;
@@ -1852,12 +1860,7 @@ static int cell_bounds_blocked(run *r, const uint32_t *order, size_t ncand, doub
     uint32_t *moff = malloc(chunk * (nblocks + 1) * sizeof *moff);
     uint16_t *mpos = malloc((mmax ? mmax : 1) * sizeof *mpos);
     float *mval = malloc((mmax ? mmax : 1) * sizeof *mval);
-    /* workers: the pool's, when the pass is worth sharing */
-    int nw = (double)n * (double)q->gsize >= CB_THREAD_MIN ? eng_pool_threads() : 1;
-    if (nw > (int)nblocks)
-        nw = (int)nblocks;
-    if (nw < 1)
-        nw = 1;
+    int nw = pass_workers(n, q->gsize, CB_THREAD_MIN, nblocks);
     cb_work *work = calloc((size_t)nw, sizeof *work);
     int scratch_ok = work != NULL;
     for (int t = 0; scratch_ok && t < nw; t++) {
@@ -2335,12 +2338,7 @@ static int coarse_bounds(run *r, double *key)
     const double M = (G + 2.0) * 0x1p-22 * A, low = 1.0 - (G + 4.0) * 0x1p-22;
     if (!isfinite(M))
         return 1;
-    /* workers: the pool's, when the pass is worth sharing */
-    int nw = (double)n * G >= CC_THREAD_MIN ? eng_pool_threads() : 1;
-    if (nw > (int)nblocks)
-        nw = (int)nblocks;
-    if (nw < 1)
-        nw = 1;
+    const int nw = pass_workers(n, q->gsize, CC_THREAD_MIN, nblocks);
     cc_pass P = {.q = q, .key = key, .M = M, .low = low, .vbmi = cb_simd() >= 3};
     cb_neuron *cn = malloc(chunk * sizeof *cn);
     float *ftab = malloc(chunk * 64 * sizeof *ftab);
@@ -3165,7 +3163,6 @@ static int check_query(const eng_query *q, const eng_source *src, eng_result *ou
 int eng_run(const eng_query *q, const npi_view *idx, const eng_source *src,
             eng_result *out, size_t *nout, eng_stats *st, char *err, size_t errlen)
 {
-
     double t0 = now_ms();
     eng_stats local;
     if (!st)

@@ -128,14 +128,20 @@ unsigned long long eng_pool_helped(void)
     return atomic_load_explicit(&P.helped, memory_order_relaxed);
 }
 
+/* The generation after gen's, never 0 ("no job" in active). Called with
+ * owner held. */
+static unsigned next_gen(void)
+{
+    unsigned g = atomic_load(&P.gen) + 1;
+    return g ? g : 1;
+}
+
 void eng_pool_warm(void)
 {
     int expect = 0;
     if (P.nhelpers == 0 || !atomic_compare_exchange_strong(&P.owner, &expect, 1))
         return; /* none, or a pass holds them: they are awake */
-    unsigned g = atomic_load(&P.gen) + 1;
-    if (g == 0)
-        g = 1;
+    unsigned g = next_gen();
     atomic_store(&P.warm, g);
     atomic_store(&P.gen, g);
     futex_wake(&P.gen, P.nhelpers);
@@ -155,9 +161,7 @@ void eng_pool_run(uint32_t nblocks, int workers, eng_pool_fn fn, void *ctx)
     P.nblocks = nblocks;
     P.workers = workers;
     atomic_store(&P.next, 0);
-    unsigned g = atomic_load(&P.gen) + 1;
-    if (g == 0) /* 0 is "no job" in active */
-        g = 1;
+    unsigned g = next_gen();
     atomic_store(&P.active, g);
     atomic_store(&P.gen, g);
     futex_wake(&P.gen, workers - 1 < P.nhelpers ? workers - 1 : P.nhelpers);

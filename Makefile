@@ -97,6 +97,7 @@ TEST_DEPS_test_thumb  := $(BUILD)/server/thumb.o
 TEST_DEPS_test_builder := $(BUILD)/server/builder/builder_core.o $(BUILD)/server/engine/npi.o
 TEST_DEPS_test_stream := $(BUILD)/server/builder/builder_stream.o $(BUILD)/server/engine/npi.o
 TEST_DEPS_test_shape  := $(BUILD)/server/builder/shape.o $(BUILD)/server/engine/npi.o
+TEST_DEPS_test_eager  := $(BUILD)/server/builder/eager.o
 
 .SECONDEXPANSION:
 $(BUILD)/tests/%: tests/unit/%.c $$(TEST_DEPS_$$*) $(wildcard tests/unit/*.h)

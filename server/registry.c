@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "builder_stream.h"
 #include "infer.h"
 
 struct registry {
@@ -87,6 +88,13 @@ int registry_load(app *a, const store_model *rec, registry_model **out, char *er
         m->rec.batch = m->batch;
     }
     if (infer_calibrate(m, err, errlen) != 0) goto fail;
+    /* Eager layers weigh index costs against these forwards: time indexing
+     * now too, so that a machine slowed while it loads slows both. */
+    m->index_probe_ms = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        double ms = bstream_probe_ms(a->cfg.threads == 1 ? 1 : 2);
+        if (ms > 0 && (m->index_probe_ms <= 0 || ms < m->index_probe_ms)) m->index_probe_ms = ms;
+    }
     if (!rec->numerics) {
         m->rec.numerics = m->numerics; /* registration (or a record from before they were kept) */
     } else if (rec->numerics != m->numerics) {

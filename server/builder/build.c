@@ -10,6 +10,7 @@
 #include "builder_core.h"
 #include "builder_stream.h"
 #include "catalog.h"
+#include "eager.h"
 #include "infer.h"
 #include "inputs.h"
 #include "npi.h"
@@ -568,15 +569,18 @@ static const job_ops MATERIALIZE_OPS = {"materialize", build_run, build_abandon,
 
 /* ---- eager layers ---- */
 
-/* What indexing a layer costs per byte of its activations, measured on the
- * project's machines (2 cores): adding them into a build (transpose, first
- * touch of fresh memory) ~1.5 ns, the finish (partitions, MAI, LMDB) ~1 ns. */
 /* What indexing a layer in the pass costs per byte of its activations,
  * measured on the CI-class machine (2 cores), writing the index included:
  * cut at a sample in the pass (builder_stream.h) ~1.5 ns (0.9 in the pass,
- * 0.6 writing it), ranked whole after it (builder_core.h) ~2.5. */
+ * 0.6 writing it), ranked whole after it (builder_core.h) ~2.5 -- when
+ * bstream_probe_ms took BUILD_PROBE_REF_MS_* there (the fastest of five,
+ * on 2 threads, or 1 with --threads 1); scaled by the model's probe
+ * (registry.h): a machine slowed while the forwards were timed slows it
+ * too (measured: forwards 1.35x and 1.5x slower, probe 1.2x and 1.5x). */
 #define BUILD_EAGER_NS_PER_BYTE_STREAM 1.5
 #define BUILD_EAGER_NS_PER_BYTE_EXACT 2.5
+#define BUILD_PROBE_REF_MS_2T 8.1
+#define BUILD_PROBE_REF_MS_1T 10.9
 
 typedef struct eager_pick {
     int layer;
@@ -601,64 +605,58 @@ static uint64_t hold_bytes(const app *a, uint32_t n, uint64_t neurons, const bui
 }
 
 /* Adds to layers[0..*n) (the asked ones, as shim indexes) the layers the
- * policy p->eager indexes in the same pass (see build.h). */
+ * policy p->eager indexes in the same pass (see build.h, eager.h). */
 static void pick_eager(app *a, registry_model *m, const store_dataset *d, const build_params *p, int *layers, int *n)
 {
     if (p->eager == EAGER_NONE || p->kind != STORE_INDEX_NPI) return;
+    if (p->eager == EAGER_FIT && !m->layer_ms) return; /* no timings: nothing to weigh */
     int L = shim_layer_count(m->shim), deepest = 0;
+    if (L > 256) L = 256;
     uint64_t used = 0, budget = (uint64_t)a->cfg.build_memory_mb << 20;
+    eager_layer ly[256] = {{0}};
     for (int i = 0; i < *n; i++) {
         if (layers[i] > deepest) deepest = layers[i];
         used += hold_bytes(a, (uint32_t)d->count, shim_layer_at(m->shim, layers[i])->neurons, p);
+        if (layers[i] < L) ly[layers[i]].role = EAGER_ASKED;
     }
-    eager_pick cand[256];
-    int nc = 0;
-    store_txn *t;
-    const double ns_per_byte = a->cfg.exact_partitions ? BUILD_EAGER_NS_PER_BYTE_EXACT : BUILD_EAGER_NS_PER_BYTE_STREAM;
+    /* in memory beside the others (an eighth kept for the pass's rows), unless "all" */
+    uint64_t room = budget - budget / 8;
+    uint64_t mem_left = p->eager == EAGER_ALL ? UINT64_MAX : used < room ? room - used : 0;
+    double ns_per_byte = a->cfg.exact_partitions ? BUILD_EAGER_NS_PER_BYTE_EXACT : BUILD_EAGER_NS_PER_BYTE_STREAM;
+    if (m->index_probe_ms > 0)
+        ns_per_byte *= m->index_probe_ms / (a->cfg.threads == 1 ? BUILD_PROBE_REF_MS_1T : BUILD_PROBE_REF_MS_2T);
     const double batches = (double)((d->count + m->batch - 1) / m->batch);
-    /* How deep the pass goes: to the deepest layer worth the extension.
-     * Extending by ext and indexing it (index) saves, when a later query
-     * asks for it, the pass it would need (pass) less ext, and wastes ext +
-     * index when none does. A query on it or on any layer the extension
-     * passes (their passes cost at most its own) is likelier than one on a
-     * single layer: with probability 1/2, index + 2 ext <= pass. */
-    int reach = deepest;
-    if (p->eager == EAGER_FIT && m->layer_ms)
-        for (int l = deepest + 1; l < L; l++) {
-            double pass_s = m->layer_ms[l] * batches / 1000;
-            double ext_s = (m->layer_ms[l] - m->layer_ms[deepest]) * batches / 1000;
-            double index_s = (double)(d->count * (uint64_t)shim_layer_at(m->shim, l)->neurons * 4) * ns_per_byte * 1e-9;
-            if (index_s + 2 * ext_s <= pass_s) reach = l;
-        }
+    store_txn *t;
     if (store_txn_begin(a->st, 1, &t) != STORE_OK) return;
-    for (int l = 0; l < L && nc < 256; l++) {
-        int asked = 0;
-        for (int i = 0; i < *n; i++) asked |= layers[i] == l;
-        if (asked) continue;
-        if (l > deepest && p->eager == EAGER_BEFORE) continue;
-        uint64_t bytes = d->count * (uint64_t)shim_layer_at(m->shim, l)->neurons * 4;
-        if (p->eager == EAGER_FIT) {
-            if (!m->layer_ms || l > reach) continue;
-            /* computed anyway: indexing it now costs index, and saves the pass
-             * a later query would need with probability 1/3 (a session asks a
-             * few of a model's layers): index <= pass / 2 */
-            double pass_s = m->layer_ms[l] * batches / 1000, index_s = (double)bytes * ns_per_byte * 1e-9;
-            if (2 * index_s > pass_s) continue; /* cheaper to build when it is asked for */
-        }
+    for (int l = 0; l < L; l++) {
+        const shim_layer *sl = shim_layer_at(m->shim, l);
+        uint64_t bytes = d->count * (uint64_t)sl->neurons * 4;
+        ly[l].forward_s = m->layer_ms ? m->layer_ms[l] * batches / 1000 : 0;
+        ly[l].index_s = (double)bytes * ns_per_byte * 1e-9;
+        ly[l].hold_bytes = hold_bytes(a, (uint32_t)d->count, sl->neurons, p);
+        if (ly[l].role == EAGER_ASKED || (l > deepest && p->eager == EAGER_BEFORE)) continue;
         store_index same = {0};
-        if (catalog_find_same(t, m->name, d->name, shim_layer_at(m->shim, l)->name, p->kind, p->partitions,
-                              (float)p->mai_ratio, &same))
-            continue;
-        cand[nc++] = (eager_pick){l, hold_bytes(a, (uint32_t)d->count, shim_layer_at(m->shim, l)->neurons, p)};
+        if (!catalog_find_same(t, m->name, d->name, sl->name, p->kind, p->partitions, (float)p->mai_ratio, &same))
+            ly[l].role = EAGER_CANDIDATE;
     }
     store_txn_abort(t);
-    qsort(cand, (size_t)nc, sizeof *cand, by_bytes);
-    for (int i = 0; i < nc && *n < BUILD_MAX_LAYERS; i++) {
-        /* in memory beside the others (an eighth kept for the pass's rows), unless "all" */
-        if (p->eager != EAGER_ALL && used + cand[i].bytes > budget - budget / 8) continue;
-        used += cand[i].bytes;
-        layers[(*n)++] = cand[i].layer;
+    int pick[256], np = 0;
+    if (p->eager == EAGER_FIT) {
+        np = eager_fit(ly, L, mem_left, pick, BUILD_MAX_LAYERS - *n);
+    } else {
+        /* before, all: smallest first, while they fit */
+        eager_pick cand[256];
+        int nc = 0;
+        for (int l = 0; l < L; l++)
+            if (ly[l].role == EAGER_CANDIDATE) cand[nc++] = (eager_pick){l, ly[l].hold_bytes};
+        if (nc > 1) qsort(cand, (size_t)nc, sizeof *cand, by_bytes);
+        for (int i = 0; i < nc && np < BUILD_MAX_LAYERS - *n; i++) {
+            if (cand[i].bytes > mem_left) continue;
+            mem_left -= p->eager == EAGER_ALL ? 0 : cand[i].bytes;
+            pick[np++] = cand[i].layer;
+        }
     }
+    for (int i = 0; i < np; i++) layers[(*n)++] = pick[i];
 }
 
 /* ---- submitting ---- */

@@ -24,14 +24,13 @@
  *   before  and the earlier layers whose activations fit in memory beside
  *           them (within --build-memory-mb, smallest first): no inference
  *           more, no spill;
- *   fit     the layers worth indexing now: the pass goes on to the
- *           deepest layer whose index + twice the extension of the pass
- *           costs at most the pass a later query on it would need (the
- *           break-even at probability 1/2 -- of a query on it or on a layer
- *           the extension passes); of the layers it computes, those within
- *           the budget whose index costs at most half the pass to them (the
- *           break-even at probability 1/3). Costs: activation bytes x
- *           BUILD_EAGER_NS_PER_BYTE_* against the forwards timed at load;
+ *   fit     the layers worth indexing now (eager.h): the pass may spend
+ *           up to EAGER_FIT_SPEND times its own cost on going deeper and
+ *           on indexing layers whose index costs at most their forward,
+ *           those that save the most forward a second first, within the
+ *           budget. Costs: activation bytes x BUILD_EAGER_NS_PER_BYTE_*
+ *           scaled by the model's index probe, against the forwards timed
+ *           at load;
  *   all     every layer of the model, spilling what does not fit.
  * Queries that build an index use --eager-layers (default fit) or their
  * "eager" field; POST /v1/indexes builds what it names unless "eager".

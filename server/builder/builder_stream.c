@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define SAMPLE_MAX 512u
 #define HDR_WORDS 6u
@@ -866,3 +867,43 @@ void bstream_free(bstream *b)
 }
 
 /* bstream: ready */
+
+/* ---- probe ---- */
+
+static int probe_emit(uint64_t neuron, const void *blob, size_t len, void *arg)
+{
+    (void)neuron, (void)blob;
+    *(size_t *)arg += len;
+    return 0;
+}
+
+double bstream_probe_ms(int threads)
+{
+    enum { N = 8192, NEURONS = 256, CHUNK = 256, SAMPLES = 512 };
+    bstream *b = NULL;
+    float *rows = malloc((size_t)CHUNK * NEURONS * sizeof *rows);
+    char err[160];
+    size_t emitted = 0;
+    double ms = -1;
+    if (!rows || bstream_new(N, NEURONS, 64, N / 256, SAMPLES, &b, err, sizeof err) != 0) goto out;
+    bstream_set_threads(b, threads);
+    /* rows a ReLU layer could give: a quarter zeros, the rest spread */
+    uint64_t x = 0x2545f4914f6cdd1dull;
+    for (size_t i = 0; i < (size_t)CHUNK * NEURONS; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        rows[i] = (x & 3) == 0 ? 0.0f : (float)((x >> 40) & 0xffff) / 4096.0f;
+    }
+    for (uint32_t s = 0; s < SAMPLES; s += CHUNK)
+        if (bstream_sample(b, rows, CHUNK, err, sizeof err) != 0) goto out;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (uint32_t first = 0; first < N; first += CHUNK)
+        if (bstream_add(b, rows, first, CHUNK, err, sizeof err) != 0) goto out;
+    if (bstream_finish(b, probe_emit, &emitted, err, sizeof err) != 0) goto out;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+out:
+    bstream_free(b);
+    free(rows);
+    return ms;
+}

@@ -96,4 +96,10 @@ size_t bstream_peak_bytes(const bstream *b);
 
 void bstream_free(bstream *b);
 
+/* Times the core on a fixed synthetic layer (8,192 inputs x 256 neurons,
+ * ~8 MiB: add and finish, on `threads` threads): what indexing costs on
+ * this machine right now, to weigh against forwards timed with it (eager
+ * layers, eager.h). Milliseconds; -1 when it could not run. */
+double bstream_probe_ms(int threads);
+
 #endif

@@ -71,11 +71,12 @@ json_t *api_model_json(const registry_model *m)
     int nd = shim_input_shape(m->shim, shape);
     /* batch_slot_classes: how many arithmetic variants of a forward the
      * batch slots showed at load (infer.h); inputs stay within one */
-    return json_pack("{s:s,s:s,s:s,s:o,s:o,s:I,s:i,s:i,s:I,s:s,s:b}", "name", m->name, "path", m->rec.path, "device",
-                     shim_device(m->shim), "input_shape", api_shape_json(shape, nd), "layers", layers_json(m),
-                     "created", (json_int_t)m->rec.created, "batch_slot_classes", m->nclass, "batch", (int)m->batch,
-                     "forward_bytes_per_input", (json_int_t)m->input_bytes, "layout", registry_layout_name(m),
-                     "numerics_changed", m->numerics_changed);
+    return json_pack("{s:s,s:s,s:s,s:o,s:o,s:I,s:i,s:i,s:I,s:s,s:b,s:f}", "name", m->name, "path", m->rec.path,
+                     "device", shim_device(m->shim), "input_shape", api_shape_json(shape, nd), "layers",
+                     layers_json(m), "created", (json_int_t)m->rec.created, "batch_slot_classes", m->nclass, "batch",
+                     (int)m->batch, "forward_bytes_per_input", (json_int_t)m->input_bytes, "layout",
+                     registry_layout_name(m), "numerics_changed", m->numerics_changed, "index_probe_ms",
+                     m->index_probe_ms);
 }
 
 static const char *index_state(int s)

@@ -968,6 +968,17 @@ START_TEST(test_sample_count)
 }
 END_TEST
 
+/* The probe eager layers scale index costs by (eager.h) runs the core to
+ * the end on either thread count and times it. */
+START_TEST(test_probe)
+{
+    for (int threads = 1; threads <= 2; threads++) {
+        double ms = bstream_probe_ms(threads);
+        ck_assert_msg(ms > 0 && ms < 60000, "threads %d: %g ms", threads, ms);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("stream");
@@ -985,6 +996,7 @@ int main(void)
     tcase_add_test(tc, test_quality_relu);
     tcase_add_test(tc, test_emit_stops);
     tcase_add_test(tc, test_bytes);
+    tcase_add_test(tc, test_probe);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

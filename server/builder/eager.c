@@ -25,18 +25,19 @@ static double extension(const eager_layer *ly, int d, int r)
     return f - ly[d].forward_s;
 }
 
-/* The layers of cand[0..n) (ranked) at or before r that fit in time and
- * memory, into out[]; returns how many and the forward they save. */
-static int take(const eager_layer *ly, const ranked *cand, int n, int r, double time, uint64_t mem, int *out,
+/* Appends to out[k..max_out) the layers of cand[0..n) (ranked) at or before
+ * r, not in out[0..k) yet, that fit in *time and *mem (both debited);
+ * returns the new count and adds the forward they save to *saved. */
+static int take(const eager_layer *ly, const ranked *cand, int n, int r, double *time, uint64_t *mem, int *out, int k,
                 int max_out, double *saved)
 {
-    int k = 0;
-    *saved = 0;
     for (int i = 0; i < n && k < max_out; i++) {
         const eager_layer *l = &ly[cand[i].layer];
-        if (cand[i].layer > r || l->index_s > time || l->hold_bytes > mem) continue;
-        time -= l->index_s;
-        mem -= l->hold_bytes;
+        int have = 0;
+        for (int j = 0; j < k; j++) have |= out[j] == cand[i].layer;
+        if (have || cand[i].layer > r || l->index_s > *time || l->hold_bytes > *mem) continue;
+        *time -= l->index_s;
+        *mem -= l->hold_bytes;
         *saved += l->forward_s;
         out[k++] = cand[i].layer;
     }
@@ -63,14 +64,14 @@ int eager_fit(const eager_layer *layers, int L, uint64_t mem_left, int *pick, in
         if (x->role != EAGER_CANDIDATE || !(x->forward_s > 0) || !(x->index_s <= x->forward_s)) continue;
         cand[n++] = (ranked){l, x->index_s / x->forward_s};
     }
-    qsort(cand, (size_t)n, sizeof *cand, by_ratio);
+    if (n > 1) qsort(cand, (size_t)n, sizeof *cand, by_ratio);
     const double spend = EAGER_FIT_SPEND * own;
     double best = 0;
     for (int r = deepest; r < L; r++) {
-        double ext = extension(layers, deepest, r);
+        double ext = extension(layers, deepest, r), time = spend - ext, saved = 0;
+        uint64_t mem = mem_left;
         if (ext > spend) continue;
-        double saved;
-        int k = take(layers, cand, n, r, spend - ext, mem_left, tmp, max_pick, &saved);
+        int k = take(layers, cand, n, r, &time, &mem, tmp, 0, max_pick, &saved);
         if (saved - ext > best) {
             best = saved - ext;
             best_k = k;
@@ -80,7 +81,7 @@ int eager_fit(const eager_layer *layers, int L, uint64_t mem_left, int *pick, in
     /* The pass goes as deep as its deepest pick, which may be short of the
      * reach it was picked at: what that leaves fits too. */
     int reach = deepest;
-    double time = spend;
+    double time = spend, saved = 0;
     uint64_t mem = mem_left;
     for (int i = 0; i < best_k; i++) {
         if (pick[i] > reach) reach = pick[i];
@@ -88,15 +89,7 @@ int eager_fit(const eager_layer *layers, int L, uint64_t mem_left, int *pick, in
         mem -= layers[pick[i]].hold_bytes;
     }
     time -= extension(layers, deepest, reach);
-    for (int i = 0; i < n && best_k < max_pick; i++) {
-        const eager_layer *l = &layers[cand[i].layer];
-        int have = 0;
-        for (int j = 0; j < best_k; j++) have |= pick[j] == cand[i].layer;
-        if (have || cand[i].layer > reach || l->index_s > time || l->hold_bytes > mem) continue;
-        time -= l->index_s;
-        mem -= l->hold_bytes;
-        pick[best_k++] = cand[i].layer;
-    }
+    best_k = take(layers, cand, n, reach, &time, &mem, pick, best_k, max_pick, &saved);
 out:
     free(cand);
     free(tmp);

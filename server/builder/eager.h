@@ -10,7 +10,9 @@
  * break-even if such a query comes with probability 1/2). The layers are
  * taken by forward saved per second of index, those that fit in the time
  * and memory left; the reach is the r whose layers save the most forward,
- * net of the extension (the shallower on a tie, d when nothing saves).
+ * net of the extension (the shallower on a tie, d when nothing saves), and
+ * when the deepest pick falls short of r, what that saves of the extension
+ * goes to more layers.
  *
  * Why a spend cap and not a break-even per layer alone (the rule before
  * 2026-12-07): a session asks a few layers of a model, and the one pass

@@ -39,7 +39,7 @@ typedef struct registry_model {
     double *layer_ms;            /* [layers]: one forward of `batch` inputs to each layer,
                                     timed at load (what a pass to it costs, relatively) */
     double index_probe_ms;       /* bstream_probe_ms timed right after them (the fastest of
-                                    three; <= 0: none): indexing's speed at the same time */
+                                    five; <= 0: none): indexing's speed at the same time */
     /* Turns at the model (infer_turn_begin/end): tickets, first come first served. */
     pthread_mutex_t turn_lock;
     pthread_cond_t turn_cv;
